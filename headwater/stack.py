@@ -31,7 +31,7 @@ from headwater import jars
 from headwater.config import Connection, StackSettings, save_connection, stack_dir
 from headwater.errors import StackError
 
-__all__ = ["ServiceStatus", "up", "down", "status", "logs", "redis_server_binary"]
+__all__ = ["ServiceStatus", "up", "down", "status", "logs", "probe", "wait_healthy", "redis_server_binary"]
 
 Progress = Callable[[str], None]
 SERVICES = ("kafka", "redis")
@@ -62,13 +62,19 @@ def up(settings: StackSettings, progress: Progress = print) -> Connection:
     flink_jars = jars.fetch(jars.FLINK_CONNECTORS, root)
     redis_bin = redis_server_binary(progress)
     (root / "run" / "settings.json").write_text(settings.model_dump_json())
+    # check every port before starting anything, so a conflict leaves nothing half-started
+    if not _live_pid(root, "kafka"):
+        _port_free(settings.kafka_port, "kafka", "--kafka-port")
+        _port_free(settings.kafka_port + 1, "the kafka controller (kafka port + 1)", "--kafka-port")
+    if not _live_pid(root, "redis"):
+        _port_free(settings.redis_port, "redis", "--redis-port")
 
     _start_kafka(settings, root, java, kafka_jars, progress)
     _start_redis(settings, root, redis_bin, progress)
     conn = Connection(bootstrap_servers=f"127.0.0.1:{settings.kafka_port}",
                       redis_url=f"redis://127.0.0.1:{settings.redis_port}/0",
                       flink_jars=tuple(str(p) for p in flink_jars), mode="local")
-    _wait_healthy(conn, progress)
+    wait_healthy(conn, progress)
     path = save_connection(conn, root)
     progress(f"stack up: kafka {conn.bootstrap_servers}, redis {conn.redis_url}; settings in {path}")
     return conn
@@ -109,7 +115,7 @@ def status(settings: StackSettings) -> list[ServiceStatus]:
                       else "not started: run `headwater stack up`")
             out.append(ServiceStatus(name, recorded, False, False, addr, detail))
             continue
-        ok, detail = _probe(name, addr)
+        ok, detail = probe(name, addr)
         out.append(ServiceStatus(name, pid, True, ok, addr, detail))
     return out
 
@@ -152,8 +158,6 @@ def _start_kafka(s: StackSettings, root: Path, java: str, kafka_jars: list[Path]
     if _live_pid(root, "kafka"):
         progress(f"kafka: already running (pid {_read_pid(root, 'kafka')})")
         return
-    _port_free(s.kafka_port, "kafka", "--kafka-port")
-    _port_free(s.kafka_port + 1, "kafka controller", "--kafka-port")
     home = root / "kafka" / str(s.kafka_port)
     data = home / "data"
     home.mkdir(parents=True, exist_ok=True)
@@ -180,7 +184,6 @@ def _start_redis(s: StackSettings, root: Path, redis_bin: str, progress: Progres
     if _live_pid(root, "redis"):
         progress(f"redis: already running (pid {_read_pid(root, 'redis')})")
         return
-    _port_free(s.redis_port, "redis", "--redis-port")
     work = root / "redis" / str(s.redis_port)
     work.mkdir(parents=True, exist_ok=True)
     persist = (["--appendonly", "yes", "--appendfsync", "everysec"] if s.redis_persistence
@@ -303,7 +306,7 @@ def _port_free(port: int, what: str, flag: str) -> None:
                              f"or choose another port with {flag}")
 
 
-def _probe(name: str, addr: str) -> tuple[bool, str]:
+def probe(name: str, addr: str) -> tuple[bool, str]:
     host, port = addr.rsplit(":", 1)
     with socket.socket() as sock:
         sock.settimeout(0.5)
@@ -322,12 +325,12 @@ def _probe(name: str, addr: str) -> tuple[bool, str]:
         return False, f"not answering: {str(exc).splitlines()[0][:120]}"
 
 
-def _wait_healthy(conn: Connection, progress: Progress, timeout: float = 90.0) -> None:
+def wait_healthy(conn: Connection, progress: Progress, timeout: float = 90.0) -> None:
     targets = {"kafka": conn.bootstrap_servers, "redis": conn.redis_url.split("//")[1].split("/")[0]}
     deadline = time.monotonic() + timeout
     for name, addr in targets.items():
         while True:
-            ok, detail = _probe(name, addr)
+            ok, detail = probe(name, addr)
             if ok:
                 progress(f"{name}: healthy ({detail})")
                 break

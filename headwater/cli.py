@@ -1,0 +1,163 @@
+"""``headwater`` command line: argument parsing only; every subcommand calls a package function.
+
+A :class:`~headwater.errors.HeadwaterError` prints as one line (``headwater: error: ...``) and
+exits 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from headwater.errors import HeadwaterError
+
+__all__ = ["main", "build_parser"]
+
+
+def _stack_settings(args):
+    from headwater.config import StackSettings
+    kw = {}
+    for name in ("kafka_port", "redis_port"):
+        if getattr(args, name, None) is not None:
+            kw[name] = getattr(args, name)
+    if getattr(args, "redis_persistence", False):
+        kw["redis_persistence"] = True
+    if getattr(args, "docker", False):
+        kw["mode"] = "docker"
+    return StackSettings(**kw)
+
+
+def cmd_stack(args) -> int:
+    from headwater import stack
+    settings = _stack_settings(args)
+    if args.action == "up":
+        stack.up(settings)
+    elif args.action == "down":
+        stack.down(settings)
+    elif args.action == "status":
+        rows = stack.status(settings)
+        for r in rows:
+            state = "healthy" if r.healthy else ("unhealthy" if r.running else "down")
+            print(f"{r.name:6} {state:9} {r.address:16} pid={r.pid or '-':<8} {r.detail}")
+        return 0 if all(r.healthy for r in rows) else 1
+    elif args.action == "logs":
+        print(stack.logs(settings, args.service, args.lines))
+    return 0
+
+
+def cmd_topics(args) -> int:
+    from headwater.config import load_connection, load_repo
+    from headwater.topics import create_topics
+    repo = load_repo(args.repo)
+    for r in create_topics(load_connection(), repo.topics):
+        extra = f"  ({r.detail})" if r.detail else ""
+        print(f"{r.action:8} {r.role:12} {r.name:28} partitions={r.partitions}{extra}")
+    return 0
+
+
+def cmd_schemas(args) -> int:
+    from headwater import repo_schemas
+    problems = repo_schemas.check_or_register(args.repo, register=args.action == "register")
+    for subject, issues in problems.items():
+        for issue in issues:
+            print(f"INCOMPATIBLE {subject}: {issue}")
+    if any(problems.values()):
+        print("schemas check failed: make the change backward compatible "
+              "(add a default to new fields), or register it under a new subject")
+        return 1
+    return 0
+
+
+def cmd_produce(args) -> int:
+    from headwater import produce
+    from headwater.generator import GeneratorConfig
+    cfg = GeneratorConfig(rate=args.rate, entities=args.entities, duration_s=args.duration,
+                          seed=args.seed, late_fraction=args.late_fraction,
+                          disorder_ms=args.disorder_ms, labels=args.labels)
+    if args.parquet:
+        produce.to_parquet(cfg, Path(args.parquet))
+    else:
+        produce.to_kafka(args.repo, cfg, pace=not args.no_pace)
+    return 0
+
+
+def cmd_consume(args) -> int:
+    from headwater import produce
+    for rec in produce.read_back(args.repo, args.topic, args.max, timeout_s=args.timeout):
+        print(json.dumps(rec, default=str))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from headwater import demo
+    return demo.run(args.repo, events=args.events)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="headwater", description="Streaming feature and scoring engine.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("stack", help="local Kafka (KRaft) + Redis: up | down | status | logs")
+    s.add_argument("action", choices=["up", "down", "status", "logs"])
+    s.add_argument("service", nargs="?", help="logs: kafka or redis (default both)")
+    s.add_argument("--kafka-port", type=int, help="broker port (default 9092; controller uses port+1)")
+    s.add_argument("--redis-port", type=int, help="redis port (default 6379)")
+    s.add_argument("--redis-persistence", action="store_true", help="AOF persistence (off by default)")
+    s.add_argument("--docker", action="store_true", help="use docker-compose.yml instead of local processes")
+    s.add_argument("-n", "--lines", type=int, default=40, help="logs: lines per service")
+    s.set_defaults(func=cmd_stack)
+
+    t = sub.add_parser("topics", help="create the repository's topics (idempotent)")
+    t.add_argument("action", choices=["create"])
+    t.add_argument("--repo", required=True, help="feature repository directory (with headwater.yaml)")
+    t.set_defaults(func=cmd_topics)
+
+    sc = sub.add_parser("schemas", help="check (backward compatibility) or register the repo's schemas")
+    sc.add_argument("action", choices=["check", "register"])
+    sc.add_argument("--repo", required=True)
+    sc.set_defaults(func=cmd_schemas)
+
+    g = sub.add_parser("produce", help="generate card transactions (and labels) into Kafka or Parquet")
+    g.add_argument("--repo", required=True)
+    g.add_argument("--rate", type=float, default=1000.0, help="events per second")
+    g.add_argument("--entities", type=int, default=1000, help="number of cards")
+    g.add_argument("--duration", type=float, default=10.0, help="seconds of events")
+    g.add_argument("--seed", type=int, default=42)
+    g.add_argument("--late-fraction", type=float, default=0.0, help="fraction arriving beyond allowed lateness")
+    g.add_argument("--disorder-ms", type=int, default=0, help="max out-of-order delay for the rest")
+    g.add_argument("--labels", action="store_true", help="also produce chargeback labels")
+    g.add_argument("--parquet", help="write events to this Parquet file instead of Kafka")
+    g.add_argument("--no-pace", action="store_true", help="produce as fast as possible (ignore --rate pacing)")
+    g.set_defaults(func=cmd_produce)
+
+    c = sub.add_parser("consume", help="read records back from one of the repository's topics")
+    c.add_argument("--repo", required=True)
+    c.add_argument("--topic", default="events", help="topic role: events, labels, predictions, ...")
+    c.add_argument("--max", type=int, default=10)
+    c.add_argument("--timeout", type=float, default=10.0)
+    c.set_defaults(func=cmd_consume)
+
+    d = sub.add_parser("demo", help="stack up, topics, produce example events and read them back")
+    d.add_argument("--repo", default="examples/fraud")
+    d.add_argument("--events", type=int, default=20000)
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except HeadwaterError as exc:
+        print(f"headwater: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("headwater: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""The local stack launcher against real processes: a second, private stack on other ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from headwater import stack as hwstack
+from headwater.config import StackSettings, load_connection
+from headwater.errors import StackError
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def private_stack(tmp_path, monkeypatch, stack):
+    """A separate stack dir and ports; shares the already-fetched jars to avoid a second fetch."""
+    from headwater.config import stack_dir
+    shared_jars = stack_dir() / "jars"
+    root = tmp_path / "stack"
+    root.mkdir()
+    if shared_jars.exists():
+        (root / "jars").symlink_to(shared_jars, target_is_directory=True)
+    monkeypatch.setenv("HEADWATER_STACK_DIR", str(root))
+    monkeypatch.delenv("HEADWATER_BOOTSTRAP_SERVERS", raising=False)
+    monkeypatch.delenv("HEADWATER_REDIS_URL", raising=False)
+    settings = StackSettings(kafka_port=_free_port_pair(), redis_port=_free_port())
+    yield settings
+    hwstack.down(settings, progress=lambda _m: None)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _free_port_pair() -> int:
+    for _ in range(50):
+        p = _free_port()
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", p + 1)) != 0:
+                return p
+    raise RuntimeError("no free port pair")
+
+
+def test_up_status_kill_restart_down(private_stack):
+    s = private_stack
+    conn = hwstack.up(s, progress=lambda _m: None)
+    assert conn.bootstrap_servers == f"127.0.0.1:{s.kafka_port}"
+    assert load_connection().redis_url == conn.redis_url  # written to the one connection file
+    assert conn.flink_jars and all(p.endswith(".jar") for p in conn.flink_jars)
+    rows = {r.name: r for r in hwstack.status(s)}
+    assert rows["kafka"].healthy and rows["redis"].healthy
+
+    # a killed redis is noticed by status
+    os.kill(rows["redis"].pid, signal.SIGKILL)
+    time.sleep(0.5)
+    rows = {r.name: r for r in hwstack.status(s)}
+    assert not rows["redis"].running and not rows["redis"].healthy
+    assert "gone" in rows["redis"].detail
+    assert rows["kafka"].healthy
+
+    # up is idempotent: kafka is left alone, redis comes back
+    kafka_pid = rows["kafka"].pid
+    msgs: list[str] = []
+    hwstack.up(s, progress=msgs.append)
+    assert any("kafka: already running" in m for m in msgs)
+    rows = {r.name: r for r in hwstack.status(s)}
+    assert rows["kafka"].pid == kafka_pid and rows["redis"].healthy
+
+    assert "redis" in hwstack.logs(s, "redis")
+    hwstack.down(s, progress=lambda _m: None)
+    rows = {r.name: r for r in hwstack.status(s)}
+    assert not rows["kafka"].running and not rows["redis"].running
+    assert not os.path.exists(f"/proc/{kafka_pid}") or open(f"/proc/{kafka_pid}/stat").read().split(") ")[1].startswith("Z")
+
+
+def test_port_in_use_is_one_line_error(private_stack):
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", private_stack.redis_port))
+        blocker.listen(1)
+        with pytest.raises(StackError, match=r"port \d+ for redis is already in use.*--redis-port"):
+            hwstack.up(private_stack, progress=lambda _m: None)
+    # nothing was left half-started
+    assert all(not r.running for r in hwstack.status(private_stack))
+
+
+def test_cli_status_exit_code_and_corrupt_config(private_stack, tmp_path):
+    env = {**os.environ}
+    out = subprocess.run([sys.executable, "-m", "headwater.cli", "stack", "status"],
+                         capture_output=True, text=True, env=env)
+    assert out.returncode == 1 and "down" in out.stdout
+    (tmp_path / "stack" / "connection.json").write_text("{not json")
+    out = subprocess.run([sys.executable, "-m", "headwater.cli", "consume", "--repo", "examples/fraud"],
+                         capture_output=True, text=True, env=env)
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1 and "corrupt connection file" in out.stderr
+    assert "stack up" in out.stderr
+
+
+def test_missing_java_and_maven_are_one_line_errors(private_stack, monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    with pytest.raises(StackError, match="Java 17 is not on PATH"):
+        hwstack.up(private_stack, progress=lambda _m: None)
+    from headwater import jars
+    with pytest.raises(StackError, match=r"Maven \(mvn\) is not on PATH"):
+        jars.fetch(jars.ArtifactSet("nothing", (jars.Artifact("org.example", "x", "1"),)), tmp_path)
+
+
+def test_unresolvable_artifact_names_maven(tmp_path):
+    from headwater import jars
+    bogus = jars.ArtifactSet("bogus", (jars.Artifact("org.apache.flink", "no-such-artifact-hw", "0.0.1"),))
+    with pytest.raises(StackError, match="Maven could not resolve the bogus jars"):
+        jars.fetch(bogus, tmp_path, quiet=True)
