@@ -11,20 +11,24 @@ What the data looks like
 * **Event time.** A Poisson-like process over 1-second bins modulated by a two-state
   (normal / burst) Markov chain: bursts last ~8 s at ~5x the normal intensity, about one every two
   minutes. The intensity is normalised so the mean rate over the run is ``rate``.
+* **Ids.** ``event_id = f"e{seed}-{i}"`` (``i`` unique per run: background events of a
+  1-second-bin segment in event-time order, then that segment's fraud events), ``card_id = c<n>``
+  (n < entities), ``merchant_id = m<n>`` (n < merchants), ``device_id = d<n>``.
 * **Cards and merchants.** Zipf-skewed (exponent :data:`ZIPF_A` = 1.1, truncated to the
-  population) through a seeded random rank -> id permutation, so the hottest card is not
-  always ``c0``.
+  population, see :func:`_zipf_ranks`) through a seeded random rank -> id permutation, so the
+  hottest card is not always ``c0``.
 * **Amounts.** Log-normal per merchant category (8 categories, each merchant has one), rounded
   to 2 decimals.
 * **Devices.** Every card owns 1-4 devices (mostly 1-2) and mostly uses its first.
 * **Country / currency.** ``country`` is the card's home country 95 % of the time, else a country
   drawn from the global mix; ``currency`` is the currency of ``country``.
-* **Fraud: card testing.** ``fraud_fraction`` of the cards (at least one when the fraction is
-  positive, at most enough to keep fraud events near 5 % of the background volume) each run one
-  burst: 8-40 transactions of 0.50-5.00 within 1-5 minutes, at merchants drawn uniformly from
-  the colder half of the merchant ranking (so almost surely new to the card), from a fraudster
-  device shared by several compromised cards 80 % of the time, and from a foreign country 60 %
-  of the time. Those events, and only those, have ``is_fraud = True``.
+* **Fraud: card testing.** ``round(fraud_fraction * entities)`` cards (at least one when the
+  fraction is positive; capped so fraud events stay near 5 % of the background volume; none in
+  runs under 400 background events) each run one burst: 8-40 transactions of 0.50-5.00 within
+  1-5 minutes, at merchants drawn uniformly from the colder half of the merchant ranking (so
+  almost surely new to the card), from a fraudster device shared by up to 5 compromised cards
+  80 % of the time (else the card's own first device), and from a foreign country 60 % of the
+  time. Those events, and only those, have ``is_fraud = True``.
 * **Labels** (``labels=True``). Every fraud event gets a positive label with ``label_time =
   event_time +`` a chargeback delay (log-normal, median 36 h, clipped to [1 h, 21 d]). A
   Bernoulli(``negative_label_fraction``, default 10 %) sample of the legit events gets a negative
@@ -41,7 +45,8 @@ jitter, so the pipeline drops them. Rows are emitted sorted by ``(arrival_ms, ev
 A live producer takes ``start_ms = now`` and sends each row at ``t0 + arrival_ms``; the broker's
 LogAppendTime then exceeds ``event_time`` by about ``delay``. A producer that does not pace must
 set the record timestamp to ``start_ms + arrival_ms`` itself (CreateTime topics only), otherwise
-nothing is late.
+nothing is late. A paced producer that falls behind by more than ``allowed_lateness_ms -
+disorder_ms`` makes on-time events late too.
 """
 
 from __future__ import annotations
@@ -378,7 +383,9 @@ class _Plan:
         if cfg.fraud_fraction > 0 and n_cards == 0:
             n_cards = 1
         mean_len = (_FRAUD_N_MIN + _FRAUD_N_MAX) / 2
-        cap = max(1, int(_FRAUD_MAX_SHARE * n_background / mean_len))
+        cap = int(_FRAUD_MAX_SHARE * n_background / mean_len)
+        if n_background >= 10 * _FRAUD_N_MAX:
+            cap = max(cap, 1)  # one burst is at most 10 % of a run this size
         n_cards = min(n_cards, cap, self.E)
         self.n_fraud_cards = n_cards
         empty_i = np.zeros(0, dtype=np.int64)

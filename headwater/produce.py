@@ -1,9 +1,11 @@
 """``headwater produce``: generated transactions into Kafka (Avro, Confluent framing) or Parquet.
 
 The events topic uses LogAppendTime, so the broker stamps arrival. To make the generator's
-disorder and lateness real on the wire, each event's ``event_time`` is set to *its produce
-time minus its intended delay*: an event meant to be 7 minutes late really reaches the broker
-7 minutes after its event time, whether or not production is paced.
+disorder and lateness real on the wire, a paced run (the default) sets each event's
+``event_time`` to *its produce time minus its intended delay*: an event meant to be 7 minutes
+late really reaches the broker 7 minutes after its event time. ``--no-pace`` (benchmarks, bulk
+loads) keeps the generated event-time spacing, shifted so the stream ends about now; the
+broker-measured delay is then up to the stream's duration, not the generator's.
 """
 
 from __future__ import annotations
@@ -65,26 +67,33 @@ def to_kafka(repo_path, cfg: GeneratorConfig, pace: bool = True, quiet: bool = F
     t0 = time.perf_counter()
     wall0 = int(time.time() * 1000)
     last_report = t0
+    shift_ms = wall0 - int(cfg.duration_s * 1000)
+    chunk_rows = max(1, int(cfg.rate * 0.05)) if pace else 65536  # pace in ~50 ms steps
     for batch in generate(cfg):
-        ev = batch.events
-        delay = np.asarray(batch.arrival_ms, dtype=np.int64) - ev.column("event_time").to_numpy()
-        if pace:  # a batch goes out when its last event is due
-            _sleep_until(t0 + float(batch.arrival_ms[-1]) / 1000.0)
-        now = int(time.time() * 1000)
-        ev = ev.set_column(ev.schema.get_field_index("event_time"), "event_time",
-                           pa.array(now - delay, pa.int64()))
-        for rec, key in zip(ev.to_pylist(), ev.column("card_id").to_pylist()):
-            _produce(producer, topic, key.encode(), events_codec.encode(rec), on_delivery)
-        n_events += ev.num_rows
+        for lo in range(0, batch.events.num_rows, chunk_rows):
+            ev = batch.events.slice(lo, chunk_rows)
+            arrival = np.asarray(batch.arrival_ms[lo:lo + chunk_rows], dtype=np.int64)
+            if pace:  # a chunk goes out when its last event is due
+                _sleep_until(t0 + float(arrival[-1]) / 1000.0)
+            rel = ev.column("event_time").to_numpy() - cfg.origin_ms
+            if pace:
+                new_time = int(time.time() * 1000) - (arrival - rel)  # broker sees the intended delay
+            else:
+                new_time = shift_ms + rel  # generated spacing kept; the stream ends about now
+            ev = ev.set_column(ev.schema.get_field_index("event_time"), "event_time",
+                               pa.array(new_time, pa.int64()))
+            for rec, key in zip(ev.to_pylist(), ev.column("card_id").to_pylist()):
+                _produce(producer, topic, key.encode(), events_codec.encode(rec), on_delivery)
+            n_events += ev.num_rows
+            producer.poll(0)
+            if not quiet and time.perf_counter() - last_report > 2:
+                last_report = time.perf_counter()
+                print(f"  produced {n_events:,}/{expected:,} events "
+                      f"({n_events / (last_report - t0):,.0f}/s)", flush=True)
         if labels_codec is not None and batch.labels is not None and batch.labels.num_rows:
             for rec in batch.labels.to_pylist():
                 _produce(producer, labels_topic, rec["event_id"].encode(), labels_codec.encode(rec), on_delivery)
             n_labels += batch.labels.num_rows
-        producer.poll(0)
-        if not quiet and time.perf_counter() - last_report > 2:
-            last_report = time.perf_counter()
-            print(f"  produced {n_events:,}/{expected:,} events "
-                  f"({n_events / (last_report - t0):,.0f}/s)", flush=True)
     remaining = producer.flush(60)
     elapsed = time.perf_counter() - t0
     if remaining or failures:
