@@ -26,7 +26,7 @@ What the data looks like
   fraction is positive; capped so fraud events stay near 5 % of the background volume; none in
   runs under 400 background events) each run one burst: 8-40 transactions of 0.50-5.00 within
   1-5 minutes, at merchants drawn uniformly from the colder half of the merchant ranking (so
-  almost surely new to the card), from a fraudster device shared by up to 5 compromised cards
+  almost surely new to the card), from a fraudster device shared with other compromised cards
   80 % of the time (else the card's own first device), and from a foreign country 60 % of the
   time. Those events, and only those, have ``is_fraud = True``.
 * **Labels** (``labels=True``). Every fraud event gets a positive label with ``label_time =
@@ -52,6 +52,7 @@ disorder_ms`` makes on-time events late too.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,38 +180,45 @@ class GeneratorConfig:
         def bad(msg: str) -> ConfigError:
             return ConfigError(f"generator: {msg}")
 
-        if not (isinstance(self.rate, (int, float)) and math.isfinite(self.rate) and self.rate > 0):
-            raise bad(f"rate must be a positive number of events/s, got {self.rate!r}")
-        if not isinstance(self.entities, int) or self.entities < 1:
-            raise bad(f"entities (number of cards) must be an integer >= 1, got {self.entities!r}")
-        if not (
-            isinstance(self.duration_s, (int, float))
-            and math.isfinite(self.duration_s)
-            and self.duration_s > 0
-        ):
-            raise bad(f"duration_s must be a positive number of seconds, got {self.duration_s!r}")
+        # accept numpy scalars etc.; store plain ints / floats (ids and seeds format from them)
+        for name in ("entities", "seed", "start_ms", "disorder_ms", "allowed_lateness_ms",
+                     "merchants"):
+            v = getattr(self, name)
+            if isinstance(v, numbers.Integral) and not isinstance(v, bool):
+                object.__setattr__(self, name, int(v))
+            elif v is not None or name not in ("start_ms", "merchants"):
+                raise bad(f"{name} must be an integer, got {v!r}")
+        for name in ("rate", "duration_s", "late_fraction", "fraud_fraction",
+                     "negative_label_fraction"):
+            v = getattr(self, name)
+            if not isinstance(v, numbers.Real) or isinstance(v, bool) or not math.isfinite(v):
+                raise bad(f"{name} must be a finite number, got {v!r}")
+            object.__setattr__(self, name, float(v))
+
+        if self.rate <= 0:
+            raise bad(f"rate must be > 0 events/s, got {self.rate!r}")
+        if self.entities < 1:
+            raise bad(f"entities (number of cards) must be >= 1, got {self.entities!r}")
         if round(self.duration_s * 1000) < 1:
             raise bad(f"duration_s must be at least 0.001 s, got {self.duration_s!r}")
-        if not isinstance(self.seed, int) or self.seed < 0:
-            raise bad(f"seed must be an integer >= 0, got {self.seed!r}")
-        if self.start_ms is not None and not isinstance(self.start_ms, int):
-            raise bad(f"start_ms must be an integer (ms UTC) or None, got {self.start_ms!r}")
+        if self.seed < 0:
+            raise bad(f"seed must be >= 0, got {self.seed!r}")
         for name in ("late_fraction", "fraud_fraction", "negative_label_fraction"):
             v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and 0.0 <= v <= 1.0):
+            if not 0.0 <= v <= 1.0:
                 raise bad(f"{name} must be in [0, 1], got {v!r}")
-        if not isinstance(self.allowed_lateness_ms, int) or self.allowed_lateness_ms < 0:
-            raise bad(f"allowed_lateness_ms must be an integer >= 0, got {self.allowed_lateness_ms!r}")
-        if not isinstance(self.disorder_ms, int) or self.disorder_ms < 0:
-            raise bad(f"disorder_ms must be an integer >= 0, got {self.disorder_ms!r}")
+        if self.allowed_lateness_ms < 0:
+            raise bad(f"allowed_lateness_ms must be >= 0, got {self.allowed_lateness_ms!r}")
+        if self.disorder_ms < 0:
+            raise bad(f"disorder_ms must be >= 0, got {self.disorder_ms!r}")
         if self.disorder_ms > self.allowed_lateness_ms:
             raise bad(
                 f"disorder_ms ({self.disorder_ms}) exceeds allowed_lateness_ms "
                 f"({self.allowed_lateness_ms}), so 'on-time' events would be late; lower "
                 "disorder_ms or raise allowed_lateness_ms (use late_fraction for late data)"
             )
-        if self.merchants is not None and (not isinstance(self.merchants, int) or self.merchants < 1):
-            raise bad(f"merchants must be an integer >= 1 or None, got {self.merchants!r}")
+        if self.merchants is not None and self.merchants < 1:
+            raise bad(f"merchants must be >= 1 or None, got {self.merchants!r}")
 
     @property
     def origin_ms(self) -> int:
