@@ -34,7 +34,7 @@ def up(settings: StackSettings, root: Path, progress: Callable[[str], None]) -> 
     if not docker_available():
         raise StackError("--docker needs a running Docker engine (`docker info` fails here): "
                          "drop --docker to run Kafka and Redis as local processes")
-    flink_jars = jars.fetch(jars.FLINK_CONNECTORS, root)
+    flink_jars = jars.flink_classpath(root)
     (root / "run" / "settings.json").write_text(settings.model_dump_json())
     proc = _compose("up", "-d", "--wait")
     if proc.returncode != 0:

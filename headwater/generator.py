@@ -9,8 +9,8 @@ What the data looks like
 * **Volume.** Exactly ``round(rate * duration_s)`` background events, plus the card-testing
   events (a few percent at most, see below).
 * **Event time.** A Poisson-like process over 1-second bins modulated by a two-state
-  (normal / burst) Markov chain: bursts last ~8 s at ~5x the normal intensity, about one every two
-  minutes. The intensity is normalised so the mean rate over the run is ``rate``.
+  (normal / burst) Markov chain: bursts last ~6 s at 4x the normal intensity, about one a
+  minute. The intensity is normalised so the mean rate over the run is ``rate``.
 * **Ids.** ``event_id = f"e{seed}-{i}"`` (``i`` unique per run: background events of a
   1-second-bin segment in event-time order, then that segment's fraud events), ``card_id = c<n>``
   (n < entities), ``merchant_id = m<n>`` (n < merchants), ``device_id = d<n>``.
@@ -129,9 +129,9 @@ _DEVICE_COUNT_P = np.array([0.55, 0.30, 0.10, 0.05])  # P(card has 1, 2, 3, 4 de
 
 # event-time burst modulation (per 1 s bin)
 _BIN_MS = 1000
-_NORMAL_MEAN_S = 120.0
-_BURST_MEAN_S = 8.0
-_BURST_MULT = 5.0
+_NORMAL_MEAN_S = 60.0
+_BURST_MEAN_S = 6.0
+_BURST_MULT = 4.0
 
 # card testing
 _FRAUD_N_MIN, _FRAUD_N_MAX = 8, 40

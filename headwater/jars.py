@@ -8,6 +8,8 @@ Versions, and why:
   bundle for 2.2, so we take the thin ``flink-parquet`` / ``flink-avro`` jars with their
   non-Flink dependencies, plus Hadoop's shaded client jars (the Parquet format needs Hadoop's
   ``Configuration`` and file-system classes).
+* **headwater-flink-format** (``streamjobs/java``): our own small Flink format, Avro inside
+  Confluent framing without a registry service; built from source with Maven, once per change.
 * **Apache Kafka 4.1** server jars (KRaft only), with a log4j2 binding for its slf4j logging.
 
 Each artifact set is resolved by a generated ``pom.xml`` and ``mvn dependency:copy-dependencies``
@@ -25,7 +27,7 @@ from pathlib import Path
 from headwater.errors import StackError
 
 __all__ = ["FLINK_VERSION", "KAFKA_VERSION", "ArtifactSet", "KAFKA_SERVER", "FLINK_CONNECTORS",
-           "fetch"]
+           "fetch", "build_format", "flink_classpath"]
 
 FLINK_VERSION = "2.2.1"
 FLINK_KAFKA_CONNECTOR = "5.0.0-2.2"
@@ -118,3 +120,43 @@ def _maven_error(out: str) -> str:
         if "[ERROR]" in line and ("Could not" in line or "Failed" in line):
             return line.replace("[ERROR]", "").strip()[:240]
     return (out.strip().splitlines() or ["no output"])[-1][:240]
+
+
+FORMAT_SOURCE = Path(__file__).resolve().parent.parent / "streamjobs" / "java"
+
+
+def build_format(stack_dir: Path, *, quiet: bool = False) -> Path:
+    """Build ``streamjobs/java`` (the ``headwater-avro`` Flink format) once per source change."""
+    sources = sorted(p for p in FORMAT_SOURCE.rglob("*") if p.is_file() and "target" not in p.parts)
+    if not sources:
+        raise StackError(f"Flink format sources missing under {FORMAT_SOURCE}: reinstall Headwater from a full checkout")
+    digest = hashlib.sha256()
+    for p in sources:
+        digest.update(str(p.relative_to(FORMAT_SOURCE)).encode())
+        digest.update(p.read_bytes())
+    dest = stack_dir / "jars" / f"format-{digest.hexdigest()[:10]}"
+    jar = dest / "headwater-flink-format.jar"
+    if jar.exists():
+        return jar
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise StackError("Maven (mvn) is not on PATH: install it (apt-get install maven) "
+                         "so Headwater can build its Flink format")
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(FORMAT_SOURCE, dest / "src", ignore=shutil.ignore_patterns("target"))
+    if not quiet:
+        print(f"building the headwater-avro Flink format with Maven into {dest} (once) ...", flush=True)
+    proc = subprocess.run([mvn, "-B", "-q", "-f", str(dest / "src" / "pom.xml"), "package", "-DskipTests"],
+                          capture_output=True, text=True)
+    built = sorted((dest / "src" / "target").glob("headwater-flink-format-*.jar"))
+    if proc.returncode != 0 or not built:
+        raise StackError(f"building the Flink format failed ({_maven_error(proc.stdout + proc.stderr)}); "
+                         f"check that Maven can reach Maven Central, then rerun")
+    shutil.copy2(built[0], jar)
+    return jar
+
+
+def flink_classpath(stack_dir: Path, *, quiet: bool = False) -> list[Path]:
+    """Every jar a Headwater Flink job needs beyond PyFlink's own lib/."""
+    return fetch(FLINK_CONNECTORS, stack_dir, quiet=quiet) + [build_format(stack_dir, quiet=quiet)]

@@ -59,7 +59,7 @@ def up(settings: StackSettings, progress: Progress = print) -> Connection:
         return compose.up(settings, root, progress)
     java = _need("java", "Java 17 is not on PATH: install a JDK 17 (apt-get install openjdk-17-jre-headless)")
     kafka_jars = jars.fetch(jars.KAFKA_SERVER, root)
-    flink_jars = jars.fetch(jars.FLINK_CONNECTORS, root)
+    flink_jars = jars.flink_classpath(root)
     redis_bin = redis_server_binary(progress)
     (root / "run" / "settings.json").write_text(settings.model_dump_json())
     # check every port before starting anything, so a conflict leaves nothing half-started

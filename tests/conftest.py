@@ -57,7 +57,7 @@ def _testcontainers_stack():
         conn = Connection(
             bootstrap_servers=kafka.get_bootstrap_server(),
             redis_url=f"redis://{redis_c.get_container_host_ip()}:{redis_c.get_exposed_port(6379)}/0",
-            flink_jars=tuple(str(p) for p in jars.fetch(jars.FLINK_CONNECTORS, root)), mode="docker")
+            flink_jars=tuple(str(p) for p in jars.flink_classpath(root)), mode="docker")
         os.environ["HEADWATER_BOOTSTRAP_SERVERS"] = conn.bootstrap_servers
         os.environ["HEADWATER_REDIS_URL"] = conn.redis_url
         save_connection(conn, root)
