@@ -120,9 +120,19 @@ class RepoConfig(_Frozen):
 
 
 def stack_dir(settings: StackSettings | None = None) -> Path:
+    """``$HEADWATER_STACK_DIR``, else the nearest ``.stack`` in the working directory or its
+    parents, else the checkout's ``.stack`` when it exists, else ``./.stack``."""
     env = os.environ.get("HEADWATER_STACK_DIR")
-    base = Path(env) if env else (settings.stack_dir if settings else Path(".stack"))
-    return base.resolve()
+    if env:
+        return Path(env).resolve()
+    if settings is not None and settings.stack_dir != Path(".stack"):
+        return settings.stack_dir.resolve()
+    here = Path.cwd().resolve()
+    for d in (here, *here.parents):
+        if (d / ".stack").is_dir():
+            return d / ".stack"
+    checkout = Path(__file__).resolve().parent.parent / ".stack"
+    return checkout if checkout.is_dir() else here / ".stack"
 
 
 def save_connection(conn: Connection, directory: Path) -> Path:

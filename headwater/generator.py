@@ -402,7 +402,6 @@ class _Plan:
             self.f_country = empty_i
             self.f_amount = np.zeros(0)
             self.f_time = empty_i
-            self.burst_start = empty_i
             return
         cards = f.choice(self.E, size=n_cards, replace=False)
         n_ev = f.integers(_FRAUD_N_MIN, _FRAUD_N_MAX + 1, size=n_cards)
@@ -478,27 +477,33 @@ class _Plan:
         m = n + nf
         cols["idx"] = np.arange(idx0, idx0 + m, dtype=np.int64)
 
-        # arrival
-        delay = (rng.random(m) * (cfg.disorder_ms + 1)).astype(np.int64)
+        # arrival and labels draw from their own streams: the events (ids included) do not
+        # depend on disorder_ms / late_fraction / labels, only their order and labels do
+        ra = _rng(cfg.seed, _S_SEG, k, 1)
+        delay = (ra.random(m) * (cfg.disorder_ms + 1)).astype(np.int64)
         if cfg.late_fraction > 0:
-            late = rng.random(m) < cfg.late_fraction
+            late = ra.random(m) < cfg.late_fraction
             late_delay = (
                 cfg.allowed_lateness_ms
                 + _LATE_MARGIN_MS
-                + (rng.random(m) * (self.late_span_ms + 1)).astype(np.int64)
+                + (ra.random(m) * (self.late_span_ms + 1)).astype(np.int64)
             )
             delay = np.where(late, late_delay, delay)
         cols["arrival"] = cols["t"] + delay
 
-        # labels (drawn even when unused, so labels=True/False give identical events)
-        neg = rng.random(m) < cfg.negative_label_fraction
-        cb = np.exp(np.log(_CHARGEBACK_MEDIAN_MS) + _CHARGEBACK_SIGMA * rng.standard_normal(m))
-        cb = np.clip(cb, *_CHARGEBACK_CLIP_MS).astype(np.int64)
-        lo, hi = _NEGATIVE_DELAY_MS
-        nd = lo + (rng.random(m) * (hi - lo + 1)).astype(np.int64)
         fraud = cols["fraud"]
-        cols["labelled"] = fraud | neg
-        cols["label_delay"] = np.where(fraud, cb, nd)
+        if cfg.labels:
+            rl = _rng(cfg.seed, _S_SEG, k, 2)
+            neg = rl.random(m) < cfg.negative_label_fraction
+            cb = np.exp(np.log(_CHARGEBACK_MEDIAN_MS) + _CHARGEBACK_SIGMA * rl.standard_normal(m))
+            cb = np.clip(cb, *_CHARGEBACK_CLIP_MS).astype(np.int64)
+            lo, hi = _NEGATIVE_DELAY_MS
+            nd = lo + (rl.random(m) * (hi - lo + 1)).astype(np.int64)
+            cols["labelled"] = fraud | neg
+            cols["label_delay"] = np.where(fraud, cb, nd)
+        else:
+            cols["labelled"] = np.zeros(m, dtype=bool)
+            cols["label_delay"] = np.zeros(m, dtype=np.int64)
         return cols
 
 

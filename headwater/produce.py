@@ -70,6 +70,7 @@ def to_kafka(repo_path, cfg: GeneratorConfig, pace: bool = True, quiet: bool = F
     shift_ms = wall0 - int(cfg.duration_s * 1000)
     chunk_rows = max(1, int(cfg.rate * 0.05)) if pace else 65536  # pace in ~50 ms steps
     for batch in generate(cfg):
+        shifts = []  # new - generated event time, per event row, so labels keep their delay
         for lo in range(0, batch.events.num_rows, chunk_rows):
             ev = batch.events.slice(lo, chunk_rows)
             arrival = np.asarray(batch.arrival_ms[lo:lo + chunk_rows], dtype=np.int64)
@@ -80,6 +81,7 @@ def to_kafka(repo_path, cfg: GeneratorConfig, pace: bool = True, quiet: bool = F
                 new_time = int(time.time() * 1000) - (arrival - rel)  # broker sees the intended delay
             else:
                 new_time = shift_ms + rel  # generated spacing kept; the stream ends about now
+            shifts.append(new_time - ev.column("event_time").to_numpy())
             ev = ev.set_column(ev.schema.get_field_index("event_time"), "event_time",
                                pa.array(new_time, pa.int64()))
             for rec, key in zip(ev.to_pylist(), ev.column("card_id").to_pylist()):
@@ -91,7 +93,8 @@ def to_kafka(repo_path, cfg: GeneratorConfig, pace: bool = True, quiet: bool = F
                 print(f"  produced {n_events:,}/{expected:,} events "
                       f"({n_events / (last_report - t0):,.0f}/s)", flush=True)
         if labels_codec is not None and batch.labels is not None and batch.labels.num_rows:
-            for rec in batch.labels.to_pylist():
+            labels = _shift_labels(batch.labels, batch.events, np.concatenate(shifts))
+            for rec in labels.to_pylist():
                 _produce(producer, labels_topic, rec["event_id"].encode(), labels_codec.encode(rec), on_delivery)
             n_labels += batch.labels.num_rows
     remaining = producer.flush(60)
@@ -105,6 +108,14 @@ def to_kafka(repo_path, cfg: GeneratorConfig, pace: bool = True, quiet: bool = F
         print(f"produced {n_events:,} events and {n_labels:,} labels to {topic} in {elapsed:.1f}s "
               f"({out['rate']:,.0f} events/s)")
     return out
+
+
+def _shift_labels(labels: pa.Table, events: pa.Table, shift: np.ndarray) -> pa.Table:
+    """Move each label's time by its event's shift (vectorised join on event_id)."""
+    import pyarrow.compute as pc
+    idx = pc.index_in(labels.column("event_id"), value_set=events.column("event_id")).to_numpy()
+    new = labels.column("label_time").to_numpy() + shift[idx]
+    return labels.set_column(labels.schema.get_field_index("label_time"), "label_time", pa.array(new, pa.int64()))
 
 
 def _produce(producer, topic: str, key: bytes, value: bytes, on_delivery) -> None:
