@@ -38,3 +38,50 @@ def table_env(conn: Connection, mode: Literal["streaming", "batch"] = "streaming
     for k, v in (extra or {}).items():
         cfg.set(k, v)
     return env
+
+
+# ---------------------------------------------------------------- the features job
+
+def bindings(repo, defs):
+    """Register (idempotently) every schema the job reads or writes; return what the compiler needs."""
+    from headwater.repo_schemas import subject
+    from online_store.tiles import TILE_KEY_SCHEMA, key_subject, tile_subject, tile_value_schema
+    from schemas import load_schema, open_store
+    from streamjobs.compiler import SourceBinding
+
+    store = open_store(repo.resolve(repo.schema_store), repo.schema_registry_url)
+    sources = {}
+    for v in defs.views:
+        src = v.source
+        schema = load_schema(src.schema) if not isinstance(src.schema, dict) else dict(src.schema)
+        sources[src.topic] = SourceBinding(src.topic, schema, store.register(subject(src.topic), schema))
+    tiles_topic = repo.topics.tiles.name
+    key_id = store.register(key_subject(tiles_topic), TILE_KEY_SCHEMA)
+    values = {}
+    for vp in defs.plan.views:
+        schema = tile_value_schema(vp)
+        values[vp.name] = (schema, store.register(tile_subject(tiles_topic, vp.name), schema))
+    return sources, key_id, values
+
+
+def compile_features(conn: Connection, repo, defs, *, bounds=None, mode="streaming", checkpoint_dir=None,
+                     group_id: str | None = None):
+    from streamjobs.compiler import KafkaBounds, compile_job
+    sources, key_id, values = bindings(repo, defs)
+    return compile_job(defs.plan, sources, repo.topics.tiles.name, conn.bootstrap_servers, key_id, values,
+                       group_id or f"headwater-features-{repo.project}", bounds or KafkaBounds(), mode,
+                       checkpoint_dir)
+
+
+def submit(conn: Connection, job, mode="streaming", restore_from: str | None = None):
+    """Run a compiled job on a local MiniCluster; returns the TableResult (``.wait()`` blocks)."""
+    extra = dict(job.config)
+    if restore_from:
+        extra["execution.state-recovery.path"] = restore_from
+    env = table_env(conn, mode=mode, extra=extra)
+    for stmt in job.ddl:
+        env.execute_sql(stmt)
+    stmts = env.create_statement_set()
+    for ins in job.inserts:
+        stmts.add_insert_sql(ins)
+    return stmts.execute()

@@ -1,0 +1,105 @@
+"""The tile record: what Flink writes to the tiles topic and the online writer stores.
+
+One Avro value schema per view, derived from the view's plan (STYLE: "an Avro schema derived
+from the IR schema"), so the tiles topic stays Confluent-framed Avro like every other topic.
+Flink writes it through the ``headwater-avro`` format; the table DDL comes from this same
+schema (``streamjobs.avro_ddl``), so both sides agree on the bytes by construction.
+
+Value fields, in order::
+
+    view, entity, resolution_ms, tile_start    the key (also the Kafka key, TILE_KEY_SCHEMA,
+                                               in table column order as Flink's upsert sink writes it)
+    plan_hash                                  readers reject tiles of another plan
+    n_events                                   on-time events aggregated into this tile so far
+    max_append_ms                              newest broker append time among them
+    <column>__<kind> ...                       the IR fields of ViewPlan.fields (nullable)
+
+``resolution_ms == 0`` marks a *progress* record: ``tile_start`` holds a source partition and
+``max_append_ms`` the newest append time the job has aggregated from it (``n_events`` counts
+its events). The writer turns progress into the ``as_of`` that fetches report.
+
+Version (monotonic writes): ``(n_events, max_append_ms)``. A tile only ever gains events, so a
+newer version of a tile has strictly more of them; a replayed or duplicated tile carries the
+same version and the same IR, so rewriting it is a no-op.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from streamjobs import ir
+from streamjobs.plan import ViewPlan
+
+__all__ = ["TILE_KEY_SCHEMA", "HEADER_FIELDS", "PROGRESS_RESOLUTION", "tile_value_schema",
+           "tile_subject", "key_subject", "is_progress", "tile_ir", "tile_version"]
+
+PROGRESS_RESOLUTION = 0
+HEADER_FIELDS = ("view", "entity", "resolution_ms", "tile_start", "plan_hash", "n_events", "max_append_ms")
+
+TILE_KEY_SCHEMA: dict = {
+    "type": "record", "name": "TileKey", "namespace": "headwater",
+    "doc": "Kafka key of the tiles topic: compaction keeps the newest IR per tile.",
+    "fields": [
+        {"name": "view", "type": "string"},
+        {"name": "entity", "type": "string"},
+        {"name": "resolution_ms", "type": "long", "doc": "0 = progress record"},
+        {"name": "tile_start", "type": "long", "doc": "epoch ms; the source partition for progress"},
+    ],
+}
+
+_AVRO = {"int": "int", "long": "long", "float": "float", "double": "double", "timestamp": "long",
+         "string": "string", "boolean": "boolean"}
+
+
+def _field_type(f: ir.IRField) -> Any:
+    if f.kind == "cnt":
+        t: Any = "long"
+    elif f.kind in ("sum", "sumsq"):
+        t = "double"
+    elif f.kind in ("min", "max"):
+        t = _AVRO[f.column_type]
+    elif f.kind == "last":
+        t = "string"
+    else:  # distinct: Flink's ARRAY_AGG yields nullable elements
+        t = {"type": "array", "items": ["null", "string"]}
+    return ["null", t]
+
+
+def tile_value_schema(view: ViewPlan) -> dict:
+    """The Avro value schema of ``view``'s tiles (record name carries the view)."""
+    return {
+        "type": "record", "name": f"Tile_{view.name}", "namespace": "headwater.tiles",
+        "doc": f"Tile IR of view {view.name} (plan {view.plan_hash}).",
+        "fields": [
+            {"name": "view", "type": "string"},
+            {"name": "entity", "type": "string"},
+            {"name": "resolution_ms", "type": "long"},
+            {"name": "tile_start", "type": "long"},
+            {"name": "plan_hash", "type": "string"},
+            {"name": "n_events", "type": "long"},
+            {"name": "max_append_ms", "type": "long"},
+            *({"name": f.name, "type": _field_type(f)} for f in view.fields),
+        ],
+    }
+
+
+def tile_subject(tiles_topic: str, view: str) -> str:
+    """TopicRecordNameStrategy-style subject: one schema per view in one topic."""
+    return f"{tiles_topic}-headwater.tiles.Tile_{view}"
+
+
+def key_subject(tiles_topic: str) -> str:
+    return f"{tiles_topic}-key"
+
+
+def is_progress(record: Mapping[str, Any]) -> bool:
+    return record["resolution_ms"] == PROGRESS_RESOLUTION
+
+
+def tile_ir(view: ViewPlan, record: Mapping[str, Any]) -> dict[str, Any]:
+    """The IR dict of a decoded tile record (nulls normalised by ``ir.from_row``)."""
+    return ir.from_row(view.fields, record)
+
+
+def tile_version(record: Mapping[str, Any]) -> tuple[int, int]:
+    return int(record["n_events"]), int(record["max_append_ms"])

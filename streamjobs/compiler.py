@@ -1,0 +1,191 @@
+"""FeaturePlan -> Flink SQL. The same tile queries run in streaming (features job) and batch
+(replay); only the source bounds and the sink differ.
+
+Per view and per ladder resolution ``r`` one ``GROUP BY entity, tile_start`` produces whole-IR
+tiles (every aggregate text comes from ``ir.field_sql``, every time expression from
+``windows``), plus one ``GROUP BY partition`` producing *progress* records (see
+``online_store.tiles``). No Python runs per event: this is all JVM operators.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from streamjobs import ir, windows
+from streamjobs.avro_ddl import ddl_columns
+from streamjobs.plan import FeaturePlan, ViewPlan
+
+__all__ = ["SourceBinding", "KafkaBounds", "CompiledJob", "source_ddl", "events_view_sql",
+           "tile_selects", "tile_sink_ddl", "compile_job", "job_config", "q"]
+
+# metadata columns every source table gets (names chosen not to collide with user columns)
+PARTITION, OFFSET, APPEND_TS, APPEND_MS = "hw_partition", "hw_offset", "hw_append_ts", "hw_append_ms"
+KEY_COLUMNS = ("view", "entity", "resolution_ms", "tile_start")
+
+
+def q(name: str) -> str:
+    return f"`{name}`"
+
+
+@dataclass(frozen=True)
+class SourceBinding:
+    """An events topic as Flink reads it: the writer schema and its id from the schema store."""
+
+    topic: str
+    schema: dict
+    schema_id: int
+
+    @property
+    def table(self) -> str:
+        return "src__" + "".join(c if c.isalnum() else "_" for c in self.topic)
+
+    @property
+    def events_view(self) -> str:
+        return "ev__" + self.table[5:]
+
+
+@dataclass(frozen=True)
+class KafkaBounds:
+    """Where a source starts and (optionally) stops. Streaming: group offsets, unbounded."""
+
+    startup: Literal["group-offsets", "earliest-offset", "timestamp", "specific-offsets"] = "group-offsets"
+    start_timestamp_ms: int | None = None
+    start_offsets: str | None = None  # "partition:0,offset:42;partition:1,offset:300"
+    bounded: Literal["unbounded", "latest-offset", "timestamp", "specific-offsets"] = "unbounded"
+    end_timestamp_ms: int | None = None
+    end_offsets: str | None = None
+
+    def options(self) -> dict[str, str]:
+        o = {"scan.startup.mode": self.startup}
+        if self.startup == "timestamp":
+            o["scan.startup.timestamp-millis"] = str(self.start_timestamp_ms)
+        if self.startup == "specific-offsets":
+            o["scan.startup.specific-offsets"] = str(self.start_offsets)
+        if self.bounded != "unbounded":
+            o["scan.bounded.mode"] = self.bounded
+        if self.bounded == "timestamp":
+            o["scan.bounded.timestamp-millis"] = str(self.end_timestamp_ms)
+        if self.bounded == "specific-offsets":
+            o["scan.bounded.specific-offsets"] = str(self.end_offsets)
+        return o
+
+
+@dataclass(frozen=True)
+class CompiledJob:
+    ddl: tuple[str, ...]
+    inserts: tuple[str, ...]
+    config: dict[str, str] = field(default_factory=dict)
+
+    def text(self) -> str:
+        return ";\n\n".join((*self.ddl, *self.inserts)) + ";\n"
+
+
+def _with(opts: dict[str, str]) -> str:
+    return ",\n  ".join(f"'{k}' = '{v}'" for k, v in opts.items())
+
+
+def source_ddl(src: SourceBinding, bootstrap: str, group_id: str, bounds: KafkaBounds) -> str:
+    cols = [f"{q(n)} {t}" for n, t in ddl_columns(src.schema)]
+    cols += [f"{q(PARTITION)} INT METADATA FROM 'partition' VIRTUAL",
+             f"{q(OFFSET)} BIGINT METADATA FROM 'offset' VIRTUAL",
+             f"{q(APPEND_TS)} TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL"]
+    opts = {"connector": "kafka", "topic": src.topic, "properties.bootstrap.servers": bootstrap,
+            "properties.group.id": group_id, "properties.auto.offset.reset": "earliest",
+            **bounds.options(),
+            "format": "headwater-avro", "headwater-avro.schema-id": str(src.schema_id)}
+    return f"CREATE TEMPORARY TABLE {q(src.table)} (\n  " + ",\n  ".join(cols) + f"\n) WITH (\n  {_with(opts)}\n)"
+
+
+def events_view_sql(src: SourceBinding) -> str:
+    """The record timestamp as epoch ms (TIMESTAMP_LTZ does not cast to BIGINT in Flink 2.2)."""
+    ms = (f"CAST(EXTRACT(EPOCH FROM {q(APPEND_TS)}) AS BIGINT) * 1000 "
+          f"+ CAST(EXTRACT(MILLISECOND FROM {q(APPEND_TS)}) AS BIGINT)")
+    return f"CREATE TEMPORARY VIEW {q(src.events_view)} AS SELECT *, {ms} AS {q(APPEND_MS)} FROM {q(src.table)}"
+
+
+def _ttl_hint(view: ViewPlan, resolution_ms: int, alias: str) -> str:
+    """Per-aggregation state TTL: a tile can still change for one resolution plus the lateness
+    after its first event; twice that is safe even while the job catches up."""
+    ttl_ms = 2 * (resolution_ms + view.allowed_lateness_ms) + 60_000
+    return f"/*+ STATE_TTL('{alias}' = '{ttl_ms} ms') */ "
+
+
+def tile_selects(view: ViewPlan, src: SourceBinding) -> list[str]:
+    """One SELECT per resolution (tiles) plus one for progress; the mode-independent core."""
+    inputs = ir.SqlInputs(event_time_ms=q(view.event_time_field), partition=q(PARTITION), offset=q(OFFSET))
+    entity = f"CAST({q(view.entity_key)} AS STRING)"
+    on_time = windows.on_time_sql(q(view.event_time_field), q(APPEND_MS), view.allowed_lateness_ms)
+    out = []
+    for r in view.ladder:
+        start = windows.tile_start_sql(q(view.event_time_field), r)
+        aggs = ",\n    ".join(f"{ir.field_sql(f, inputs=inputs)} AS {q(f.name)}" for f in view.fields)
+        out.append(
+            f"SELECT {_ttl_hint(view, r, 'e')}'{view.name}' AS {q('view')}, {entity} AS {q('entity')},\n"
+            f"    CAST({r} AS BIGINT) AS {q('resolution_ms')}, {start} AS {q('tile_start')},\n"
+            f"    '{view.plan_hash}' AS {q('plan_hash')}, COUNT(*) AS {q('n_events')},\n"
+            f"    MAX({q(APPEND_MS)}) AS {q('max_append_ms')},\n    {aggs}\n"
+            f"  FROM {q(src.events_view)} AS e\n"
+            f"  WHERE {on_time} AND {q(view.entity_key)} IS NOT NULL\n"
+            f"  GROUP BY {entity}, {start}")
+    nulls = ",\n    ".join(f"CAST(NULL AS {f.sql_type}) AS {q(f.name)}" for f in view.fields)
+    out.append(
+        f"SELECT '{view.name}' AS {q('view')}, '' AS {q('entity')}, CAST(0 AS BIGINT) AS {q('resolution_ms')},\n"
+        f"    CAST({q(PARTITION)} AS BIGINT) AS {q('tile_start')}, '{view.plan_hash}' AS {q('plan_hash')},\n"
+        f"    COUNT(*) AS {q('n_events')}, MAX({q(APPEND_MS)}) AS {q('max_append_ms')},\n    {nulls}\n"
+        f"  FROM {q(src.events_view)} GROUP BY {q(PARTITION)}")
+    return out
+
+
+def tile_sink_table(view: ViewPlan) -> str:
+    return f"tiles__{view.name}"
+
+
+def tile_sink_ddl(view: ViewPlan, value_schema: dict, tiles_topic: str, bootstrap: str,
+                  key_schema_id: int, value_schema_id: int) -> str:
+    """Upsert-Kafka: the key is (view, entity, resolution_ms, tile_start), the value the whole tile."""
+    cols = [f"{q(n)} {t}" for n, t in ddl_columns(value_schema)]
+    cols.append(f"PRIMARY KEY ({', '.join(q(k) for k in KEY_COLUMNS)}) NOT ENFORCED")
+    opts = {"connector": "upsert-kafka", "topic": tiles_topic, "properties.bootstrap.servers": bootstrap,
+            "key.format": "headwater-avro", "key.headwater-avro.schema-id": str(key_schema_id),
+            "value.format": "headwater-avro", "value.headwater-avro.schema-id": str(value_schema_id),
+            "value.fields-include": "ALL"}
+    return (f"CREATE TEMPORARY TABLE {q(tile_sink_table(view))} (\n  " + ",\n  ".join(cols)
+            + f"\n) WITH (\n  {_with(opts)}\n)")
+
+
+def job_config(mode: Literal["streaming", "batch"], checkpoint_dir: str | None = None,
+               checkpoint_interval_ms: int = 5000) -> dict[str, str]:
+    """Streaming: mini-batches bound latency to 500 ms; checkpoints make restarts resume."""
+    if mode == "batch":
+        return {}
+    cfg = {
+        "table.exec.mini-batch.enabled": "true",
+        "table.exec.mini-batch.allow-latency": "500 ms",  # freshness objective is seconds
+        "table.exec.mini-batch.size": "5000",
+        "table.exec.sink.upsert-materialize": "NONE",     # tiles are keyed upserts already
+    }
+    if checkpoint_dir:
+        cfg.update({
+            "execution.checkpointing.interval": f"{checkpoint_interval_ms} ms",
+            "execution.checkpointing.dir": checkpoint_dir,
+            "execution.checkpointing.externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",
+        })
+    return cfg
+
+
+def compile_job(plan: FeaturePlan, sources: dict[str, SourceBinding], tiles_topic: str, bootstrap: str,
+                key_schema_id: int, value_schemas: dict[str, tuple[dict, int]], group_id: str,
+                bounds: KafkaBounds = KafkaBounds(), mode: Literal["streaming", "batch"] = "streaming",
+                checkpoint_dir: str | None = None) -> CompiledJob:
+    """The whole features job. ``sources`` maps topic -> binding; ``value_schemas`` view -> (schema, id)."""
+    ddl: list[str] = []
+    for src in sorted({s.topic: s for s in sources.values()}.values(), key=lambda s: s.topic):
+        ddl += [source_ddl(src, bootstrap, group_id, bounds), events_view_sql(src)]
+    inserts = []
+    for view in plan.views:
+        schema, sid = value_schemas[view.name]
+        ddl.append(tile_sink_ddl(view, schema, tiles_topic, bootstrap, key_schema_id, sid))
+        for select in tile_selects(view, sources[view.topic]):
+            inserts.append(f"INSERT INTO {q(tile_sink_table(view))}\n{select}")
+    return CompiledJob(tuple(ddl), tuple(inserts), job_config(mode, checkpoint_dir))
