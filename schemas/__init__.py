@@ -19,6 +19,7 @@ from schemas.store import (
     SchemaStore,
     open_store,
 )
+from schemas.columnar import ColumnarCodec, ColumnarUnsupported
 
 __all__ = [
     "AvroCodec",
@@ -40,4 +41,6 @@ __all__ = [
     "DecodeError",
     "DecodeReason",
     "DECODE_REASONS",
+    "ColumnarCodec",
+    "ColumnarUnsupported",
 ]

@@ -1,0 +1,504 @@
+"""The op registry: tile IR fields, vectorised update, merge, finalize and the SQL per field.
+
+The only place aggregation meaning lives (STYLE.md, "Five rules"). A tile IR is a plain
+``dict[str, value]`` keyed ``<column>__<kind>``; treat it as immutable: every function here
+returns new dicts and never mutates its inputs.
+
+Field kinds (shared across ops on one column: count/mean/stddev share ``cnt``)::
+
+    cnt      BIGINT         COUNT(col)                                 empty 0
+    sum      DOUBLE         COALESCE(SUM(CAST(col AS DOUBLE)), 0)      empty 0.0
+    sumsq    DOUBLE         COALESCE(SUM(CAST(col AS DOUBLE)*...), 0)  empty 0.0
+    min/max  column type    MIN(col) / MAX(col)                        empty None
+    last     STRING         MAX(<composite key, see encode_last>)      empty None
+    distinct ARRAY<STRING>  ARRAY_AGG(DISTINCT CAST(col AS STRING))    empty frozenset() (Python)
+
+NULL column values are ignored by every field (SQL semantics). ``m2`` (``<column>__m2``) is not
+a tile field: ``merge`` adds it to merged IRs for stddev (Chan et al. pairwise combination).
+No data finalizes to count 0 and sum 0.0; every other op (distinct_count too) to None, never NaN.
+Imports only the standard library, numpy and ``streamjobs.errors``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, NamedTuple, Protocol
+
+import numpy as np
+
+from streamjobs.errors import IRError, UnknownOpError
+
+__all__ = [
+    "IR", "COLUMN_TYPES", "NUMERIC_TYPES", "ORDERED_TYPES", "SCALAR_TYPES", "FIELD_KINDS",
+    "LAST_TS_DIGITS", "LAST_PARTITION_DIGITS", "LAST_OFFSET_DIGITS", "LAST_KEY_LEN",
+    "IRField", "Op", "OPS", "SqlInputs", "LastEntry", "FeatureLike",
+    "get_op", "fields_for", "ir_fields", "field_sql", "last_key_sql",
+    "value_to_str", "str_to_value", "encode_last", "decode_last",
+    "empty_ir", "tile_from_events", "update", "merge", "merge_many", "finalize", "finalize_op",
+    "to_row", "from_row",
+]
+
+IR = Mapping[str, Any]
+
+#: Column types Headwater understands (Avro-derived; ``timestamp`` = epoch-ms long).
+COLUMN_TYPES = ("int", "long", "float", "double", "timestamp", "string", "boolean", "other")
+NUMERIC_TYPES = frozenset({"int", "long", "float", "double"})
+ORDERED_TYPES = NUMERIC_TYPES | {"timestamp"}
+SCALAR_TYPES = ORDERED_TYPES | {"string", "boolean"}
+_INT_TYPES = frozenset({"int", "long", "timestamp"})
+_SQL_TYPES = MappingProxyType({
+    "int": "INT", "long": "BIGINT", "float": "FLOAT", "double": "DOUBLE",
+    "timestamp": "BIGINT", "string": "STRING", "boolean": "BOOLEAN",
+})
+#: Canonical field order inside one column (plan and tile schema follow it).
+FIELD_KINDS = ("cnt", "sum", "sumsq", "min", "max", "last", "distinct")
+_M2 = "m2"
+
+
+@dataclass(frozen=True)
+class IRField:
+    """One IR column of a tile: ``<column>__<kind>``."""
+
+    column: str
+    kind: str
+    column_type: str
+
+    def __post_init__(self) -> None:
+        if self.kind not in FIELD_KINDS:
+            raise IRError(f"unknown IR field kind {self.kind!r}; known: {', '.join(FIELD_KINDS)}")
+        if self.column_type not in COLUMN_TYPES:
+            raise IRError(f"unknown column type {self.column_type!r} for {self.column}")
+
+    @property
+    def name(self) -> str:
+        return f"{self.column}__{self.kind}"
+
+    @property
+    def sql_type(self) -> str:
+        """Flink SQL type of the aggregate this field's SQL produces."""
+        if self.kind == "cnt":
+            return "BIGINT"
+        if self.kind in ("sum", "sumsq"):
+            return "DOUBLE"
+        if self.kind in ("min", "max"):
+            return _SQL_TYPES[self.column_type]
+        if self.kind == "last":
+            return "STRING"
+        return "ARRAY<STRING>"
+
+    @property
+    def empty(self) -> Any:
+        return {"cnt": 0, "sum": 0.0, "sumsq": 0.0, "distinct": frozenset()}.get(self.kind)
+
+
+# ---------------------------------------------------------------- value <-> string (last, distinct)
+
+def value_to_str(value: Any, column_type: str) -> str:
+    """Python twin of the SQL ``CAST(col AS STRING)`` used in ``last`` and ``distinct``.
+
+    Doubles (and floats, widened to double first, as the SQL does) use ``repr``; Flink emits Java's
+    ``Double.toString``. The strings differ in form ("1e-05" vs "1.0E-5") but both parse back to the
+    same double with ``float()``, which is all ``last`` needs. Booleans are 'TRUE'/'FALSE' as in Flink.
+    """
+    if column_type in _INT_TYPES:
+        return str(int(value))
+    if column_type in ("float", "double"):
+        return repr(float(value))
+    if column_type == "boolean":
+        return "TRUE" if bool(value) else "FALSE"
+    return str(value)
+
+
+def str_to_value(text: str, column_type: str) -> Any:
+    """Inverse of the SQL/Python string forms: ``int()``, ``float()`` (exact round trip), bool, str."""
+    if column_type in _INT_TYPES:
+        return int(text)
+    if column_type in ("float", "double"):
+        return float(text)
+    if column_type == "boolean":
+        return text.strip().upper() == "TRUE"
+    return text
+
+
+# ---------------------------------------------------------------- composite `last` key
+LAST_TS_DIGITS, LAST_PARTITION_DIGITS, LAST_OFFSET_DIGITS = 13, 5, 19
+LAST_KEY_LEN = LAST_TS_DIGITS + LAST_PARTITION_DIGITS + LAST_OFFSET_DIGITS
+
+
+class LastEntry(NamedTuple):
+    event_time_ms: int
+    partition: int
+    offset: int
+    value: Any
+
+
+def encode_last(event_time_ms: int, partition: int, offset: int, value: Any, column_type: str) -> str:
+    """``<event_time 13 digits><partition 5><offset 19><value string>``: string order = (ts, p, o) order."""
+    ts, p, o = int(event_time_ms), int(partition), int(offset)
+    if not (0 <= ts < 10**LAST_TS_DIGITS and 0 <= p < 10**LAST_PARTITION_DIGITS and 0 <= o < 10**LAST_OFFSET_DIGITS):
+        raise IRError(f"last key out of range: event_time={ts} partition={p} offset={o}")
+    return f"{ts:013d}{p:05d}{o:019d}{value_to_str(value, column_type)}"
+
+
+def decode_last(text: str, column_type: str) -> LastEntry:
+    """Parse exactly what :func:`last_key_sql` (or :func:`encode_last`) builds."""
+    if len(text) < LAST_KEY_LEN or not text[:LAST_KEY_LEN].isdigit():
+        raise IRError(f"corrupt last key {text[:60]!r}: expected {LAST_KEY_LEN} digits then the value")
+    a, b = LAST_TS_DIGITS, LAST_TS_DIGITS + LAST_PARTITION_DIGITS
+    return LastEntry(int(text[:a]), int(text[a:b]), int(text[b:LAST_KEY_LEN]),
+                     str_to_value(text[LAST_KEY_LEN:], column_type))
+
+
+@dataclass(frozen=True)
+class SqlInputs:
+    """SQL expressions the compiler binds for the ``last`` key (all BIGINT/INT, non-negative)."""
+
+    event_time_ms: str = "`event_time_ms`"
+    partition: str = "`partition`"
+    offset: str = "`offset`"
+
+
+def _value_sql(column_sql: str, column_type: str) -> str:
+    if column_type == "float":  # widen first so Java prints the double Python will parse
+        return f"CAST(CAST({column_sql} AS DOUBLE) AS STRING)"
+    return f"CAST({column_sql} AS STRING)"
+
+
+def last_key_sql(column_sql: str, column_type: str, inputs: SqlInputs = SqlInputs()) -> str:
+    """The composite key expression; NULL when the value is NULL (``||`` propagates NULL)."""
+    return (
+        f"LPAD(CAST({inputs.event_time_ms} AS STRING), {LAST_TS_DIGITS}, '0') || "
+        f"LPAD(CAST({inputs.partition} AS STRING), {LAST_PARTITION_DIGITS}, '0') || "
+        f"LPAD(CAST({inputs.offset} AS STRING), {LAST_OFFSET_DIGITS}, '0') || "
+        f"{_value_sql(column_sql, column_type)}"
+    )
+
+
+def field_sql(field: IRField, column_sql: str | None = None, inputs: SqlInputs = SqlInputs()) -> str:
+    """The Flink SQL aggregate expression computing ``field`` over one tile's rows."""
+    c = column_sql or f"`{field.column}`"
+    d = f"CAST({c} AS DOUBLE)"
+    if field.kind == "cnt":
+        return f"COUNT({c})"
+    if field.kind == "sum":
+        return f"COALESCE(SUM({d}), CAST(0 AS DOUBLE))"
+    if field.kind == "sumsq":
+        return f"COALESCE(SUM({d} * {d}), CAST(0 AS DOUBLE))"
+    if field.kind in ("min", "max"):
+        return f"{field.kind.upper()}({c})"
+    if field.kind == "last":
+        return f"MAX({last_key_sql(c, field.column_type, inputs)})"
+    # Flink's ARRAY_AGG respects NULLs by default; the FILTER keeps SQL's "NULL is ignored" rule.
+    return f"ARRAY_AGG(DISTINCT {_value_sql(c, field.column_type)}) FILTER (WHERE {c} IS NOT NULL)"
+
+
+# ---------------------------------------------------------------- ops
+
+def _stat(ir: IR, column: str) -> tuple[int, float, float]:
+    """(n, sum, M2) of an IR; M2 from the merge state when present, else ``sumsq - sum^2/n`` clamped at 0."""
+    n = int(ir[f"{column}__cnt"])
+    s = float(ir[f"{column}__sum"])
+    if n == 0:
+        return 0, s, 0.0
+    m2 = ir.get(f"{column}__{_M2}")
+    if m2 is None:
+        m2 = max(float(ir[f"{column}__sumsq"]) - s * s / n, 0.0)
+    return n, s, float(m2)
+
+
+def _fin_mean(ir: IR, c: str, t: str) -> float | None:
+    n = int(ir[f"{c}__cnt"])
+    return float(ir[f"{c}__sum"]) / n if n else None
+
+
+def _fin_stddev(ir: IR, c: str, t: str) -> float | None:
+    n, _, m2 = _stat(ir, c)
+    return math.sqrt(m2 / n) if n else None
+
+
+def _fin_last(ir: IR, c: str, t: str) -> Any:
+    key = ir[f"{c}__last"]
+    return None if key is None else decode_last(key, t).value
+
+
+@dataclass(frozen=True)
+class Op:
+    """One op: the field kinds it reads, the column types it accepts, and its finalize."""
+
+    name: str
+    kinds: tuple[str, ...]
+    accepts: frozenset[str]
+    finalize: Callable[[IR, str, str], Any]
+    doc: str
+
+
+_ALL_TYPES = frozenset(COLUMN_TYPES)
+OPS: Mapping[str, Op] = MappingProxyType({op.name: op for op in (
+    Op("count", ("cnt",), _ALL_TYPES, lambda ir, c, t: int(ir[f"{c}__cnt"]), "non-null values; 0 when empty"),
+    Op("sum", ("sum",), NUMERIC_TYPES, lambda ir, c, t: float(ir[f"{c}__sum"]), "double sum; 0.0 when empty"),
+    Op("mean", ("cnt", "sum"), NUMERIC_TYPES, _fin_mean, "sum/cnt; None when empty"),
+    Op("min", ("min",), ORDERED_TYPES, lambda ir, c, t: ir[f"{c}__min"], "None when empty"),
+    Op("max", ("max",), ORDERED_TYPES, lambda ir, c, t: ir[f"{c}__max"], "None when empty"),
+    Op("last", ("last",), SCALAR_TYPES, _fin_last, "value with greatest (event_time, partition, offset)"),
+    Op("latest", ("last",), SCALAR_TYPES, _fin_last, "as last; finalize applies the TTL"),
+    Op("stddev", ("cnt", "sum", "sumsq"), NUMERIC_TYPES, _fin_stddev,
+       "population; per-tile M2 = sumsq - sum^2/n (clamped at 0), tiles combined by Chan et al."),
+    Op("distinct_count", ("distinct",), SCALAR_TYPES, lambda ir, c, t: len(ir[f"{c}__distinct"]) or None,
+       "exact: set of CAST(col AS STRING); None when empty (conformance randomized_small)"),
+)})
+
+
+def get_op(name: str) -> Op:
+    try:
+        return OPS[name]
+    except KeyError:
+        raise UnknownOpError(f"unknown op {name!r}; known ops: {', '.join(OPS)}") from None
+
+
+def fields_for(op: str, column: str, column_type: str) -> tuple[IRField, ...]:
+    return tuple(IRField(column, k, column_type) for k in get_op(op).kinds)
+
+
+def ir_fields(features: Iterable[tuple[str, str, str]]) -> tuple[IRField, ...]:
+    """Deduplicated fields for ``(op, column, column_type)`` triples, ordered by (column, kind order)."""
+    out: dict[str, IRField] = {}
+    types: dict[str, str] = {}
+    for op, column, column_type in features:
+        prev = types.setdefault(column, column_type)
+        if prev != column_type:
+            raise IRError(f"column {column!r} used with two types: {prev} and {column_type}")
+        for f in fields_for(op, column, column_type):
+            out.setdefault(f.name, f)
+    return tuple(sorted(out.values(), key=lambda f: (f.column, FIELD_KINDS.index(f.kind))))
+
+
+# ---------------------------------------------------------------- build, update, merge
+
+def empty_ir(fields: Iterable[IRField]) -> dict[str, Any]:
+    return {f.name: f.empty for f in fields}
+
+
+def _valid_mask(values: Any) -> np.ndarray:
+    """Non-null rows of a column batch: masked arrays use their mask, object arrays ``None``.
+    NaN is a value, not NULL (as in SQL)."""
+    if isinstance(values, np.ma.MaskedArray):
+        return ~np.ma.getmaskarray(values)
+    arr = np.asarray(values)
+    if arr.dtype == object:
+        return np.fromiter((v is not None for v in arr), dtype=bool, count=arr.size)
+    return np.ones(arr.shape, dtype=bool)
+
+
+def _typed(vals: np.ndarray, column_type: str) -> np.ndarray:
+    if column_type in _INT_TYPES:
+        return vals.astype(np.int64)
+    if column_type in ("float", "double"):
+        return vals.astype(np.float64)
+    return vals
+
+
+def _lt(x: Any, y: Any) -> bool:
+    """Total order with -0.0 < 0.0 (as Java's Double.compare), so min/max are commutative bit for bit."""
+    return x < y or (x == y and isinstance(x, float) and isinstance(y, float)
+                     and math.copysign(1.0, x) < math.copysign(1.0, y))
+
+
+def _extreme(typed: np.ndarray, kind: str) -> Any:
+    if not typed.size:
+        return None
+    v = (typed.min() if kind == "min" else typed.max()).item()
+    if v == 0 and typed.dtype.kind == "f":  # numpy's pick among signed zeros depends on order
+        neg = np.signbit(typed[typed == 0])
+        v = -0.0 if (neg.any() if kind == "min" else neg.all()) else 0.0
+    return v
+
+
+def tile_from_events(
+    fields: Sequence[IRField],
+    columns: Mapping[str, Any],
+    event_time_ms: Any,
+    partition: Any,
+    offset: Any,
+) -> dict[str, Any]:
+    """Vectorised IR of one tile's events (arrays aligned row by row; NULL = None or masked)."""
+    ts = np.asarray(event_time_ms, dtype=np.int64)
+    part = np.asarray(partition, dtype=np.int64)
+    off = np.asarray(offset, dtype=np.int64)
+    out: dict[str, Any] = {}
+    for f in fields:
+        raw = columns[f.column]
+        if f.kind == "last":
+            mask = _valid_mask(raw)
+            if not mask.any():
+                out[f.name] = None
+                continue
+            idx = np.flatnonzero(mask)
+            best = idx[np.lexsort((off[idx], part[idx], ts[idx]))[-1]]
+            # (partition, offset) is unique in Kafka; should a record repeat, the max string wins as in merge.
+            ties = idx[(ts[idx] == ts[best]) & (part[idx] == part[best]) & (off[idx] == off[best])]
+            vals_obj = np.asarray(raw, dtype=object)
+            out[f.name] = max(encode_last(ts[i], part[i], off[i], vals_obj[i], f.column_type) for i in ties)
+            continue
+        vals = np.asarray(raw)[_valid_mask(raw)]
+        if f.kind == "cnt":
+            out[f.name] = int(vals.size)
+        elif f.kind in ("sum", "sumsq"):
+            d = vals.astype(np.float64)
+            out[f.name] = float(np.sum(d * d if f.kind == "sumsq" else d)) if d.size else 0.0
+        elif f.kind in ("min", "max"):
+            out[f.name] = _extreme(_typed(vals, f.column_type), f.kind)
+        else:  # distinct
+            out[f.name] = frozenset(value_to_str(v, f.column_type) for v in vals.tolist())
+    return out
+
+
+def update(ir: IR, fields: Sequence[IRField], columns: Mapping[str, Any], event_time_ms: Any,
+           partition: Any, offset: Any) -> dict[str, Any]:
+    """``merge(ir, tile_from_events(...))`` without merge state: a new tile IR with exactly the
+    stored fields, as the SQL would produce; upserting a tile means writing this whole dict."""
+    merged = merge(ir, tile_from_events(fields, columns, event_time_ms, partition, offset))
+    return {k: v for k, v in merged.items() if _kind(k)[1] != _M2}
+
+
+def _kind(key: str) -> tuple[str, str]:
+    column, _, kind = key.rpartition("__")
+    return column, kind
+
+
+def _opt(fn: Callable[[Any, Any], Any], x: Any, y: Any) -> Any:
+    return y if x is None else x if y is None else fn(x, y)
+
+
+def merge(a: IR, b: IR) -> dict[str, Any]:
+    """Associative, commutative, pure merge of two IRs with the same fields.
+
+    Exact for cnt/min/max/last/distinct. Float sums are commutative but their rounding depends on
+    grouping, which is why :func:`merge_many` fixes the order. For columns with cnt+sum+sumsq the
+    result also carries ``<col>__m2``: ``M2 = M2a + M2b + d^2 * na * nb / n`` with
+    ``d = sum_b/nb - sum_a/na`` (Chan, Golub & LeVeque), stable where ``sumsq - sum^2/n`` cancels.
+    """
+    ka = [k for k in a if _kind(k)[1] != _M2]
+    kb = {k for k in b if _kind(k)[1] != _M2}
+    if len(ka) != len(kb) or not kb.issuperset(ka):
+        raise IRError(f"cannot merge IRs with different fields: {sorted(set(ka) ^ kb)}")
+    out: dict[str, Any] = {}
+    for key in ka:
+        x, y = a[key], b[key]
+        kind = _kind(key)[1]
+        if kind in ("cnt", "sum", "sumsq"):
+            out[key] = x + y
+        elif kind == "min":
+            out[key] = _opt(lambda u, v: v if _lt(v, u) else u, x, y)
+        elif kind == "max":
+            out[key] = _opt(lambda u, v: v if _lt(u, v) else u, x, y)
+        elif kind == "last":
+            out[key] = _opt(max, x, y)  # strings: a total order
+        elif kind == "distinct":
+            out[key] = x | y
+        else:
+            raise IRError(f"unknown IR field {key!r}")
+    for key in ka:
+        column, kind = _kind(key)
+        if kind == "sumsq" and f"{column}__cnt" in ka and f"{column}__sum" in ka:
+            na, sa, m2a = _stat(a, column)
+            nb, sb, m2b = _stat(b, column)
+            if na == 0 or nb == 0:
+                m2 = m2a if nb == 0 else m2b
+            else:
+                d = sb / nb - sa / na
+                m2 = m2a + m2b + d * d * (na * nb) / (na + nb)  # int product: symmetric bit for bit
+            out[f"{column}__{_M2}"] = m2
+    return out
+
+
+def merge_many(
+    tiles: Mapping[tuple[int, int], IR] | Iterable[tuple[tuple[int, int], IR]],
+    fields: Sequence[IRField],
+) -> dict[str, Any]:
+    """Merge tiles keyed ``(resolution_ms, tile_start)`` into one window IR, projected onto ``fields``.
+
+    Canonical order: a left fold from ``empty_ir(fields)`` over tiles sorted by
+    ``(resolution, tile_start)``, so the same tiles give bit-identical floats online and offline,
+    whatever order a store returned them in. Missing tiles are simply absent (empty).
+    """
+    items = list(tiles.items() if isinstance(tiles, Mapping) else tiles)
+    keys = [k for k, _ in items]
+    if len(set(keys)) != len(keys):
+        raise IRError("merge_many got the same (resolution, tile_start) twice")
+    names = [f.name for f in fields]
+    acc: dict[str, Any] = empty_ir(fields)
+    for _, tile in sorted(items, key=lambda kv: kv[0]):
+        try:
+            acc = merge(acc, {n: tile[n] for n in names})
+        except KeyError as exc:
+            raise IRError(f"tile lacks IR field {exc.args[0]!r}; was it written by another plan?") from exc
+    return acc
+
+
+# ---------------------------------------------------------------- finalize
+
+class FeatureLike(Protocol):
+    """What finalize needs of a feature (``plan.Feature`` satisfies it)."""
+
+    name: str
+    op: str
+    column: str
+    column_type: str
+
+
+def finalize_op(op: str, column: str, column_type: str, ir: IR) -> Any:
+    return get_op(op).finalize(ir, column, column_type)
+
+
+def finalize(features: Iterable[FeatureLike], ir: IR, *, t_ms: int | None = None) -> dict[str, Any]:
+    """Feature values from a merged IR. ``latest`` with ``ttl_ms`` needs ``t_ms``: the entry must be
+    at or after ``t - ttl`` (DESIGN: inclusive), else None. Never NaN for no data."""
+    out: dict[str, Any] = {}
+    for f in features:
+        if f.op == "latest" and getattr(f, "ttl_ms", None) is not None:
+            key = ir[f"{f.column}__last"]
+            if t_ms is None:
+                raise IRError(f"finalize of latest feature {f.name!r} with a TTL needs t_ms")
+            entry = None if key is None else decode_last(key, f.column_type)
+            out[f.name] = entry.value if entry and entry.event_time_ms >= t_ms - f.ttl_ms else None  # type: ignore[attr-defined]
+        else:
+            out[f.name] = finalize_op(f.op, f.column, f.column_type, ir)
+    return out
+
+
+# ---------------------------------------------------------------- rows (SQL / Parquet / Redis) <-> IR
+
+def to_row(ir: IR) -> dict[str, Any]:
+    """Tile IR to a serialisable row: ``distinct`` as a sorted list. Merged IRs (with m2) are not tiles."""
+    out: dict[str, Any] = {}
+    for key, value in ir.items():
+        kind = _kind(key)[1]
+        if kind == _M2:
+            raise IRError(f"{key!r} is merge state; only tiles are serialised")
+        out[key] = sorted(value) if kind == "distinct" else value
+    return out
+
+
+def from_row(fields: Sequence[IRField], row: Mapping[str, Any]) -> dict[str, Any]:
+    """Row from SQL/Parquet/Redis to a tile IR: NULL cnt/sum -> 0, NULL array -> empty set."""
+    out: dict[str, Any] = {}
+    for f in fields:
+        v = row.get(f.name)
+        if f.kind == "cnt":
+            out[f.name] = int(v or 0)
+        elif f.kind in ("sum", "sumsq"):
+            out[f.name] = float(v or 0.0)
+        elif f.kind in ("min", "max"):
+            if v is not None and f.column_type in _INT_TYPES:
+                v = int(v)
+            elif v is not None and f.column_type in NUMERIC_TYPES:
+                v = float(v)  # FLOAT widens to double, as everywhere else
+            out[f.name] = v
+        elif f.kind == "last":
+            out[f.name] = None if v is None else str(v)
+        else:
+            out[f.name] = frozenset(str(x) for x in (v or ()) if x is not None)
+    return out

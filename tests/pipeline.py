@@ -1,0 +1,101 @@
+"""Drive the real pipeline from a test: Kafka topic -> Flink SQL job -> tiles topic -> Redis -> fetch.
+
+Record timestamps: production events topics use LogAppendTime, which a test cannot choose. Here
+the events topic is created with CreateTime and each record carries the case's
+``append_time_ms`` as its timestamp, so the lateness predicate sees exactly the vector's append
+times. Partitions are the case's; offsets are assigned by the broker, but each partition is
+produced in the case's offset order, so (event time, partition, offset) ties break the same way.
+Several cases share one job: entities are prefixed with the case name so cases never mix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import yaml
+
+from headwater.config import Connection, RepoConfig, load_repo
+from headwater.topics import create_topics
+from streamjobs.compiler import KafkaBounds
+from streamjobs.dsl import FeatureView, Source
+from streamjobs.plan import build_plan
+from streamjobs.repo import Definitions
+
+EVENT_FIELDS = {"card_id": "string", "amount": "double", "merchant_id": "string"}
+EVENT_TIME = "event_time_ms"
+
+
+def event_schema(entity_field: str = "card_id") -> dict:
+    fields = [{"name": entity_field, "type": "string"}]
+    fields += [{"name": n, "type": t} for n, t in EVENT_FIELDS.items() if n != entity_field]
+    fields.append({"name": EVENT_TIME, "type": "long"})
+    return {"type": "record", "name": "TestEvent", "namespace": "headwater.tests", "fields": fields}
+
+
+def create_time_repo(repo_dir: Path) -> RepoConfig:
+    """Switch the temp repo's events topic to CreateTime and infinite retention (old timestamps)."""
+    cfg = yaml.safe_load((repo_dir / "headwater.yaml").read_text())
+    cfg["topics"]["events"].update({"log_append_time": False, "retention_ms": -1})
+    (repo_dir / "headwater.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return load_repo(repo_dir)
+
+
+def prefixed(case_name: str, entity: Any) -> str:
+    return f"{case_name}|{entity}"
+
+
+def pipeline_view(view: FeatureView, topic: str, schema: dict) -> FeatureView:
+    cols = {f["name"]: {"string": "string", "double": "double", "long": "long"}[f["type"]] for f in schema["fields"]}
+    src = Source("events", topic, schema=schema, event_time_field=EVENT_TIME, columns=cols)
+    return dataclasses.replace(view, source=src)
+
+
+def produce_cases(conn: Connection, repo: RepoConfig, schema: dict,
+                  cases: Sequence[tuple[str, str, Sequence[Mapping]]]) -> dict[tuple[str, int, int], int]:
+    """cases: (name, entity_field, events). Returns (case, partition, case offset) -> broker offset."""
+    from confluent_kafka import Producer
+    from headwater.repo_schemas import subject
+    from schemas import AvroCodec, open_store
+
+    topic = repo.topics.events.name
+    codec = AvroCodec.for_subject(open_store(repo.resolve(repo.schema_store)), subject(topic), schema)
+    p = Producer({"bootstrap.servers": conn.bootstrap_servers, "enable.idempotence": True, "linger.ms": 5})
+    offsets: dict[tuple[str, int, int], int] = {}
+
+    def delivered(key):
+        def cb(err, msg):
+            assert err is None, err
+            offsets[key] = msg.offset()
+        return cb
+
+    for name, entity_field, events in cases:
+        for e in sorted(events, key=lambda e: (e["partition"], e["offset"])):
+            rec = {"card_id": "", "amount": 0.0, "merchant_id": ""}
+            rec.update({k: e[k] for k in EVENT_FIELDS if k in e and e[k] is not None})
+            rec["amount"] = float(rec["amount"])
+            rec[entity_field] = prefixed(name, e[entity_field])
+            rec[EVENT_TIME] = int(e["event_time_ms"])
+            p.produce(topic, codec.encode(rec), rec[entity_field].encode(), partition=int(e["partition"]),
+                      timestamp=int(e["append_time_ms"]),
+                      on_delivery=delivered((name, int(e["partition"]), int(e["offset"]))))
+    assert p.flush(60) == 0
+    return offsets
+
+
+def run_job(conn: Connection, repo: RepoConfig, views: Iterable[FeatureView], group: str) -> Definitions:
+    """Compile and run the features job over everything in the topic, to its current end."""
+    from streamjobs.job import compile_features, submit
+    views = tuple(views)
+    defs = Definitions(views, build_plan(views))
+    job = compile_features(conn, repo, defs, bounds=KafkaBounds(startup="earliest-offset", bounded="latest-offset"),
+                           group_id=group)
+    submit(conn, job).wait(600_000)
+    return defs
+
+
+def setup(stack: Connection, temp_repo: Path) -> RepoConfig:
+    repo = create_time_repo(temp_repo)
+    create_topics(stack, repo.topics)
+    return repo
