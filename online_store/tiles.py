@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from schemas import load_schema
 from streamjobs import ir
 from streamjobs.plan import ViewPlan
 
@@ -36,16 +37,7 @@ __all__ = ["TILE_KEY_SCHEMA", "HEADER_FIELDS", "PROGRESS_RESOLUTION", "tile_valu
 PROGRESS_RESOLUTION = 0
 HEADER_FIELDS = ("view", "entity", "resolution_ms", "tile_start", "plan_hash", "n_events", "max_append_ms")
 
-TILE_KEY_SCHEMA: dict = {
-    "type": "record", "name": "TileKey", "namespace": "headwater",
-    "doc": "Kafka key of the tiles topic: compaction keeps the newest IR per tile.",
-    "fields": [
-        {"name": "view", "type": "string"},
-        {"name": "entity", "type": "string"},
-        {"name": "resolution_ms", "type": "long", "doc": "0 = progress record"},
-        {"name": "tile_start", "type": "long", "doc": "epoch ms; the source partition for progress"},
-    ],
-}
+TILE_KEY_SCHEMA: dict = load_schema("tile_key")
 
 _AVRO = {"int": "int", "long": "long", "float": "float", "double": "double", "timestamp": "long",
          "string": "string", "boolean": "boolean"}

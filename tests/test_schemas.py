@@ -46,16 +46,8 @@ TRANSACTION = {
     "amount": 129.99, "currency": "EUR", "country": "DE", "event_time": T0,
 }
 RECORDS = {
-    "tile": {
-        "view": "card_txn_stats", "entity": "card-42", "resolution_ms": 60_000,
-        "tile_start": 1_699_999_980_000, "plan_hash": "9f2c1ab0d3", "version": 17,
-        "ir": {
-            "count": 3, "sum": 151.25, "sum_sq": 9001.5625, "min": 12.5, "max": 99.0,
-            "last": "DE", "last_ts": T0, "last_partition": 2, "last_offset": 123_456,
-            "distinct": ["m-7", "m-8"], "stddev_m2": None,
-        },
-        "max_append_ms": T0 + 850,
-    },
+    "tile_key": {"view": "card_velocity", "entity": "card-42", "resolution_ms": 60_000,
+                 "tile_start": 1_699_999_980_000},
     "prediction": {
         "event_id": "tx-0001", "entity": "card-42", "score": 0.0731, "decision": False,
         "model_name": "fraud_gbm", "model_version": "12", "features_as_of_ms": T0 - 1_000,
@@ -104,19 +96,19 @@ def store(tmp_path: Path) -> FileSchemaStore:
 
 def test_every_schema_file_has_docs_and_the_right_namespace() -> None:
     assert sorted(schemas.builtin_schema_names()) == [
-        "dlq", "feature_log", "prediction", "shadow", "tile"
+        "dlq", "feature_log", "prediction", "shadow", "tile_key"
     ]
     for name in RECORDS:
         schema = schema_for(name)
         ns = "headwater.examples.fraud" if name in ("transaction", "label") else "headwater"
         assert schema["namespace"] == ns and schema["doc"], name
-    assert schema_for("tile")["name"] == "Tile"
+    assert schema_for("tile_key")["name"] == "TileKey"
     assert schema_for("transaction")["name"] == "Transaction"
     assert schema_for("label")["name"] == "Label"
 
 
 def test_load_schema_errors_name_the_file(tmp_path: Path) -> None:
-    with pytest.raises(SchemaError, match="no built-in schema named 'nope'.*tile"):
+    with pytest.raises(SchemaError, match="no built-in schema named 'nope'.*tile_key"):
         load_schema("nope")
     with pytest.raises(SchemaError, match="missing.avsc"):
         load_schema(tmp_path / "missing.avsc")
@@ -144,12 +136,6 @@ def test_round_trip_every_schema(name: str) -> None:
     assert decoded == record
     # int and float IR values keep their type through the long/double union branches
     assert [type(v) for v in decoded.values()] == [type(v) for v in record.values()]
-
-
-def test_tile_ir_union_branches_keep_python_types() -> None:
-    codec = AvroCodec(load_schema("tile"), 1)
-    ir = codec.decode(codec.encode(RECORDS["tile"]))["ir"]
-    assert type(ir["count"]) is int and type(ir["max"]) is float and ir["stddev_m2"] is None
 
 
 def test_framing_bytes_literally() -> None:
@@ -289,7 +275,7 @@ def test_same_schema_under_another_id_decodes_without_resolution(store: FileSche
 def test_file_store_ids_are_stable_idempotent_and_shared(tmp_path: Path) -> None:
     path = tmp_path / "schema_registry.json"
     s1 = FileSchemaStore(path)
-    tile, label = load_schema("tile"), schema_for("label")
+    tile, label = load_schema("tile_key"), schema_for("label")
     assert s1.register("tiles-value", tile) == 1
     assert s1.register("tiles-value", tile) == 1
     assert s1.register("labels-value", label) == 2
