@@ -90,6 +90,41 @@ def cmd_consume(args) -> int:
     return 0
 
 
+def _definitions(repo_path):
+    from headwater.config import load_repo
+    from streamjobs.repo import load_definitions
+    repo = load_repo(repo_path)
+    return repo, load_definitions(repo)
+
+
+def cmd_features(args) -> int:
+    from headwater.config import load_connection
+    repo, defs = _definitions(args.repo)
+    if args.action == "plan":
+        from streamjobs.describe import describe_plan
+        print(describe_plan(defs.plan))
+        if not args.no_sql:
+            from streamjobs.job import compile_features
+            print("\n-- generated Flink SQL (streaming mode; replay runs the same SELECTs in batch mode)\n")
+            print(compile_features(load_connection(), repo, defs).text())
+        return 0
+    from headwater import features_service
+    return features_service.run(repo, defs, with_writer=not args.no_writer, fresh=args.fresh)
+
+
+def cmd_online(args) -> int:
+    from headwater import features_service
+    repo, defs = _definitions(args.repo)
+    if args.action == "write":
+        return features_service.write(repo, defs)
+    return features_service.rebuild(repo, defs)
+
+
+def cmd_fetch(args) -> int:
+    from headwater import features_service
+    return features_service.fetch_cli(args.repo, args.entity, args.features, args.at, args.json)
+
+
 def cmd_demo(args) -> int:
     from headwater import demo
     return demo.run(args.repo, events=args.events)
@@ -138,6 +173,28 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--max", type=int, default=10)
     c.add_argument("--timeout", type=float, default=10.0)
     c.set_defaults(func=cmd_consume)
+
+    f = sub.add_parser("features", help="plan: show views, windows, resolutions and the Flink SQL; run: streaming job")
+    f.add_argument("action", choices=["plan", "run"])
+    f.add_argument("--repo", required=True)
+    f.add_argument("--no-sql", action="store_true", help="plan: omit the generated SQL")
+    f.add_argument("--no-writer", action="store_true", help="run: do not start the online writer in-process")
+    f.add_argument("--fresh", action="store_true", help="run: ignore checkpoints, start from committed offsets")
+    f.set_defaults(func=cmd_features)
+
+    o = sub.add_parser("online", help="write: tiles topic -> Redis (keeps running); rebuild: from the compacted topic")
+    o.add_argument("action", choices=["write", "rebuild"])
+    o.add_argument("--repo", required=True)
+    o.set_defaults(func=cmd_online)
+
+    fe = sub.add_parser("fetch", help="online feature values for entities, with as_of and freshness")
+    fe.add_argument("--repo", required=True)
+    fe.add_argument("--entity", action="append", required=True, metavar="KEY=VALUE",
+                    help="e.g. card_id=c42 (repeatable)")
+    fe.add_argument("--features", default=None, help="comma-separated view:feature or view:* (default all)")
+    fe.add_argument("--at", default=None, help="query time, ISO-8601 (default now)")
+    fe.add_argument("--json", action="store_true")
+    fe.set_defaults(func=cmd_fetch)
 
     d = sub.add_parser("demo", help="stack up, topics, produce example events and read them back")
     d.add_argument("--repo", default="examples/fraud")

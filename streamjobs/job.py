@@ -85,3 +85,34 @@ def submit(conn: Connection, job, mode="streaming", restore_from: str | None = N
     for ins in job.inserts:
         stmts.add_insert_sql(ins)
     return stmts.execute()
+
+
+def checkpoint_dir(project: str) -> Path:
+    from headwater.config import stack_dir
+    return stack_dir() / "flink" / project / "checkpoints"
+
+
+def latest_checkpoint(directory: Path) -> str | None:
+    """The newest completed checkpoint (``chk-N/_metadata``) under ``directory``, for resuming."""
+    best: tuple[float, Path] | None = None
+    for meta in directory.glob("*/chk-*/_metadata"):
+        t = meta.stat().st_mtime
+        if best is None or t > best[0]:
+            best = (t, meta.parent)
+    return best[1].as_uri() if best else None
+
+
+def run_streaming(conn: Connection, repo, defs, *, fresh: bool = False, progress=print):
+    """Submit the unbounded features job; resumes from the newest checkpoint unless ``fresh``.
+
+    Returns the TableResult; the job runs in this process's MiniCluster until the process ends.
+    Tile writes are whole-IR upserts, so resuming (even replaying some events twice) never double counts.
+    """
+    ckpt = checkpoint_dir(repo.project)
+    ckpt.mkdir(parents=True, exist_ok=True)
+    restore = None if fresh else latest_checkpoint(ckpt)
+    job = compile_features(conn, repo, defs, checkpoint_dir=ckpt.as_uri())
+    progress(f"features job: {len(defs.plan.views)} view(s), {len(job.inserts)} tile queries, "
+             f"plan {defs.plan.plan_hash}; checkpoints in {ckpt}"
+             + (f"; resuming from {restore}" if restore else ""))
+    return submit(conn, job, restore_from=restore)
