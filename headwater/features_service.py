@@ -1,0 +1,120 @@
+"""Long-running feature services behind the CLI: the streaming job, the online writer, fetch.
+
+``features run`` starts the Flink job on a local MiniCluster *and*, unless ``--no-writer``, the
+online writer in a thread of the same process, so one command keeps Redis fresh. Both stop on
+Ctrl-C or SIGTERM: the job is cancelled (its last checkpoint is retained for the next run) and
+the writer commits the offsets of what it wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from datetime import datetime, timezone
+
+from headwater.config import load_connection, load_repo
+from headwater.errors import ConfigError
+from headwater.topics import create_topics
+
+__all__ = ["run", "write", "rebuild", "fetch_cli", "parse_time"]
+
+
+def _sigterm_as_interrupt() -> None:
+    def handler(_sig, _frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, handler)
+
+
+def run(repo, defs, *, with_writer: bool = True, fresh: bool = False) -> int:
+    from streamjobs.job import run_streaming
+    conn = load_connection()
+    create_topics(conn, repo.topics)
+    _sigterm_as_interrupt()
+    stop = threading.Event()
+    writer = None
+    if with_writer:
+        from online_store.writer import run_writer
+        writer = threading.Thread(target=run_writer, args=(conn, repo, defs.plan),
+                                  kwargs={"stop_event": stop, "verbose": True}, name="online-writer", daemon=True)
+    result = run_streaming(conn, repo, defs, fresh=fresh)
+    if writer is not None:
+        writer.start()
+        print("online writer: tiles topic -> Redis, running in this process")
+    try:
+        result.wait()
+    except KeyboardInterrupt:
+        print("stopping: cancelling the Flink job (checkpoint kept) and the writer ...")
+        try:
+            result.get_job_client().cancel().result()
+        except Exception:  # already finished or cluster gone: nothing to cancel
+            pass
+    finally:
+        stop.set()
+        if writer is not None:
+            writer.join(timeout=30)
+    return 0
+
+
+def write(repo, defs) -> int:
+    from online_store.writer import run_writer
+    _sigterm_as_interrupt()
+    stop = threading.Event()
+    try:
+        run_writer(load_connection(), repo, defs.plan, stop_event=stop, verbose=True)
+    except KeyboardInterrupt:
+        stop.set()
+    return 0
+
+
+def rebuild(repo, defs) -> int:
+    from online_store.writer import rebuild as rebuild_store
+    t0 = time.perf_counter()
+    stats = rebuild_store(load_connection(), repo, defs.plan, verbose=True)
+    print(f"rebuilt the online store from {repo.topics.tiles.name} in {time.perf_counter() - t0:.1f}s: {stats}")
+    return 0
+
+
+def parse_time(text: str | None) -> int | None:
+    """ISO-8601 (naive = UTC) or epoch ms -> epoch ms."""
+    if text is None:
+        return None
+    if text.isdigit():
+        return int(text)
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ConfigError(f"--at {text!r} is not a time: use ISO-8601 like 2026-01-05T14:27:00Z "
+                          f"or epoch milliseconds") from exc
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return int(dt.timestamp() * 1000)
+
+
+def fetch_cli(repo_path, entity_args: list[str], features: str | None, at: str | None, as_json: bool) -> int:
+    from online_store import fetch_repo
+    repo = load_repo(repo_path)
+    keys = []
+    for arg in entity_args:
+        name, sep, value = arg.partition("=")
+        if not sep or not value:
+            raise ConfigError(f"--entity {arg!r} must be KEY=VALUE, e.g. --entity card_id=c42")
+        keys.append((name, value))
+    refs = [r.strip() for r in features.split(",")] if features else None
+    result = fetch_repo(repo, keys, refs, at=parse_time(at))
+    rows = result.rows()
+    now = int(time.time() * 1000)
+    if as_json:
+        print(json.dumps({"t_ms": result.t_ms, "as_of_ms": result.as_of_ms, "rows": rows}, default=str, indent=2))
+        return 0
+    for row in rows:
+        print(f"{row.get('entity')}")
+        for k, v in row.items():
+            if k != "entity":
+                print(f"  {k:44} {v}")
+    if result.as_of_ms:
+        print(f"as_of {result.as_of_ms} (freshness {max(0, result.t_ms - min(result.as_of_ms.values()))} ms at t; "
+              f"now - as_of = {now - min(result.as_of_ms.values())} ms)" if isinstance(result.as_of_ms, dict)
+              else f"as_of {result.as_of_ms}")
+    return 0
