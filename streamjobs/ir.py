@@ -177,9 +177,15 @@ def last_key_sql(column_sql: str, column_type: str, inputs: SqlInputs = SqlInput
     )
 
 
-def field_sql(field: IRField, column_sql: str | None = None, inputs: SqlInputs = SqlInputs()) -> str:
-    """The Flink SQL aggregate expression computing ``field`` over one tile's rows."""
+def field_sql(field: IRField, column_sql: str | None = None, inputs: SqlInputs = SqlInputs(),
+              last_key_column: str | None = None) -> str:
+    """The Flink SQL aggregate expression computing ``field`` over one tile's rows.
+
+    ``last_key_column``: a column already holding :func:`last_key_sql` for this field (the
+    compiler computes it once per event instead of once per resolution)."""
     c = column_sql or f"`{field.column}`"
+    if field.kind == "last" and last_key_column is not None:
+        return f"MAX({last_key_column})"
     d = f"CAST({c} AS DOUBLE)"
     if field.kind == "cnt":
         return f"COUNT({c})"
