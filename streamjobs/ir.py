@@ -38,7 +38,7 @@ __all__ = [
     "get_op", "fields_for", "ir_fields", "field_sql", "last_key_sql",
     "value_to_str", "str_to_value", "encode_last", "decode_last",
     "empty_ir", "tile_from_events", "update", "merge", "merge_many", "finalize", "finalize_op",
-    "to_row", "from_row",
+    "to_row", "from_row", "vmerge", "vfinalize",
 ]
 
 IR = Mapping[str, Any]
@@ -508,3 +508,86 @@ def from_row(fields: Sequence[IRField], row: Mapping[str, Any]) -> dict[str, Any
         else:
             out[f.name] = frozenset(str(x) for x in (v or ()) if x is not None)
     return out
+
+
+# ---------------------------------------------------------------- vectorised merge (online reader)
+# ``merge_many`` + ``finalize`` for the
+# numeric fields over an (entities x K) matrix per field, tiles in canonical order, absent tiles
+# as the identity (cnt 0, sum 0.0, min/max null). Bit-identical to the scalar fold: sums use
+# np.add.accumulate (a sequential left fold, never pairwise), M2 interleaves Chan's two additions
+# per step into one accumulate, min/max follow ``ir._lt`` (-0.0 < 0.0; a NaN sticks only when it
+# is the first value, as in the fold). Checked against ir.merge_many/finalize by
+# tests/test_online_store.py::test_vector_engine_matches_ir.
+
+
+
+def _vfold(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(acc before each step, final acc) of the left fold ``acc = acc + m[..., k]`` from 0."""
+    a = np.add.accumulate(np.concatenate([np.zeros(m.shape[:-1] + (1,), m.dtype), m], axis=-1), axis=-1)
+    return a[..., :-1], a[..., -1]
+
+
+def _vextreme(v: np.ndarray, null: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    valid = ~null
+    out_null = ~valid.any(axis=-1)
+    if not v.shape[-1]:
+        return np.zeros(v.shape[:-1], v.dtype), out_null
+    if v.dtype.kind != "f":
+        fill = np.iinfo(v.dtype).max if kind == "min" else np.iinfo(v.dtype).min
+        w = np.where(valid, v, fill)
+        return (w.min(axis=-1) if kind == "min" else w.max(axis=-1)), out_null
+    w = np.where(valid, v, np.inf if kind == "min" else -np.inf)
+    m = np.fmin.reduce(w, axis=-1) if kind == "min" else np.fmax.reduce(w, axis=-1)
+    if (m == 0).any():  # signed zeros: the fold keeps -0.0 for min, +0.0 for max when both occur
+        zero = valid & (v == 0)
+        signed = (zero & np.signbit(v)).any(axis=-1) if kind == "min" else ~(zero & ~np.signbit(v)).any(axis=-1)
+        m = np.where(m == 0, np.where(signed, -0.0, 0.0), m)
+    if np.isnan(w).any():  # a NaN survives the fold only as the first value of a window
+        first = np.take_along_axis(v, valid.argmax(axis=-1)[..., None], axis=-1)[..., 0]
+        m = np.where(~out_null & np.isnan(first), np.nan, m)
+    return m, out_null
+
+
+def vmerge(fields: Sequence[IRField], tiles: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """Merged numeric IR over the last axis of (..., K) tile matrices: ``<name>`` arrays of shape
+    (...), ``<name>__null`` masks for min/max, ``<col>__m2`` where the column has cnt, sum, sumsq."""
+    out: dict[str, Any] = {}
+    names = {f.name for f in fields}
+    for f in fields:
+        if f.kind == "cnt":
+            out[f.name] = tiles[f.name].sum(axis=-1)
+        elif f.kind in ("sum", "sumsq"):
+            out[f.name] = _vfold(tiles[f.name])[1]
+        elif f.kind in ("min", "max"):
+            out[f.name], out[f.name + "__null"] = _vextreme(tiles[f.name], tiles[f.name + "__null"], f.kind)
+    for f in fields:
+        c = f.column
+        if f.kind == "sumsq" and {f"{c}__cnt", f"{c}__sum"} <= names:
+            nb, sb, qb = tiles[f"{c}__cnt"], tiles[f"{c}__sum"], tiles[f.name]
+            na = np.cumsum(nb, axis=-1) - nb
+            sa = _vfold(sb)[0]
+            x = qb - sb * sb / nb
+            m2b = np.where(nb > 0, np.where(0.0 > x, 0.0, x), 0.0)
+            d = sb / nb - sa / na
+            term = np.where((na > 0) & (nb > 0), d * d * (na * nb) / (na + nb), 0.0)
+            steps = np.empty(nb.shape[:-1] + (2 * nb.shape[-1],))
+            steps[..., 0::2], steps[..., 1::2] = m2b, term
+            out[f"{c}__m2"] = _vfold(steps)[1]
+    return out
+
+
+def vfinalize(f: FeatureLike, m: Mapping[str, Any], g: int) -> tuple[np.ndarray, np.ndarray]:
+    """(values, null mask) of a numeric op from ``vmerge`` output (window group ``g`` on axis 1)."""
+    c = f.column
+    if f.op in ("count", "sum"):
+        v = m[f"{c}__{'cnt' if f.op == 'count' else 'sum'}"][:, g]
+        return v, np.zeros(len(v), bool)
+    if f.op in ("min", "max"):
+        return m[f"{c}__{f.op}"][:, g], m[f"{c}__{f.op}__null"][:, g]
+    cnt = m[f"{c}__cnt"][:, g]
+    safe = np.where(cnt > 0, cnt, 1)
+    if f.op == "mean":
+        return m[f"{c}__sum"][:, g] / safe, cnt == 0
+    if f.op == "stddev":
+        return np.sqrt(m[f"{c}__m2"][:, g] / safe), cnt == 0
+    raise IRError(f"no vectorised finalize for op {f.op!r}")

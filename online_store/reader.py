@@ -1,0 +1,472 @@
+"""``fetch``: feature values for many entities at time ``t`` from one Redis round trip.
+
+Per view, ``windows.window_tiles`` names the tiles every requested window group needs at ``t``;
+that list depends only on ``floor(t, tick)``, never on the entity, so it is computed once per
+tick and cached (with its RESP bytes). The request is one ``HGETALL`` (or, ``read="hmget"``, one
+``HMGET`` of exactly those fields) per (view, distinct entity) plus one ``HGET as_of`` per view,
+written to the socket in one send and read back in order: one round trip whatever the number of
+entities and views. HGETALL is the default because the writer's trimming keeps a hash close to
+what the windows need, while an HMGET names every possible tile (334 fields per card+merchant
+row in the fraud plan, mostly absent): Redis spent 19 us per HGETALL vs 38 us per HMGET in
+bench/fetch.py. Tiles the layout does not name are ignored, so both give the same values.
+
+Values are merged as the DESIGN says: ``ir.merge_many`` (canonical ``(resolution, tile_start)``
+left fold) then ``ir.finalize``. ``engine="scalar"`` runs literally those functions per entity;
+the default ``engine="vector"`` runs the same fold over an entities x groups x tiles matrix (see
+the VECTOR IR section: bit-identical to ``merge_many``/``finalize``, property-tested against them,
+and meant to move into ``streamjobs/ir.py``). Nulls are never NaN: ``FetchResult.values`` maps each
+``"view:feature"`` to a typed ``pyarrow.Array`` (int64 counts, float64 sums/means, the column's
+type for min/max/last) with Arrow nulls; ``FetchResult.numpy`` gives ``(values, null_mask)``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from itertools import chain, compress
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+
+from online_store import keys
+from online_store.errors import FetchArgumentError, StoreUnavailableError
+from online_store.metrics import ReaderMetrics
+from streamjobs import ir, windows
+from streamjobs.plan import Feature, FeaturePlan, ViewPlan
+
+__all__ = ["fetch", "FetchResult"]
+
+_REFS: OrderedDict[tuple[int, Any], tuple[FeaturePlan, tuple[Any, ...], dict[str, tuple[str, ...]]]] = OrderedDict()
+
+
+def _resolve(plan: FeaturePlan, refs: Sequence[str] | None) -> tuple[tuple[Any, ...], dict[str, tuple[str, ...]]]:
+    """``plan.features_by_ref`` and the requested feature names per view, memoised per (plan, refs)."""
+    ck = (id(plan), None if refs is None else tuple(refs))
+    hit = _REFS.get(ck)
+    if hit is not None and hit[0] is plan:
+        return hit[1], hit[2]
+    frefs = plan.features_by_ref(list(refs) if refs is not None else [f"{v.name}:*" for v in plan.views])
+    by_view: dict[str, list[str]] = {}
+    for fr in frefs:
+        by_view.setdefault(fr.view, []).append(fr.feature.name)
+    out = (frefs, {v: tuple(names) for v, names in by_view.items()})
+    _REFS[ck] = (plan, *out)
+    if len(_REFS) > 256:
+        _REFS.popitem(last=False)
+    return out
+
+_ARROW = {"int": pa.int64(), "long": pa.int64(), "timestamp": pa.int64(), "float": pa.float64(),
+          "double": pa.float64(), "string": pa.string(), "boolean": pa.bool_()}
+
+
+def _arrow_type(f: Feature) -> pa.DataType:
+    if f.op in ("count", "distinct_count"):
+        return pa.int64()
+    if f.op in ("sum", "mean", "stddev"):
+        return pa.float64()
+    return _ARROW.get(f.column_type, pa.string())
+
+
+Column = tuple[np.ndarray, np.ndarray]  # (values, null mask); object dtype for strings
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    """Values of ``features`` (``"view:feature"`` refs, in request order) for ``entities`` at ``t_ms``.
+
+    ``values[ref]`` is a typed ``pyarrow.Array`` whose nulls are the no-data values (built on
+    first access); ``numpy(ref)`` gives ``(values, null_mask)`` without Arrow, for matrix assembly.
+    ``as_of_ms[view]``: the published as_of of that view (None until the writer published one);
+    ``min_as_of_ms`` is None when any view has none.
+    """
+
+    features: tuple[str, ...]
+    entities: tuple[str, ...]
+    columns: Mapping[str, Column]
+    types: Mapping[str, pa.DataType]
+    as_of_ms: Mapping[str, int | None]
+    t_ms: int
+    entity_columns: Mapping[str, tuple[str, ...]] | None = None
+    """Row-aligned ids per entity name when ``fetch`` got a mapping (``entities`` is then the first)."""
+
+    @cached_property
+    def values(self) -> dict[str, pa.Array]:
+        out = {}
+        for f in self.features:
+            v, null = self.columns[f]
+            out[f] = pa.array(v.tolist(), self.types[f]) if v.dtype == object else pa.array(v, self.types[f], mask=null)
+        return out
+
+    def numpy(self, ref: str) -> Column:
+        """``(values, null mask)`` of one feature; values under the mask are meaningless (0 or None)."""
+        return self.columns[ref]
+
+    @property
+    def min_as_of_ms(self) -> int | None:
+        vals = list(self.as_of_ms.values())
+        return None if not vals or any(v is None for v in vals) else min(vals)  # type: ignore[type-var]
+
+    def to_arrow(self) -> pa.Table:
+        ids = self.entity_columns or {"entity": self.entities}
+        return pa.table({**{k: pa.array(v, pa.string()) for k, v in ids.items()},
+                         **{f: self.values[f] for f in self.features}})
+
+    def rows(self) -> list[dict[str, Any]]:
+        return self.to_arrow().to_pylist()
+
+
+# ---------------------------------------------------------------- read layout (per view, per tick)
+
+
+@dataclass(frozen=True)
+class _Group:
+    features: tuple[Feature, ...]  # the requested features of this window group
+    fields: tuple[ir.IRField, ...]
+    tiles: tuple[tuple[int, int], ...]  # canonical (resolution, tile_start) order
+    cols: np.ndarray  # positions of ``tiles`` in the layout's field list
+
+
+@dataclass(frozen=True)
+class _Layout:
+    view: ViewPlan
+    codec: keys.TileCodec
+    prefix: bytes
+    fields: tuple[bytes, ...]
+    pos: Mapping[bytes, int]  # field -> position in ``fields``
+    packed: bytes  # RESP bulk strings of ``fields``
+    groups: tuple[_Group, ...]
+    member: np.ndarray  # (groups, fields + 1) bool: the group reads that field (last column: padding)
+
+
+_LAYOUTS: OrderedDict[tuple[Any, ...], _Layout] = OrderedDict()
+
+
+def _bulk(b: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(b), b)
+
+
+def _layout(project: str, view: ViewPlan, names: tuple[str, ...], t: int) -> _Layout:
+    ck = (project, view.name, view.plan_hash, names, windows.tile_start(t, view.tick_ms))
+    lay = _LAYOUTS.get(ck)
+    if lay is not None:
+        return lay
+    wanted = set(names)
+    per_group = []
+    for g in view.groups:
+        feats = tuple(f for f in g.features if f.name in wanted)
+        if not feats:
+            continue
+        since = None if g.window_ms is not None else t - keys.lookback_ms(view, g.hop_ms)
+        tiles = windows.window_tiles(t, g.window_ms, g.hop_ms, view.ladder, view.tick_ms, since_ms=since)
+        per_group.append((g, feats, tuple(sorted(tiles))))
+    union = sorted({k for _, _, tiles in per_group for k in tiles})
+    pos = {k: i for i, k in enumerate(union)}
+    fields = tuple(keys.tile_field(r, s).encode() for r, s in union)
+    groups = tuple(_Group(feats, g.fields, tiles, np.array([pos[k] for k in tiles], dtype=np.intp))
+                   for g, feats, tiles in per_group)
+    member = np.zeros((len(groups), len(fields) + 1), dtype=bool)
+    for i, g in enumerate(groups):
+        member[i, g.cols] = True
+    lay = _Layout(view, keys.codec_for(view), keys.entity_key_prefix(project, view).encode(), fields,
+                  dict(zip(fields, range(len(fields)))), b"".join(_bulk(f) for f in fields), groups, member)
+    _LAYOUTS[ck] = lay
+    if len(_LAYOUTS) > 256:
+        _LAYOUTS.popitem(last=False)
+    return lay
+
+
+# ---------------------------------------------------------------- the round trip
+
+
+def _round_trip(redis: Any, layouts: Sequence[_Layout], ents: Sequence[Sequence[bytes]], project: str,
+                read: str) -> list[Any]:
+    """HMGET (or HGETALL) per (view, entity), then HGET as_of, per view; replies in that order."""
+    from redis.cluster import RedisCluster
+    from redis.exceptions import ConnectionError, RedisError, TimeoutError
+
+    if isinstance(redis, RedisCluster) or not hasattr(redis, "connection_pool"):
+        return _round_trip_pipeline(redis, layouts, ents, project, read)
+    parts: list[bytes] = []
+    n = 0
+    for lay, view_ents in zip(layouts, ents):
+        if lay.fields:
+            head = b"*%d\r\n$5\r\nHMGET\r\n" % (2 + len(lay.fields)) if read == "hmget" else b"*2\r\n$7\r\nHGETALL\r\n"
+            tail = lay.packed if read == "hmget" else b""
+            for e in view_ents:
+                parts += (head, _bulk(lay.prefix + e + b"}"), tail)
+            n += len(view_ents)
+        parts += (b"*3\r\n$4\r\nHGET\r\n", _bulk(keys.progress_key(project, lay.view).encode()), b"$5\r\nas_of\r\n")
+        n += 1
+    payload = b"".join(parts)
+    pool = redis.connection_pool
+    for attempt in (0, 1):
+        try:
+            conn = pool.get_connection()
+        except TypeError:  # redis-py < 5.3 wants a command name
+            conn = pool.get_connection("HMGET")
+        try:
+            conn.send_packed_command([payload])
+            return [conn.read_response(disable_decoding=True) for _ in range(n)]
+        except (ConnectionError, TimeoutError) as exc:
+            conn.disconnect()
+            if attempt:
+                raise StoreUnavailableError(f"fetch from Redis failed: {exc}") from exc
+        except RedisError as exc:
+            conn.disconnect()
+            raise StoreUnavailableError(f"fetch from Redis failed: {exc}") from exc
+        except BaseException:
+            conn.disconnect()
+            raise
+        finally:
+            pool.release(conn)
+    raise AssertionError("unreachable")
+
+
+def _round_trip_pipeline(redis: Any, layouts: Sequence[_Layout], ents: Sequence[Sequence[bytes]],
+                         project: str, read: str) -> list[Any]:
+    """Same commands through a client pipeline (Redis Cluster: one round trip per node, in parallel)."""
+    pipe = redis.pipeline(transaction=False)
+    for lay, view_ents in zip(layouts, ents):
+        if lay.fields:
+            for e in view_ents:
+                if read == "hmget":
+                    pipe.execute_command("HMGET", lay.prefix + e + b"}", *lay.fields)
+                else:
+                    pipe.execute_command("HGETALL", lay.prefix + e + b"}")
+        pipe.execute_command("HGET", keys.progress_key(project, lay.view), keys.AS_OF_FIELD)
+    return pipe.execute()
+
+
+# ---------------------------------------------------------------- fetch
+
+
+def _ids(values: Sequence[Any]) -> tuple[str, ...]:
+    return tuple(e if isinstance(e, str) else str(e) for e in values)  # Flink casts entity keys to STRING
+
+
+def fetch(redis: Any, project: str, plan: FeaturePlan, entities: Sequence[str] | Mapping[str, Sequence[str]],
+          refs: Sequence[str] | None = None, at_ms: int | None = None, *,
+          engine: Literal["vector", "scalar"] = "vector", read: Literal["hgetall", "hmget"] = "hgetall",
+          metrics: ReaderMetrics | None = None) -> FetchResult:
+    """Feature values at ``at_ms`` (None = now) for ``entities``; unknown entities get the no-data values.
+
+    ``entities``: ids used for every view, or a mapping entity name -> row-aligned ids (a scoring
+    batch's cards *and* merchants in the same round trip; each view reads its entity's ids).
+    ``refs``: ``"view:feature"`` or ``"view:*"`` (``plan.features_by_ref``); None = every feature.
+    ``read``: ``hgetall`` (default) reads each entity's stored tiles (cost ~ tiles stored, which the
+    writer's trimming keeps close to what windows need) and keeps those ``window_tiles`` names;
+    ``hmget`` asks for exactly those fields (cost ~ entities x fields, 334 per row for the fraud
+    plan, mostly absent: slower in bench/fetch.py at every batch size). Same values either way.
+    ``redis`` must not decode responses (tile values are bytes).
+    """
+    t0 = time.perf_counter()
+    t = int(time.time() * 1000) if at_ms is None else int(at_ms)
+    frefs, by_view = _resolve(plan, refs)
+    layouts = [_layout(project, plan.view(v), names, t) for v, names in by_view.items()]
+    columns = {k: _ids(v) for k, v in entities.items()} if isinstance(entities, Mapping) else None
+    if columns is not None:
+        if len({len(v) for v in columns.values()}) > 1:
+            raise FetchArgumentError("fetch: the id lists of an entities mapping must have the same length (one row each)")
+        missing = sorted({lay.view.entity for lay in layouts} - set(columns))
+        if missing:
+            raise FetchArgumentError(f"fetch: no ids for entity {missing[0]!r}; pass entities={{{missing[0]!r}: [...], ...}}")
+        per_view = [columns[lay.view.entity] for lay in layouts]
+        ents = next(iter(columns.values()), ())
+    else:
+        ents = _ids(entities)
+        per_view = [ents] * len(layouts)
+    uniq: list[dict[str, int]] = []  # per view: distinct ids (a batch repeats hot entities) -> row
+    inverse: list[np.ndarray] = []
+    for ids in per_view:
+        index: dict[str, int] = {}
+        inverse.append(np.array([index.setdefault(e, len(index)) for e in ids], dtype=np.intp))
+        uniq.append(index)
+    mode = read
+    wire = [[e.encode() for e in u] for u in uniq]
+    replies = _round_trip(redis, layouts, wire, project, mode) if layouts else []
+    values: dict[str, Column] = {}
+    types: dict[str, pa.DataType] = {}
+    as_of: dict[str, int | None] = {}
+    i = 0
+    for lay, u, inv in zip(layouts, uniq, inverse):
+        rows: list[Any] = []
+        if lay.fields:
+            rows, i = replies[i:i + len(u)], i + len(u)
+        raw = replies[i]
+        i += 1
+        as_of[lay.view.name] = None if raw is None else int(raw)
+        tiles = _sparse(lay, rows, mode)
+        merge = _merge_scalar if engine == "scalar" else _merge_vector
+        dup = len(u) != len(inv)
+        for name, (v, null) in merge(lay, tiles, len(u), t).items():
+            values[f"{lay.view.name}:{name}"] = (v[inv], null[inv]) if dup else (v, null)
+        for g in lay.groups:
+            types.update((f"{lay.view.name}:{f.name}", _arrow_type(f)) for f in g.features)
+    if metrics is not None:
+        metrics.latency.observe(time.perf_counter() - t0)
+        metrics.entities.inc(len(ents))
+    return FetchResult(tuple(fr.ref for fr in frefs), ents, values, types, as_of, t, columns)
+
+
+@dataclass(frozen=True)
+class _Sparse:
+    """The tiles one view's replies hold: entity row and layout position of each, and its bytes."""
+
+    ent: np.ndarray
+    pos: np.ndarray
+    vals: list[bytes]
+
+
+def _sparse(lay: _Layout, rows: list[Any], mode: str) -> _Sparse:
+    nf = len(lay.fields)
+    if mode == "hmget":
+        flat = list(chain.from_iterable(rows))
+        present = np.frombuffer(bytes(map(bool, flat)), dtype=np.bool_)  # a tile value is never empty
+        where = np.flatnonzero(present)
+        return _Sparse(where // max(nf, 1), where % max(nf, 1), list(compress(flat, present)))
+    ent: list[int] = []
+    pos: list[int] = []
+    vals: list[bytes] = []
+    get = lay.pos.get
+    for e, r in enumerate(rows):
+        if isinstance(r, dict):  # RESP3 map
+            r = [x for kv in r.items() for x in kv]
+        for p, v in zip(map(get, r[0::2]), r[1::2]):
+            if p is not None:
+                ent.append(e)
+                pos.append(p)
+                vals.append(v)
+    return _Sparse(np.array(ent, dtype=np.intp), np.array(pos, dtype=np.intp), vals)
+
+
+def _merge_scalar(lay: _Layout, tiles: _Sparse, n: int, t: int) -> dict[str, Column]:
+    """The DESIGN path, literally: per entity and group, ``ir.merge_many`` then ``ir.finalize``."""
+    per_entity: list[dict[int, bytes]] = [{} for _ in range(n)]
+    for e, p, v in zip(tiles.ent.tolist(), tiles.pos.tolist(), tiles.vals):
+        per_entity[e][p] = v
+    cols: dict[str, list[Any]] = {f.name: [] for g in lay.groups for f in g.features}
+    for row in per_entity:
+        for g in lay.groups:
+            found = {k: lay.codec.decode(row[c])[1] for k, c in zip(g.tiles, g.cols.tolist()) if c in row}
+            out = ir.finalize(g.features, ir.merge_many(found, g.fields), t_ms=t)
+            for f in g.features:
+                cols[f.name].append(out[f.name])
+    return {name: _objects(v) for name, v in cols.items()}
+
+
+def _objects(values: list[Any]) -> Column:
+    arr = np.empty(len(values), dtype=object)
+    arr[:] = values
+    return arr, np.array([v is None for v in values], dtype=bool)
+
+
+#: Entities with at most this many tiles in a view are folded in a narrow matrix, the rest apart:
+#: matrices are (entities x groups x most tiles of one entity), so one hot entity must not widen all.
+_NARROW = 16
+
+
+def _merge_vector(lay: _Layout, tiles: _Sparse, n: int, t: int) -> dict[str, Column]:
+    """Decode every present tile at once, then fold all window groups together over an
+    (entities x groups x W) matrix holding, per (entity, group), its present tiles in canonical
+    order (W = the most any row has); padding is the identity tile."""
+    vals = tiles.vals
+    n_tiles, n_groups = len(vals), len(lay.groups)
+    order = np.lexsort((tiles.pos, tiles.ent))  # canonical order = field position order
+    ent, pos = tiles.ent[order], tiles.pos[order]
+    member = lay.member[:, pos]  # (groups, tiles)
+    seen = np.cumsum(member, axis=1)
+    counts = np.zeros((n_groups, n), dtype=np.intp)  # present tiles per (group, entity)
+    for g in range(n_groups):
+        counts[g] = np.bincount(ent[member[g]], minlength=n)
+    before = np.cumsum(counts, axis=1) - counts  # member tiles of earlier entities, per group
+    rank = seen - 1 - before[:, ent] if n_tiles else seen  # (groups, tiles): place in its row
+    widest = counts.max(axis=0, initial=0)
+    table = lay.codec.decode_fixed(vals, pad=True)  # row n_tiles: the empty tile
+    var: list[Any] = []  # var parts per var field, split on first use by a group that needs them
+    out: dict[str, Column] = {}
+    narrow = widest <= _NARROW
+    for members in (np.flatnonzero(narrow), np.flatnonzero(~narrow)):
+        if not len(members) and n:
+            continue
+        nb, width = len(members), int(widest[members].max(initial=0))
+        row = np.full(n, -1, dtype=np.intp)
+        row[members] = np.arange(nb)
+        idx3 = np.full((nb, n_groups, width), n_tiles, dtype=np.intp)
+        for g in range(n_groups):
+            sel = member[g] & (row[ent] >= 0)
+            idx3[row[ent[sel]], g, rank[g, sel]] = order[sel]
+        block = _merge_block(lay, table, vals, var, idx3, nb, t)
+        if nb == n:
+            return block
+        for name, (v, null) in block.items():
+            if name not in out:
+                out[name] = (np.empty(n, v.dtype), np.empty(n, bool))
+            out[name][0][members], out[name][1][members] = v, null
+    return out
+
+
+def _merge_block(lay: _Layout, table: np.ndarray, vals: list[bytes], var: list[Any], idx3: np.ndarray,
+                 n: int, t: int) -> dict[str, Column]:
+    dec = table[idx3]  # (entities, groups, P) records, one gather
+    mats: dict[str, np.ndarray] = {}
+    for s in lay.codec.slots:
+        mats[s.field.name] = dec[s.field.name]
+        if s.nullable:
+            mats[s.field.name + "__null"] = dec[s.field.name + "__null"] != 0
+    with np.errstate(all="ignore"):  # IEEE results as Python floats give them (inf - inf = nan)
+        merged = ir.vmerge([s.field for s in lay.codec.slots], mats)
+    out: dict[str, Column] = {}
+    for gi, g in enumerate(lay.groups):
+        var_fields = [f for f in g.fields if f.kind in ("last", "distinct")]
+        pyvals = _merge_var(lay.codec, var_fields, var, vals, idx3[:, gi, :], n) if var_fields else {}
+        with np.errstate(all="ignore"):
+            for f in g.features:
+                if f.op in ("last", "latest", "distinct_count"):
+                    out[f.name] = _objects(_finalize_var(f, pyvals, t))
+                else:
+                    out[f.name] = ir.vfinalize(f, merged, gi)
+    return out
+
+
+def _merge_var(codec: keys.TileCodec, fields: list[ir.IRField], var: list[Any], vals: list[bytes],
+               idx: np.ndarray, n: int) -> dict[str, list[Any]]:
+    """``last`` (max key, decoded once) and ``distinct`` (union) per entity over its present tiles.
+
+    ``var`` caches ``codec.split_var(vals)`` (or, for JSON-form tiles, per-tile ``decode_var``)."""
+    if not var:
+        cols = codec.split_var(vals)
+        if cols is None:  # some tile in the JSON form: per-tile decode, same representation
+            per_tile = [codec.decode_var(v) for v in vals]
+            cols = [[(x[j] or b"") if f.kind == "last" else x[j] for x in per_tile]
+                    for j, f in enumerate(codec.var_fields)]
+        var.extend(cols)
+    ents, ks = np.nonzero(idx < len(vals))
+    tids = idx[ents, ks].tolist()
+    bounds = np.searchsorted(ents, np.arange(n + 1)).tolist()
+    out: dict[str, list[Any]] = {}
+    for f in fields:
+        col = var[codec.var_fields.index(f)]
+        res: list[Any] = []
+        for e in range(n):
+            parts = [col[t] for t in tids[bounds[e]:bounds[e + 1]]]
+            if f.kind == "last":
+                best = max(parts, default=b"")
+                res.append(best.decode() if best else None)
+            elif parts and isinstance(parts[0], bytes):
+                items = set(b"\x1f".join(parts).split(b"\x1f"))
+                items.discard(b"")  # empty tiles; "" itself is never an item in the 0x01 form
+                res.append(items)
+            else:
+                res.append({i for p in parts for i in p})
+        out[f.name] = res
+    return out
+
+
+def _finalize_var(f: Feature, pyvals: dict[str, list[Any]], t: int) -> list[Any]:
+    """Per-entity ``ir.finalize`` of the string-valued ops (a tiny IR per entity, no formulas here)."""
+    name = f"{f.column}__{'distinct' if f.op == 'distinct_count' else 'last'}"
+    return [ir.finalize((f,), {name: v}, t_ms=t)[f.name] for v in pyvals[name]]

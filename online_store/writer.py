@@ -1,0 +1,463 @@
+"""Tiles topic -> Redis: monotonic, pipelined, trimmed upserts, and as_of from progress records.
+
+**Monotonic.** Every value starts with its version ``(n_events, max_append_ms)`` (``keys.VERSION``);
+a Lua script compares it server-side and stores a tile only when strictly newer, so replays,
+duplicates, a rebuild racing the live writer, or two writers never move a tile backwards. One
+``EVALSHA`` carries up to ``max_tiles_per_call`` tiles of one view (bounded so a script never blocks
+readers for long); all calls of a batch go in one pipeline, one round trip.
+
+**Trimmed and expiring.** The same script deletes tiles that fell behind ``keys.retention_ms`` as
+the entity's newest ``tile_start`` (capped at the writer's clock, so one event from a skewed
+future clock cannot trim the present) moves forward, skips tiles already too old on arrival, and
+refreshes the key's TTL (``keys.key_ttl_ms``). See ``online_store.keys`` for why those bounds.
+
+**as_of and the settle rule.** A progress record (``resolution_ms == 0``) says the Flink job has
+aggregated a source partition up to an append time. Flink emits tiles and progress from different
+operators, so a progress record can reach the tiles topic *before* tiles of the same mini-batch.
+The writer therefore holds every progress record it reads until it has written, on every
+tiles-topic partition it consumes, everything up to the end offsets it observed at least
+``settle_ms`` after reading that record; only then does it store the per-partition value (max) and
+``as_of = min`` over the partitions seen so far. Caveats: a partition that never reported does not
+hold as_of back unless the source partition count is known (``source_partitions``; ``run_writer``
+reads it from the broker when the source topic exists); and a writer that owns only some tiles
+partitions (several writers in one group) can vouch only for those: run one writer per tiles topic.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any
+
+from online_store import keys
+from online_store.errors import StoreUnavailableError
+from online_store.metrics import WriterMetrics
+from online_store.tiles import is_progress, tile_ir, tile_version
+from streamjobs.plan import FeaturePlan, ViewPlan
+
+if TYPE_CHECKING:
+    from headwater.config import Connection, RepoConfig
+
+__all__ = ["TileWriter", "WriteStats", "run_writer", "rebuild"]
+
+log = logging.getLogger("headwater.online_store.writer")
+
+
+@dataclass
+class WriteStats:
+    """What one ``write`` (or a whole writer run) did. ``too_old``: beyond retention on arrival."""
+
+    records: int = 0
+    written: int = 0
+    stale: int = 0
+    too_old: int = 0
+    deleted: int = 0
+    progress: int = 0
+    rejected_plan: int = 0
+    unknown_view: int = 0
+    invalid: int = 0
+    undecodable: int = 0
+    tombstones: int = 0
+
+    def __iadd__(self, other: WriteStats) -> WriteStats:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        return self
+
+
+class _Once:
+    """Log a warning once per key: a stream of bad records must not flood the log."""
+
+    def __init__(self) -> None:
+        self._seen: set[Any] = set()
+
+    def __call__(self, key: Any, msg: str, *args: Any) -> None:
+        if key not in self._seen and len(self._seen) < 1000:
+            self._seen.add(key)
+            log.warning(msg, *args)
+
+
+class TileWriter:
+    """Writes decoded tile-topic records of ``plan`` into Redis (see module docstring)."""
+
+    def __init__(self, redis: Any, project: str, plan: FeaturePlan, *, metrics: WriterMetrics | None = None,
+                 max_tiles_per_call: int = 256, source_partitions: Mapping[str, int] | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.redis = redis
+        self.project = keys.check_project(project)
+        self.plan = plan
+        self.metrics = metrics
+        self.max_tiles_per_call = max(1, int(max_tiles_per_call))
+        self.source_partitions = dict(source_partitions or {})
+        self._clock = clock
+        self._views = {v.name: v for v in plan.views}
+        self._prefix = {v.name: keys.entity_key_prefix(project, v) for v in plan.views}
+        self._codecs = {v.name: keys.TileCodec(v) for v in plan.views}
+        self._res_args: dict[str, list[int]] = {}
+        for v in plan.views:
+            ret = keys.retention_ms(v)
+            self._res_args[v.name] = [keys.key_ttl_ms(v), len(ret), *(x for r in sorted(ret) for x in (r, ret[r]))]
+        self._once = _Once()
+        self._load_scripts()
+
+    def _load_scripts(self) -> None:
+        try:
+            self._write_sha = self.redis.script_load(keys.WRITE_LUA)
+            self._progress_sha = self.redis.script_load(keys.PROGRESS_LUA)
+        except Exception as exc:  # redis-py raises ConnectionError/ResponseError/...
+            raise StoreUnavailableError(f"cannot load the writer scripts into Redis: {exc}; is redis-server up "
+                                        "(`headwater stack up`)?") from exc
+
+    def _check(self, rec: Mapping[str, Any], stats: WriteStats) -> ViewPlan | None:
+        view = self._views.get(rec.get("view"))  # type: ignore[arg-type]
+        if view is None:
+            stats.unknown_view += 1
+            self._once(("view", rec.get("view")), "tiles of view %r are not in the plan; dropped", rec.get("view"))
+            return None
+        if rec.get("plan_hash") != view.plan_hash:
+            stats.rejected_plan += 1
+            self._once(("plan", view.name, rec.get("plan_hash")),
+                       "view %r: tiles of plan %r rejected (this writer's plan is %r); run the writer of the job's plan",
+                       view.name, rec.get("plan_hash"), view.plan_hash)
+            return None
+        return view
+
+    def write(self, records: Sequence[Mapping[str, Any] | None]) -> WriteStats:
+        """Store tiles (monotonic) and publish progress records immediately; one round trip for the tiles.
+
+        The Kafka loop passes progress through the settle rule instead (``publish_progress``).
+        """
+        stats = WriteStats()
+        per_view: dict[str, tuple[dict[str, int], list[Any]]] = {}
+        progress: list[Mapping[str, Any]] = []
+        now_s = self._clock()
+        for rec in records:
+            if rec is None:
+                continue
+            stats.records += 1
+            view = self._check(rec, stats)
+            if view is None:
+                continue
+            if is_progress(rec):
+                progress.append(rec)
+                continue
+            try:
+                value = self._codecs[view.name].encode(tile_version(rec), tile_ir(view, rec))
+                r, s, n, a = int(rec["resolution_ms"]), int(rec["tile_start"]), int(rec["n_events"]), int(rec["max_append_ms"])
+                entity = str(rec["entity"])
+            except Exception as exc:  # malformed record: count, never crash the loop
+                stats.invalid += 1
+                self._once(("invalid", view.name), "view %r: invalid tile record dropped (%s)", view.name, exc)
+                continue
+            index, args = per_view.setdefault(view.name, ({}, []))
+            k = index.setdefault(entity, len(index) + 1)
+            args.append((k, r, s, n, a, value))
+            if self.metrics is not None:
+                self.metrics.freshness.observe(max(0.0, now_s - a / 1000.0))
+        if per_view:
+            self._write_tiles(per_view, int(now_s * 1000), stats)
+        if progress:
+            stats.progress += len(progress)
+            self.publish_progress(progress)
+        return stats
+
+    def _write_tiles(self, per_view: dict[str, tuple[dict[str, int], list[Any]]], now_ms: int, stats: WriteStats) -> None:
+        calls: list[tuple[str, list[Any]]] = []
+        for name, (index, tiles) in per_view.items():
+            prefix = self._prefix[name]
+            entities = list(index)
+            for i in range(0, len(tiles), self.max_tiles_per_call):
+                chunk = tiles[i:i + self.max_tiles_per_call]
+                local: dict[int, int] = {}
+                argv: list[Any] = [now_ms, *self._res_args[name]]
+                for k, r, s, n, a, value in chunk:
+                    argv += (local.setdefault(k, len(local) + 1), r, s, n, a, value)
+                ks = [f"{prefix}{entities[k - 1]}}}" for k in local]
+                calls.append((name, [self._write_sha, len(ks), *ks, *argv]))
+        results = self._execute([c for _, c in calls])
+        for (name, _), (written, stale, too_old, deleted) in zip(calls, results):
+            stats.written += written
+            stats.stale += stale
+            stats.too_old += too_old
+            stats.deleted += deleted
+            if self.metrics is not None:
+                self.metrics.written.labels(name).inc(written)
+                self.metrics.stale.labels(name).inc(stale)
+                self.metrics.too_old.labels(name).inc(too_old)
+
+    def _execute(self, calls: list[list[Any]]) -> list[Any]:
+        """All EVALSHA calls in one pipeline; reload scripts once if Redis lost them (retry is idempotent)."""
+        from redis.exceptions import NoScriptError, RedisError
+
+        for attempt in (0, 1):
+            pipe = self.redis.pipeline(transaction=False)
+            for c in calls:
+                pipe.execute_command("EVALSHA", *c)
+            try:
+                return pipe.execute()
+            except NoScriptError:
+                if attempt:
+                    raise
+                self._load_scripts()
+            except RedisError as exc:
+                raise StoreUnavailableError(f"writing tiles to Redis failed: {exc}") from exc
+        raise AssertionError("unreachable")
+
+    def publish_progress(self, records: Sequence[Mapping[str, Any]]) -> dict[str, int | None]:
+        """Store per-partition progress (max) and recompute as_of per view; returns the new as_of."""
+        per_view: dict[str, dict[int, int]] = {}
+        for rec in records:
+            view = self._check(rec, WriteStats())
+            if view is None:
+                continue
+            parts = per_view.setdefault(view.name, {})
+            p, a = int(rec["tile_start"]), int(rec["max_append_ms"])
+            parts[p] = max(parts.get(p, a), a)
+        names = list(per_view)
+        calls = [[self._progress_sha, 1, keys.progress_key(self.project, self._views[n]),
+                  self.source_partitions.get(n, 0), *(x for p in sorted(per_view[n]) for x in (p, per_view[n][p]))]
+                 for n in names]
+        out: dict[str, int | None] = {}
+        for n, res in zip(names, self._execute(calls) if calls else []):
+            out[n] = None if res is None else int(res)
+            if out[n] is not None and self.metrics is not None:
+                self.metrics.as_of_age.labels(n).set(max(0.0, self._clock() - out[n] / 1000.0))
+        return out
+
+
+# ---------------------------------------------------------------- the Kafka loop
+
+
+class _Settler:
+    """Holds progress records until the settle rule is met (module docstring)."""
+
+    def __init__(self, settle_ms: int) -> None:
+        self.settle_s = settle_ms / 1000.0
+        self._pending: list[tuple[float, Mapping[str, Any]]] = []
+        self._batch: list[Mapping[str, Any]] = []
+        self._snapshot: dict[int, tuple[int, int]] | None = None
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._pending or self._batch)
+
+    def add(self, records: Sequence[Mapping[str, Any]], now: float) -> None:
+        self._pending.extend((now, r) for r in records)
+
+    def _caught_up(self, pos: Mapping[int, int]) -> bool:
+        assert self._snapshot is not None
+        return all(high <= low or pos.get(p, -1) >= high for p, (low, high) in self._snapshot.items())
+
+    def poll(self, now: float, pos: Mapping[int, int],
+             watermarks: Callable[[], dict[int, tuple[int, int]] | None]) -> list[Mapping[str, Any]]:
+        """Records now safe to publish. ``pos``: next offset written, per tiles partition."""
+        ready: list[Mapping[str, Any]] = []
+        if self._snapshot is not None and self._caught_up(pos):
+            ready, self._batch, self._snapshot = self._batch, [], None
+        if self._snapshot is None and any(now - t >= self.settle_s for t, _ in self._pending):
+            snap = watermarks()  # observed now, i.e. >= settle_ms after every due record was read
+            if snap:
+                self._batch = [r for t, r in self._pending if now - t >= self.settle_s]
+                self._pending = [(t, r) for t, r in self._pending if now - t < self.settle_s]
+                self._snapshot = snap
+                if self._caught_up(pos):
+                    ready, self._batch, self._snapshot = ready + self._batch, [], None
+        return ready
+
+
+class _Decoder:
+    """Confluent-framed Avro values, decoded with the writer schema of the id in their header."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+        self._codecs: dict[int, Any] = {}
+        self._unknown: dict[int, float] = {}
+
+    def decode(self, value: bytes) -> dict:
+        from schemas import AvroCodec, DecodeError, UnknownSchemaIdError
+
+        if len(value) < 5 or value[0] != 0:
+            raise DecodeError("bad_magic", "not Confluent-framed Avro", bytes(value))
+        sid = int.from_bytes(value[1:5], "big")
+        codec = self._codecs.get(sid)
+        if codec is None:
+            if time.monotonic() < self._unknown.get(sid, 0.0):
+                raise DecodeError("unknown_schema_id", f"schema id {sid} is not registered", bytes(value))
+            try:
+                codec = AvroCodec(self._store.get_by_id(sid), sid, self._store, validate=False)
+            except UnknownSchemaIdError as exc:
+                self._unknown[sid] = time.monotonic() + 30.0
+                raise DecodeError("unknown_schema_id", str(exc), bytes(value)) from exc
+            self._codecs[sid] = codec
+        return codec.decode(value)
+
+
+def _consumer_conf(conn: Connection, group_id: str, commit: bool) -> dict[str, Any]:
+    return {
+        "bootstrap.servers": conn.bootstrap_servers,
+        "group.id": group_id,
+        "enable.auto.offset.store": False,  # store an offset only after its tile is in Redis
+        "enable.auto.commit": commit,       # commits stored offsets in the background (off for rebuild)
+        "auto.offset.reset": "earliest",    # a new group replays the compacted topic: the store rebuilds itself
+        "enable.partition.eof": True,       # settle rule: know we reached an end offset, past txn markers too
+        "log_level": 3,
+    }
+
+
+def _watermarks(consumer: Any, topic: str, partitions: Sequence[int]) -> dict[int, tuple[int, int]] | None:
+    from confluent_kafka import KafkaException, TopicPartition
+
+    try:
+        return {p: tuple(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5.0, cached=False))
+                for p in partitions}  # type: ignore[misc]
+    except KafkaException as exc:
+        log.warning("cannot read end offsets of %s (%s); as_of waits", topic, exc)
+        return None
+
+
+def _source_partitions(consumer: Any, plan: FeaturePlan, repo_cfg: RepoConfig) -> dict[str, int]:
+    """Partitions of each view's source topic (a topic role of headwater.yaml or a literal name)."""
+    roles = {role: spec.name for role, spec in repo_cfg.topics.all().items()}
+    try:
+        topics = consumer.list_topics(timeout=10).topics
+    except Exception:  # metadata is an optimisation of as_of, never a reason to stop
+        return {}
+    names = {v.name: roles.get(v.topic, v.topic) for v in plan.views}
+    return {v: len(topics[t].partitions) for v, t in names.items() if t in topics}
+
+
+def _loop(consumer: Any, topic: str, writer: TileWriter, decoder: _Decoder, settle_ms: int,
+          done: Callable[[dict[int, int], float, bool], bool], verbose: bool) -> WriteStats:
+    from confluent_kafka import KafkaError, TopicPartition
+
+    total, settler = WriteStats(), _Settler(settle_ms)
+    pos: dict[int, int] = {}
+    last_msg = last_status = time.monotonic()
+    as_of: dict[str, int | None] = {}
+    once = _Once()
+    while True:
+        msgs = consumer.consume(num_messages=5000, timeout=0.2)
+        tiles, progress, offsets = [], [], {}
+        for m in msgs:
+            err = m.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    pos[m.partition()] = max(pos.get(m.partition(), 0), m.offset())
+                elif err.fatal():
+                    raise StoreUnavailableError(f"tiles consumer failed: {err.str()}")
+                else:
+                    once(("kafka", err.code()), "tiles consumer: %s", err.str())
+                continue
+            offsets[m.partition()] = m.offset() + 1
+            if m.value() is None:
+                total.tombstones += 1
+                continue
+            try:
+                rec = decoder.decode(m.value())
+            except Exception as exc:  # DecodeError and anything fastavro raises: count, never die on data
+                total.undecodable += 1
+                if writer.metrics is not None:
+                    writer.metrics.rejected.labels("undecodable").inc()
+                once(("decode", type(exc).__name__), "undecodable tile record at %s[%d]@%d: %s",
+                     topic, m.partition(), m.offset(), exc)
+                continue
+            (progress if is_progress(rec) else tiles).append(rec)
+        if tiles:
+            total += writer.write(tiles)
+        if offsets:
+            consumer.store_offsets(offsets=[TopicPartition(topic, p, o) for p, o in offsets.items()])
+            for p, o in offsets.items():
+                pos[p] = max(pos.get(p, 0), o)
+            last_msg = time.monotonic()
+        now = time.monotonic()
+        total.progress += len(progress)
+        settler.add(progress, now)
+        parts = sorted(tp.partition for tp in consumer.assignment())
+        if not parts:
+            last_msg = now  # idle time counts from the first assignment, not while the group forms
+        ready = settler.poll(now, pos, lambda: _watermarks(consumer, topic, parts) if parts else None)
+        if ready:
+            as_of.update(writer.publish_progress(ready))
+        if (verbose or writer.metrics is not None) and now - last_status >= 5.0:
+            last_status = now
+            lag = sum(max(0, consumer.get_watermark_offsets(TopicPartition(topic, p), cached=True)[1] - pos.get(p, 0))
+                      for p in parts)
+            if writer.metrics is not None:
+                writer.metrics.lag.set(lag)
+            if verbose:
+                ages = {v: f"{time.time() - a / 1000:.1f}s" for v, a in as_of.items() if a is not None}
+                print(f"writer: {total.written} tiles written, {total.stale} stale, lag {lag} records, "
+                      f"as_of age {ages or 'n/a'}", flush=True)
+        if done(pos, now - last_msg, settler.busy):
+            return total
+
+
+def _open(conn: Connection, repo_cfg: RepoConfig, redis_client: Any) -> tuple[Any, _Decoder]:
+    import redis as redis_lib
+
+    from schemas import open_store
+
+    client = redis_client or redis_lib.Redis.from_url(conn.redis_url)
+    return client, _Decoder(open_store(repo_cfg.resolve(repo_cfg.schema_store), repo_cfg.schema_registry_url))
+
+
+def run_writer(conn: Connection, repo_cfg: RepoConfig, plan: FeaturePlan, group_id: str | None = None, stop_event: Any = None,
+               idle_exit_s: float | None = None, *, verbose: bool = False, settle_ms: int = 1000,
+               redis_client: Any = None, metrics: WriterMetrics | None = None) -> WriteStats:
+    """Consume the tiles topic into Redis until ``stop_event`` is set or idle for ``idle_exit_s``
+    (with no progress record still settling). Offsets are stored only after the Redis write."""
+    from confluent_kafka import Consumer
+
+    topic = repo_cfg.topics.tiles.name
+    client, decoder = _open(conn, repo_cfg, redis_client)
+    consumer = Consumer(_consumer_conf(conn, group_id or f"headwater-online-writer.{repo_cfg.project}", True))
+    try:
+        writer = TileWriter(client, repo_cfg.project, plan, metrics=metrics,
+                            source_partitions=_source_partitions(consumer, plan, repo_cfg))
+        consumer.subscribe([topic])
+
+        def done(pos: dict[int, int], idle_s: float, busy: bool) -> bool:
+            if stop_event is not None and stop_event.is_set():
+                return True
+            return idle_exit_s is not None and idle_s >= idle_exit_s and not busy
+
+        return _loop(consumer, topic, writer, decoder, settle_ms, done, verbose)
+    finally:
+        consumer.close()  # commits the stored offsets and leaves the group
+
+
+def rebuild(conn: Connection, repo_cfg: RepoConfig, plan: FeaturePlan, *, settle_ms: int = 1000, timeout_s: float = 3600.0,
+            verbose: bool = False, redis_client: Any = None, metrics: WriterMetrics | None = None) -> WriteStats:
+    """Write the compacted tiles topic, from the beginning to the end offsets seen at start, into Redis.
+
+    Safe while the live writer runs: writes are monotonic. Commits nothing (a throwaway group)."""
+    import uuid
+
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    topic = repo_cfg.topics.tiles.name
+    client, decoder = _open(conn, repo_cfg, redis_client)
+    consumer = Consumer(_consumer_conf(conn, f"headwater-rebuild.{uuid.uuid4().hex[:12]}", False))
+    try:
+        writer = TileWriter(client, repo_cfg.project, plan, metrics=metrics,
+                            source_partitions=_source_partitions(consumer, plan, repo_cfg))
+        meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        if meta is None or meta.error is not None or not meta.partitions:
+            raise StoreUnavailableError(f"tiles topic {topic!r} not found; run `headwater topics create` first")
+        parts = sorted(meta.partitions)
+        end = _watermarks(consumer, topic, parts)
+        if end is None:
+            raise StoreUnavailableError(f"cannot read the end offsets of {topic!r}; is Kafka up?")
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+        deadline = time.monotonic() + timeout_s
+
+        def done(pos: dict[int, int], idle_s: float, busy: bool) -> bool:
+            if time.monotonic() > deadline:
+                raise StoreUnavailableError(f"rebuild did not reach the end of {topic!r} in {timeout_s:.0f}s")
+            return not busy and all(hi <= lo or pos.get(p, -1) >= hi for p, (lo, hi) in end.items())
+
+        return _loop(consumer, topic, writer, decoder, settle_ms, done, verbose)
+    finally:
+        consumer.close()

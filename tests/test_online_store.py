@@ -1,0 +1,373 @@
+"""Online store against the real redis-server: conformance through Redis, monotonic writes,
+trimming and TTL, no-data defaults, one round trip per fetch, and vector == scalar engines."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import struct
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import redis as redis_lib
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from online_store import TileWriter, fetch, keys, reader
+from online_store.tiles import tile_value_schema
+from streamjobs import Aggregation, Entity, FeatureView, LatestValue, Source, build_plan, ir, windows
+from streamjobs.plan import FeaturePlan, ViewPlan, build_view_plan
+
+try:
+    from conftest import CONFORMANCE_DIR
+    from oracle import feature_view_from_case, oracle_values, view_spec_from_case
+    from test_conformance_ir import assert_value
+except ModuleNotFoundError:  # tests/ imported as a package
+    from tests.conftest import CONFORMANCE_DIR
+    from tests.oracle import feature_view_from_case, oracle_values, view_spec_from_case
+    from tests.test_conformance_ir import assert_value
+
+CASES = sorted(CONFORMANCE_DIR.glob("*.json")) if CONFORMANCE_DIR.is_dir() else []
+pytestmark = pytest.mark.integration
+
+
+# ---------------------------------------------------------------- helpers (also used by test_writer_kafka)
+
+def tile_records(vp: ViewPlan, events: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Final tile records (tile topic value fields) of every ladder resolution, built with ``ir``."""
+    kept = [e for e in events if not windows.is_late(e["event_time_ms"], e["append_time_ms"], vp.allowed_lateness_ms)]
+    groups: dict[tuple[str, int, int], list[Mapping[str, Any]]] = defaultdict(list)
+    for e in kept:
+        for r in vp.ladder:
+            groups[(str(e[vp.entity_key]), r, windows.tile_start(e["event_time_ms"], r))].append(e)
+    out = []
+    for (entity, r, s), evs in sorted(groups.items()):
+        cols = {f.column: np.array([e.get(f.column) for e in evs], dtype=object) for f in vp.fields}
+        tile = ir.tile_from_events(vp.fields, cols, [e["event_time_ms"] for e in evs],
+                                   [e["partition"] for e in evs], [e["offset"] for e in evs])
+        out.append({"view": vp.name, "entity": entity, "resolution_ms": r, "tile_start": s,
+                    "plan_hash": vp.plan_hash, "n_events": len(evs),
+                    "max_append_ms": max(e["append_time_ms"] for e in evs), **ir.to_row(tile)})
+    return out
+
+
+def progress_record(vp: ViewPlan, partition: int, append_ms: int, n: int = 1) -> dict[str, Any]:
+    rec = {"view": vp.name, "entity": "", "resolution_ms": 0, "tile_start": partition, "plan_hash": vp.plan_hash,
+           "n_events": n, "max_append_ms": append_ms}
+    rec.update({f.name: None for f in vp.fields})
+    return rec
+
+
+def drop_project(client: Any, project: str) -> None:
+    ks = list(client.scan_iter(match=keys.project_pattern(project), count=1000))
+    if ks:
+        client.delete(*ks)
+
+
+@pytest.fixture
+def rds(stack) -> Any:
+    client = redis_lib.Redis.from_url(stack.redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def project(rds: Any, unique: str) -> str:
+    name = f"t{unique}"
+    yield name
+    drop_project(rds, name)
+
+
+def _load(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+def small_view(name: str = "card", **kw: Any) -> FeatureView:
+    """Every op over a few windows, one source; used by the monotonic, trim and engine tests."""
+    src = Source("tx", "tx.none", event_time_field="event_time_ms",
+                 columns={"card_id": "string", "amount": "double", "n": "long", "merchant": "string",
+                          "event_time_ms": "long"})
+    aggs = (Aggregation("count", "amount", ("1m", "10m")), Aggregation("sum", "amount", ("10m",)),
+            Aggregation("mean", "amount", ("1h",)), Aggregation("stddev", "amount", ("1h",)),
+            Aggregation("min", "amount", ("10m",)), Aggregation("max", "n", ("1h",)),
+            Aggregation("last", "merchant", ("1h",)), Aggregation("distinct_count", "merchant", ("10m",)),
+            LatestValue("merchant"), LatestValue("amount", ttl="30m"))
+    return FeatureView(name, Entity("card", "card_id"), src, aggs, **kw)
+
+
+# ---------------------------------------------------------------- conformance through Redis
+
+needs_vectors = pytest.mark.skipif(not CASES, reason=f"conformance vectors not found at {CONFORMANCE_DIR}")
+
+
+@needs_vectors
+@pytest.mark.parametrize("engine,read", [("vector", "hmget"), ("vector", "hgetall"), ("scalar", "hmget")])
+@pytest.mark.parametrize("path", CASES, ids=lambda p: p.stem)
+def test_conformance_vectors_through_redis(path: Path, engine: str, read: str, rds: Any, project: str) -> None:
+    """Stream replayed in query-time order: before a query at t, every tile starting at or before t
+    is in Redis (trimming on, anchored at <= t), then fetch(at=t) of the query entity and of all
+    entities at once must give the vector's values (the others: the oracle's)."""
+    case = _load(path)
+    vp = build_view_plan(feature_view_from_case(case))
+    plan = FeaturePlan((vp,), vp.plan_hash)
+    spec = view_spec_from_case(case)
+    ops = {f.name: f.op for f in spec.features}
+    records = sorted(tile_records(vp, case["events"]), key=lambda r: r["tile_start"])
+    writer = TileWriter(rds, project, plan)
+    entities = sorted({str(e[spec.entity_field]) for e in case["events"]} | {str(q[spec.entity_field]) for q in case["queries"]})
+    done = 0
+    for q in sorted(case["queries"], key=lambda q: q["t_ms"]):
+        t = q["t_ms"]
+        upto = done
+        while upto < len(records) and records[upto]["tile_start"] <= t:
+            upto += 1
+        writer.write(records[done:upto])
+        done = upto
+        where = f"{case['name']} {q[spec.entity_field]}@{t}"
+        got = fetch(rds, project, plan, [str(q[spec.entity_field])], at_ms=t, engine=engine, read=read).rows()[0]
+        for name, expected in q["expected"].items():
+            assert_value(name, ops[name], expected, got[f"{vp.name}:{name}"], where)
+        everyone = fetch(rds, project, plan, entities + entities[:1], at_ms=t, engine=engine, read=read).rows()
+        for row in everyone:
+            exp = oracle_values(spec, case["events"], _orig(case, spec.entity_field, row["entity"]), t)
+            for name, expected in exp.items():
+                assert_value(name, ops[name], expected, row[f"{vp.name}:{name}"], f"{where} (batch, {row['entity']})")
+
+
+def _orig(case: Mapping[str, Any], field: str, entity: str) -> Any:
+    for e in list(case["events"]) + list(case["queries"]):
+        if str(e[field]) == entity:
+            return e[field]
+    return entity
+
+
+# ---------------------------------------------------------------- monotonic writes
+
+
+def _tile(vp: ViewPlan, entity: str, r: int, s: int, n: int, a: int, amount: float) -> dict[str, Any]:
+    events = [{"card_id": entity, "amount": amount, "n": 1, "merchant": f"m{i}", "event_time_ms": s,
+               "append_time_ms": a, "partition": 0, "offset": i} for i in range(n)]
+    rec = next(x for x in tile_records(vp, events) if x["resolution_ms"] == r)
+    return rec
+
+
+def _stored_version(rds: Any, project: str, vp: ViewPlan, entity: str, r: int, s: int) -> tuple[int, int] | None:
+    v = rds.hget(keys.entity_key(project, vp, entity), keys.tile_field(r, s))
+    return None if v is None else keys.VERSION.unpack_from(v)
+
+
+@pytest.fixture
+def card_plan() -> FeaturePlan:
+    return build_plan(small_view())
+
+
+def test_older_version_never_overwrites_newer(rds: Any, project: str, card_plan: FeaturePlan) -> None:
+    vp = card_plan.views[0]
+    s = 1_704_067_200_000
+    w = TileWriter(rds, project, card_plan)
+    newer, older = _tile(vp, "c1", 1000, s, 3, s + 500, 2.0), _tile(vp, "c1", 1000, s, 2, s + 900, 1.0)
+    assert w.write([newer]).written == 1
+    st_ = w.write([older])
+    assert (st_.written, st_.stale) == (0, 1)
+    assert _stored_version(rds, project, vp, "c1", 1000, s) == (3, s + 500)
+    again = w.write([newer])
+    assert (again.written, again.stale) == (0, 1)  # equal version: a no-op
+    same_n_later = _tile(vp, "c1", 1000, s, 3, s + 600, 5.0)
+    assert w.write([same_n_later]).written == 1  # same n_events, newer append time wins
+    assert _stored_version(rds, project, vp, "c1", 1000, s) == (3, s + 600)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(versions=st.lists(st.tuples(st.integers(1, 50), st.integers(0, 10_000)), min_size=1, max_size=12, unique=True),
+       seed=st.integers(0, 2**32 - 1), batch=st.booleans())
+def test_any_write_order_ends_with_max_version(rds: Any, card_plan: FeaturePlan, versions: list[tuple[int, int]],
+                                               seed: int, batch: bool) -> None:
+    vp = card_plan.views[0]
+    project = f"thyp{seed % 100000}"
+    try:
+        s = 1_704_067_200_000
+        recs = [_tile(vp, "c9", 10_000, s, n, s + a, float(n)) for n, a in versions]
+        random.Random(seed).shuffle(recs)
+        w = TileWriter(rds, project, card_plan)
+        if batch:
+            w.write(recs)
+        else:
+            for rec in recs:
+                w.write([rec])
+        assert _stored_version(rds, project, vp, "c9", 10_000, s) == (max(versions)[0], s + max(versions)[1])
+    finally:
+        drop_project(rds, project)
+
+
+def test_other_plan_hash_is_rejected(rds: Any, project: str, card_plan: FeaturePlan) -> None:
+    vp = card_plan.views[0]
+    rec = dict(_tile(vp, "c1", 1000, 1_704_067_200_000, 1, 1_704_067_200_100, 1.0), plan_hash="0" * 16)
+    stats = TileWriter(rds, project, card_plan).write([rec, dict(rec, view="nope")])
+    assert (stats.rejected_plan, stats.unknown_view, stats.written) == (1, 1, 0)
+    assert not list(rds.scan_iter(match=keys.project_pattern(project)))
+
+
+# ---------------------------------------------------------------- trimming and TTL
+
+
+def test_trim_on_advance_and_ttl(rds: Any, project: str, card_plan: FeaturePlan) -> None:
+    vp = card_plan.views[0]
+    ret = keys.retention_ms(vp)
+    assert ret[1000] == 60_000 + vp.allowed_lateness_ms + 1000  # 1 s is the hop of the 1 m count only
+    assert ret[60_000] == 3_600_000 + vp.allowed_lateness_ms + 60_000  # 1 m is the hop of the 1 h windows
+    s0 = 1_704_067_200_000
+    w = TileWriter(rds, project, card_plan)
+    key = keys.entity_key(project, vp, "c1")
+    w.write([_tile(vp, "c1", 1000, s0, 1, s0, 1.0), _tile(vp, "c1", 60_000, s0, 1, s0, 1.0)])
+    assert 0 < rds.pttl(key) <= keys.key_ttl_ms(vp)
+    assert keys.key_ttl_ms(vp) >= vp.longest_window_ms + vp.allowed_lateness_ms + max(vp.ladder)
+    # small advance (stepping path): still within retention of both
+    w.write([_tile(vp, "c1", 1000, s0 + ret[1000], 1, s0 + ret[1000], 1.0)])
+    assert rds.hexists(key, keys.tile_field(1000, s0))
+    w.write([_tile(vp, "c1", 1000, s0 + ret[1000] + 1000, 1, s0 + ret[1000] + 1000, 1.0)])
+    assert not rds.hexists(key, keys.tile_field(1000, s0))  # now 1 ms too old
+    assert rds.hexists(key, keys.tile_field(60_000, s0))
+    # big jump (HKEYS scan path): the 1 m tile falls out too
+    far = s0 + ret[60_000] + 60_000
+    stats = w.write([_tile(vp, "c1", 1000, far, 1, far, 1.0)])
+    assert stats.deleted >= 2
+    fields = {keys.parse_tile_field(f) for f in rds.hkeys(key)} - {None}
+    assert fields == {(1000, far)}
+    # a tile already beyond retention on arrival is not stored
+    late = w.write([_tile(vp, "c1", 60_000, s0, 5, s0 + 1, 1.0)])
+    assert (late.too_old, late.written) == (1, 0)
+
+
+def test_future_tile_does_not_trim_the_present(rds: Any, project: str, card_plan: FeaturePlan) -> None:
+    import time
+    vp = card_plan.views[0]
+    now = windows.tile_start(int(time.time() * 1000), 1000)
+    w = TileWriter(rds, project, card_plan)
+    w.write([_tile(vp, "c1", 1000, now - 5000, 1, now - 5000, 1.0)])
+    w.write([_tile(vp, "c1", 1000, now + 86_400_000, 1, now, 1.0)])  # a skewed producer clock
+    assert rds.hexists(keys.entity_key(project, vp, "c1"), keys.tile_field(1000, now - 5000))
+
+
+# ---------------------------------------------------------------- reads
+
+
+def test_unknown_entity_gets_no_data_defaults(rds: Any, project: str, card_plan: FeaturePlan) -> None:
+    res = fetch(rds, project, card_plan, ["nobody"], at_ms=1_704_067_200_000)
+    row = res.rows()[0]
+    for ref in res.features:
+        op = card_plan.features_by_ref(ref)[0].feature.op
+        assert row[ref] == (0 if op == "count" else 0.0 if op == "sum" else None), ref
+        if op in ("count", "sum"):
+            assert type(row[ref]) is (int if op == "count" else float)
+    assert res.as_of_ms == {"card": None} and res.min_as_of_ms is None
+    assert res.to_arrow().column_names == ["entity", *res.features]
+
+
+def test_refs_select_and_order_features(rds: Any, project: str) -> None:
+    plan = build_plan([small_view("card"), small_view("card2")])
+    res = fetch(rds, project, plan, ["a", "b"], refs=["card2:amount_sum_10m", "card:*"], at_ms=1_704_067_200_000)
+    assert res.features[0] == "card2:amount_sum_10m" and len(res.features) == 1 + len(plan.view("card").features)
+    assert set(res.as_of_ms) == {"card2", "card"}
+
+
+class CountingConnection(redis_lib.Connection):
+    sends = 0
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        type(self).sends += 1
+        super().send_packed_command(command, check_health)
+
+
+def test_one_round_trip_per_fetch(stack, project: str) -> None:
+    host, port = stack.redis_url.split("//")[1].split("/")[0].split(":")
+    client = redis_lib.Redis(connection_pool=redis_lib.ConnectionPool(
+        connection_class=CountingConnection, host=host, port=int(port)))
+    plan = build_plan([small_view("card"), small_view("card2")])
+    vp = plan.view("card")
+    s = 1_704_067_200_000
+    TileWriter(client, project, plan).write([_tile(vp, f"c{i}", 1000, s, 1, s, 1.0) for i in range(50)])
+    client.ping()
+    before = CountingConnection.sends
+    res = fetch(client, project, plan, [f"c{i}" for i in range(50)], at_ms=s + 1500)
+    assert CountingConnection.sends - before == 1
+    assert res.values["card:amount_count_1m"].to_pylist() == [1] * 50
+    client.close()
+
+
+def test_as_of_is_min_over_partitions(rds: Any, project: str, card_plan: FeaturePlan) -> None:
+    vp = card_plan.views[0]
+    w = TileWriter(rds, project, card_plan, source_partitions={"card": 3})
+    w.write([progress_record(vp, 0, 5000), progress_record(vp, 1, 7000)])
+    assert fetch(rds, project, card_plan, ["x"]).as_of_ms["card"] is None  # partition 2 never reported
+    w.write([progress_record(vp, 2, 6000), progress_record(vp, 0, 4000)])  # an older progress is ignored
+    assert fetch(rds, project, card_plan, ["x"]).as_of_ms["card"] == 5000
+    w.write([progress_record(vp, 0, 9000)])
+    assert fetch(rds, project, card_plan, ["x"]).min_as_of_ms == 6000
+
+
+# ---------------------------------------------------------------- vector engine == ir.merge_many + finalize
+
+_FLOATS = st.one_of(st.sampled_from([0.0, -0.0, 1.0, -1.0, 1e-300, 1e300, 0.1, 1 / 3]),
+                    st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False),
+                    st.sampled_from([math.nan, math.inf, -math.inf]))
+
+
+@st.composite
+def _events(draw: Any) -> list[dict[str, Any]]:
+    t0 = 1_704_067_200_000
+    n = draw(st.integers(0, 60))
+    out = []
+    for i in range(n):
+        ts = t0 + draw(st.integers(0, 7_200_000))
+        out.append({"card_id": draw(st.sampled_from(["a", "b", "c"])), "amount": draw(st.one_of(st.none(), _FLOATS)),
+                    "n": draw(st.one_of(st.none(), st.integers(-5, 5))), "merchant": draw(st.sampled_from(["x", "y", "z", None])),
+                    "event_time_ms": ts, "append_time_ms": ts + draw(st.integers(0, 400_000)),
+                    "partition": draw(st.integers(0, 2)), "offset": i})
+    return out
+
+
+def _bits(v: Any) -> Any:
+    """Floats bit for bit (-0.0 != 0.0); every NaN alike (their sign bits depend on the CPU op)."""
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else struct.pack("<d", v)
+    return v
+
+
+def _py(col: tuple[np.ndarray, np.ndarray]) -> list[Any]:
+    values, null = col
+    return [None if n else v for v, n in zip(values.tolist(), null.tolist())]
+
+
+@settings(max_examples=150, deadline=None)
+@given(events=_events(), dt=st.integers(0, 7_500_000), narrow=st.sampled_from([0, 2, 16, 1000]))
+def test_vector_engine_matches_ir(events: list[dict[str, Any]], dt: int, narrow: int) -> None:
+    vp = build_view_plan(small_view())
+    codec = keys.codec_for(vp)
+    by_entity: dict[str, dict[bytes, bytes]] = defaultdict(dict)
+    for rec in tile_records(vp, events):
+        value = codec.encode((rec["n_events"], rec["max_append_ms"]), ir.from_row(vp.fields, rec))
+        by_entity[rec["entity"]][keys.tile_field(rec["resolution_ms"], rec["tile_start"]).encode()] = value
+    t = 1_704_067_200_000 + dt
+    lay = reader._layout("p", vp, tuple(f.name for f in vp.features), t)
+    ents = ["a", "b", "c", "none"]
+    rows = [[by_entity[e].get(f) for f in lay.fields] for e in ents]
+    tiles = reader._sparse(lay, rows, "hmget")
+    reader._NARROW, saved = narrow, reader._NARROW  # split entities into narrow and wide blocks
+    hg = [[x for f in lay.fields if f in by_entity[e] for x in (f, by_entity[e][f])] + [b"_n", b"1"] for e in ents]
+    tiles_hg = reader._sparse(lay, hg, "hgetall")
+    assert sorted(zip(tiles.ent.tolist(), tiles.pos.tolist(), tiles.vals)) == \
+        sorted(zip(tiles_hg.ent.tolist(), tiles_hg.pos.tolist(), tiles_hg.vals))
+    try:
+        vec = reader._merge_vector(lay, tiles_hg, len(ents), t)  # HGETALL order: not by position
+    finally:
+        reader._NARROW = saved
+    ref = reader._merge_scalar(lay, tiles, len(ents), t)
+    for name in ref:
+        a, b = [_bits(x) for x in _py(vec[name])], [_bits(x) for x in _py(ref[name])]
+        assert a == b, name
+    assert vec.keys() == ref.keys()
