@@ -84,7 +84,9 @@ class TileWriter:
 
     def __init__(self, redis: Any, project: str, plan: FeaturePlan, *, metrics: WriterMetrics | None = None,
                  max_tiles_per_call: int = 256, source_partitions: Mapping[str, int] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, history_ms: int | None = None) -> None:
+        """``history_ms``: keep at least this much history per entity (trimming and expiry never cut
+        closer), so ``fetch(at=t)`` is exact for any t that far back; default: only what "now" needs."""
         self.redis = redis
         self.project = keys.check_project(project)
         self.plan = plan
@@ -97,8 +99,9 @@ class TileWriter:
         self._codecs = {v.name: keys.TileCodec(v) for v in plan.views}
         self._res_args: dict[str, list[int]] = {}
         for v in plan.views:
-            ret = keys.retention_ms(v)
-            self._res_args[v.name] = [keys.key_ttl_ms(v), len(ret), *(x for r in sorted(ret) for x in (r, ret[r]))]
+            ret = {r: max(x, history_ms or 0) for r, x in keys.retention_ms(v).items()}
+            ttl = max(keys.key_ttl_ms(v), history_ms or 0)
+            self._res_args[v.name] = [ttl, len(ret), *(x for r in sorted(ret) for x in (r, ret[r]))]
         self._once = _Once()
         self._load_scripts()
 
@@ -405,7 +408,8 @@ def _open(conn: Connection, repo_cfg: RepoConfig, redis_client: Any) -> tuple[An
 
 def run_writer(conn: Connection, repo_cfg: RepoConfig, plan: FeaturePlan, group_id: str | None = None, stop_event: Any = None,
                idle_exit_s: float | None = None, *, verbose: bool = False, settle_ms: int = 1000,
-               redis_client: Any = None, metrics: WriterMetrics | None = None) -> WriteStats:
+               redis_client: Any = None, metrics: WriterMetrics | None = None,
+               history_ms: int | None = None) -> WriteStats:
     """Consume the tiles topic into Redis until ``stop_event`` is set or idle for ``idle_exit_s``
     (with no progress record still settling). Offsets are stored only after the Redis write."""
     from confluent_kafka import Consumer
@@ -414,7 +418,7 @@ def run_writer(conn: Connection, repo_cfg: RepoConfig, plan: FeaturePlan, group_
     client, decoder = _open(conn, repo_cfg, redis_client)
     consumer = Consumer(_consumer_conf(conn, group_id or f"headwater-online-writer.{repo_cfg.project}", True))
     try:
-        writer = TileWriter(client, repo_cfg.project, plan, metrics=metrics,
+        writer = TileWriter(client, repo_cfg.project, plan, metrics=metrics, history_ms=history_ms,
                             source_partitions=_source_partitions(consumer, plan, repo_cfg))
         consumer.subscribe([topic])
 
