@@ -1,18 +1,27 @@
 """``headwater demo``: the main job, end to end as far as it is built.
 
-Today: stack up (Redis persistence on), topics, N generated transactions produced to Kafka and
-read back and checked. Later stages (features, training, scoring) extend this same command.
+Stack up (Redis persistence on) -> topics -> the streaming features job and the online writer ->
+generated card transactions produced live (paced, with disorder and late arrivals) -> read back
+-> fetched features for the busiest cards with their freshness. Each run uses its own copy of
+the example repository with suffixed topic names, so runs never see each other's events.
 """
 
 from __future__ import annotations
 
+import collections
+import shutil
+import subprocess
+import sys
 import time
+import uuid
 from pathlib import Path
 
+import yaml
+
 from headwater import produce, stack
-from headwater.config import StackSettings, load_connection, load_repo
+from headwater.config import StackSettings, load_connection, load_repo, stack_dir
 from headwater.errors import HeadwaterError
-from headwater.generator import GeneratorConfig
+from headwater.generator import GeneratorConfig, generate_table
 from headwater.topics import create_topics
 
 __all__ = ["run"]
@@ -22,57 +31,89 @@ def _step(msg: str) -> None:
     print(f"\n== {msg}", flush=True)
 
 
-def run(repo_path: str | Path, events: int = 20_000) -> int:
-    repo = load_repo(repo_path)
-    _step("1/4 stack up (Kafka KRaft + Redis with AOF persistence)")
+def _demo_repo(src: Path, run_id: str) -> Path:
+    dest = stack_dir() / "demo" / run_id
+    shutil.copytree(src, dest, ignore=shutil.ignore_patterns("models", "__pycache__"))
+    cfg = yaml.safe_load((dest / "headwater.yaml").read_text())
+    for spec in cfg["topics"].values():
+        if isinstance(spec, dict) and "name" in spec:
+            spec["name"] = f"{spec['name']}.{run_id}"
+    cfg["project"] = f"{cfg['project']}_{run_id}"
+    (dest / "headwater.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return dest
+
+
+def run(repo_path: str | Path, events: int = 20_000, rate: float = 2_000.0) -> int:
+    src = load_repo(repo_path)
+    _step("1/6 stack up (Kafka KRaft + Redis with AOF persistence)")
     stack.up(StackSettings(redis_persistence=True))
     conn = load_connection()
+    run_id = time.strftime("%Y%m%d%H%M%S") + uuid.uuid4().hex[:4]
+    repo_dir = _demo_repo(src.path, run_id)
+    repo = load_repo(repo_dir)
 
-    _step(f"2/4 topics for project {repo.project!r}")
+    _step(f"2/6 topics for project {repo.project!r}")
     for r in create_topics(conn, repo.topics):
         print(f"  {r.action:8} {r.name} ({r.partitions} partitions)")
 
-    _step(f"3/4 produce {events:,} generated card transactions (Zipf cards, card-testing bursts, "
-          f"out-of-order and late arrivals)")
-    rate = 20_000.0
-    cfg = GeneratorConfig(rate=rate, entities=max(100, events // 20), duration_s=events / rate,
-                          seed=int(time.time()), disorder_ms=2_000, late_fraction=0.01, labels=True)
-    out = produce.to_kafka(repo.path, cfg, pace=False)
-
-    _step("4/4 read the events back from Kafka")
-    t0 = time.perf_counter()
-    ids_seen = 0
-    sample = []
-    total = _total_events(conn, repo.topics.events.name)  # earlier demo runs' events included
-    for rec in produce.read_back(repo.path, "events", total, timeout_s=60):
-        ids_seen += 1
-        if len(sample) < 3:
-            sample.append(rec)
-    dt = time.perf_counter() - t0
-    for rec in sample:
-        print(f"  {rec['event_id']:>14}  card={rec['card_id']:<8} merchant={rec['merchant_id']:<8} "
-              f"amount={rec['amount']:>9.2f} {rec['country']}  event_time={rec['event_time']}  "
-              f"append_time={rec['_timestamp_ms']}")
-    print(f"  read back all {ids_seen:,} events in the topic (this run produced {out['events']:,}) "
-          f"in {dt:.1f}s ({ids_seen / dt:,.0f}/s)")
-    if ids_seen < out["events"]:
-        raise HeadwaterError(f"read back {ids_seen} of {out['events']} events just produced: "
-                             f"see `headwater stack logs kafka`")
-    print("\ndemo ok: stack up, topics created, events produced and read back. "
-          "Stop with `headwater stack down`.")
-    return 0
-
-
-def _total_events(conn, topic: str) -> int:
-    """Messages currently in the topic (sum of high watermarks); earlier demo runs included."""
-    from confluent_kafka import Consumer, TopicPartition
-    c = Consumer({"bootstrap.servers": conn.bootstrap_servers, "group.id": "headwater-demo-wm", "log_level": 3})
+    _step("3/6 start the streaming features job (Flink MiniCluster) and the online writer")
+    log_path = stack_dir() / "logs" / f"demo-features-{run_id}.log"
+    job = subprocess.Popen([sys.executable, "-m", "headwater.cli", "features", "run", "--repo", str(repo_dir)],
+                           stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        md = c.list_topics(topic, timeout=10)
-        total = 0
-        for p in md.topics[topic].partitions:
-            lo, hi = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            total += hi - lo
-        return total
+        return _live(conn, repo, repo_dir, job, log_path, events, rate)
     finally:
-        c.close()
+        job.terminate()
+        try:
+            job.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            job.kill()
+        print(f"\nfeatures job stopped (log: {log_path}). Stop the stack with `headwater stack down`.")
+
+
+def _live(conn, repo, repo_dir, job, log_path, events, rate) -> int:
+    from online_store import fetch_repo
+    from streamjobs.repo import load_definitions
+    plan = load_definitions(repo).plan
+    time.sleep(5)
+    if job.poll() is not None:
+        raise HeadwaterError(f"the features job exited at start: see {log_path}")
+
+    duration = events / rate
+    _step(f"4/6 produce {events:,} card transactions live at {rate:,.0f}/s (Zipf cards, card-testing "
+          f"bursts, 2 s disorder, 0.5% beyond the 5 m lateness)")
+    cfg = GeneratorConfig(rate=rate, entities=max(200, events // 20), duration_s=duration,
+                          seed=int(time.time()) % 100_000, disorder_ms=2_000, late_fraction=0.005, labels=True)
+    out = produce.to_kafka(repo_dir, cfg, pace=True)
+
+    _step("5/6 read the events back from Kafka")
+    t0 = time.perf_counter()
+    recs = list(produce.read_back(repo_dir, "events", out["events"], timeout_s=60))
+    print(f"  read back {len(recs):,}/{out['events']:,} events in {time.perf_counter() - t0:.1f}s")
+    if len(recs) < out["events"]:
+        raise HeadwaterError(f"read back only {len(recs)} of {out['events']} events: see `headwater stack logs kafka`")
+    last_append = max(r["_timestamp_ms"] for r in recs)
+
+    _step("6/6 fetch features of the busiest cards from Redis (one round trip)")
+    busiest = [c for c, _ in collections.Counter(r["card_id"] for r in recs).most_common(3)]
+    deadline = time.monotonic() + 120
+    while True:
+        res = fetch_repo(repo, {"card_id": busiest}, ["card_velocity:*"], plan=plan)
+        as_of = res.min_as_of_ms
+        if as_of is not None and as_of >= last_append:
+            break
+        if job.poll() is not None or time.monotonic() > deadline:
+            raise HeadwaterError(f"features did not catch up with the produced events (as_of={as_of}, "
+                                 f"last append={last_append}): see {log_path}")
+        time.sleep(0.5)
+    now = int(time.time() * 1000)
+    for row in res.rows():
+        print(f"  card {row['card']}")
+        for k in ("txn_count_1m", "txn_count_10m", "amount_sum_1h", "amount_mean_1h", "amount_max_1h",
+                  "amount_stddev_1h", "merchant_id_distinct_count_10m", "last_country"):
+            v = row[f"card_velocity:{k}"]
+            print(f"    {k:32} {round(v, 2) if isinstance(v, float) else v}")
+    print(f"  as_of {as_of}: everything appended up to {now - as_of} ms before now is in Redis "
+          f"(last event appended {now - last_append} ms ago)")
+    print("\ndemo ok: events produced live, aggregated by Flink SQL, served from Redis.")
+    return 0

@@ -104,17 +104,17 @@ def fetch_cli(repo_path, entity_args: list[str], features: str | None, at: str |
     refs = [r.strip() for r in features.split(",")] if features else None
     result = fetch_repo(repo, keys, refs, at=parse_time(at))
     rows = result.rows()
-    now = int(time.time() * 1000)
+    as_of = result.min_as_of_ms
+    freshness = None if as_of is None else result.t_ms - as_of
     if as_json:
-        print(json.dumps({"t_ms": result.t_ms, "as_of_ms": result.as_of_ms, "rows": rows}, default=str, indent=2))
+        print(json.dumps({"t_ms": result.t_ms, "as_of_ms": dict(result.as_of_ms), "freshness_ms": freshness,
+                          "rows": rows}, default=str, indent=2))
         return 0
+    ids = set(result.entity_columns or {"entity": ()})
     for row in rows:
-        print(f"{row.get('entity')}")
+        print("  ".join(f"{k}={row[k]}" for k in ids))
         for k, v in row.items():
-            if k != "entity":
-                print(f"  {k:44} {v}")
-    if result.as_of_ms:
-        print(f"as_of {result.as_of_ms} (freshness {max(0, result.t_ms - min(result.as_of_ms.values()))} ms at t; "
-              f"now - as_of = {now - min(result.as_of_ms.values())} ms)" if isinstance(result.as_of_ms, dict)
-              else f"as_of {result.as_of_ms}")
+            if k not in ids:
+                print(f"  {k:48} {v}")
+    print(f"t={result.t_ms}  as_of={as_of}  freshness={'unknown (no progress published yet)' if freshness is None else f'{freshness} ms'}")
     return 0

@@ -1,0 +1,131 @@
+"""Append -> visible-in-fetch latency of the streaming features pipeline, at several rates.
+
+    python bench/freshness.py [--rates 1000,5000,10000] [--seconds 30]
+
+For each rate: a fresh copy of the example repository (own topics), `headwater features run`
+(Flink job + online writer) in a subprocess, then events produced live at that rate. Every
+event's broker append time comes from its delivery report. A prober fetches from Redis every
+20 ms (one `fetch_repo` round trip, which returns the published `as_of`); an event is visible
+at the first probe whose as_of covers its append time (as_of is only published once the tiles
+up to it are in Redis). Latency = visible wall time - append time. Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.flink_job import temp_repo  # noqa: E402
+from headwater.config import load_connection, load_repo  # noqa: E402
+from headwater.generator import GeneratorConfig, generate  # noqa: E402
+from headwater.repo_schemas import codec_for  # noqa: E402
+from headwater.topics import create_topics  # noqa: E402
+from online_store import fetch_repo  # noqa: E402
+from online_store.repo_fetch import redis_client  # noqa: E402
+from schemas import ColumnarCodec  # noqa: E402
+from streamjobs.repo import load_definitions  # noqa: E402
+
+
+def one_rate(rate: float, seconds: float, warmup_s: float = 25.0) -> dict:
+    conn = load_connection()
+    repo_dir = temp_repo(Path("examples/fraud"), f"fr{int(rate)}{os.getpid()}")
+    repo = load_repo(repo_dir)
+    create_topics(conn, repo.topics)
+    plan = load_definitions(repo).plan
+    job = subprocess.Popen([sys.executable, "-m", "headwater.cli", "features", "run", "--repo", str(repo_dir)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    from confluent_kafka import Producer
+    from headwater.produce import producer_config
+    appends: list[int] = []
+    p = Producer({**producer_config(conn.bootstrap_servers), "linger.ms": 5})
+
+    def on_delivery(err, msg):
+        if err is None:
+            appends.append(msg.timestamp()[1])
+
+    probes: list[tuple[float, int]] = []
+    stop = threading.Event()
+    r = redis_client(conn.redis_url)
+
+    def prober():
+        while not stop.is_set():
+            res = fetch_repo(repo, {"card_id": ["c0"]}, ["card_velocity:txn_count_1m"], redis=r, plan=plan)
+            if res.min_as_of_ms is not None:
+                probes.append((time.time() * 1000, res.min_as_of_ms))
+            time.sleep(0.02)
+
+    try:
+        time.sleep(warmup_s)  # MiniCluster start + job deployment
+        codec = ColumnarCodec.from_codec(codec_for(repo, "events"))
+        topic = repo.topics.events.name
+        cfg = GeneratorConfig(rate=rate, entities=20_000, duration_s=seconds, seed=5, start_ms=int(time.time() * 1000))
+        th = threading.Thread(target=prober, daemon=True)
+        th.start()
+        t0 = time.perf_counter()
+        chunk = max(1, int(rate * 0.02))
+        for batch in generate(cfg):
+            for lo in range(0, batch.events.num_rows, chunk):
+                ev = batch.events.slice(lo, chunk)
+                due = t0 + float(batch.arrival_ms[min(lo + chunk, batch.events.num_rows) - 1]) / 1000
+                while time.perf_counter() < due:
+                    p.poll(0.001)
+                now = int(time.time() * 1000)
+                ev = ev.set_column(ev.schema.get_field_index("event_time"), "event_time",
+                                   pa.array(np.full(ev.num_rows, now), pa.int64()))
+                for key, val in zip(ev.column("card_id").to_pylist(), codec.encode_table(ev)):
+                    p.produce(topic, val, key.encode(), on_delivery=on_delivery)
+                p.poll(0)
+        p.flush(30)
+        achieved = len(appends) / (time.perf_counter() - t0)
+        deadline = time.time() + 120
+        while (not probes or probes[-1][1] < max(appends)) and time.time() < deadline:
+            time.sleep(0.2)
+        stop.set()
+        th.join()
+    finally:
+        os.killpg(job.pid, signal.SIGTERM)
+        job.wait(timeout=60)
+    pw = np.array([t for t, _ in probes])
+    asof = np.maximum.accumulate(np.array([a for _, a in probes]))
+    ap = np.array(appends)
+    idx = np.searchsorted(asof, ap)  # first probe whose as_of >= append
+    seen = idx < len(pw)
+    lat = (pw[idx[seen]] - ap[seen]) / 1000.0
+    return {"rate": rate, "achieved": achieved, "events": len(ap), "visible": int(seen.sum()),
+            "p50": float(np.percentile(lat, 50)) if len(lat) else float("nan"),
+            "p99": float(np.percentile(lat, 99)) if len(lat) else float("nan")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rates", default="1000,5000,10000")
+    ap.add_argument("--seconds", type=float, default=30.0)
+    args = ap.parse_args()
+    rows = []
+    for rate in [float(x) for x in args.rates.split(",")]:
+        rows.append(one_rate(rate, args.seconds))
+        print(rows[-1], file=sys.stderr)
+    print(f"\nMachine: {platform.machine()}, {os.cpu_count()} cores; Kafka, Redis, Flink MiniCluster and the "
+          f"producer on the same machine; {args.seconds:.0f} s per rate; date {date.today()}\n")
+    print("| offered events/s | achieved | events | visible within 120 s | p50 s | p99 s |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['rate']:,.0f} | {r['achieved']:,.0f} | {r['events']:,} | {r['visible']:,} | "
+              f"{r['p50']:.2f} | {r['p99']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
