@@ -79,9 +79,10 @@ def to_kafka(repo_path, cfg: GeneratorConfig, pace: bool = True, quiet: bool = F
         for lo in range(0, batch.events.num_rows, chunk_rows):
             ev = batch.events.slice(lo, chunk_rows)
             arrival = np.asarray(batch.arrival_ms[lo:lo + chunk_rows], dtype=np.int64)
-            if pace:  # a chunk goes out when its last event is due
-                _sleep_until(t0 + float(arrival[-1]) / 1000.0)
             rel = ev.column("event_time").to_numpy() - cfg.origin_ms
+            if pace:  # a chunk goes out when its last event is due; a late event need not be
+                # held back for minutes: its event time is set below so the broker sees its delay
+                _sleep_until(t0 + float(np.minimum(arrival, rel + cfg.disorder_ms).max()) / 1000.0)
             if pace:
                 new_time = int(time.time() * 1000) - (arrival - rel)  # broker sees the intended delay
             else:
