@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import shutil
 import sys
 import tempfile
 import time
@@ -24,10 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import yaml  # noqa: E402
-
 from headwater import produce  # noqa: E402
-from headwater.config import load_connection, load_repo  # noqa: E402
+from headwater.config import clone_repo, load_connection, load_repo  # noqa: E402
 from headwater.generator import GeneratorConfig  # noqa: E402
 from headwater.topics import create_topics  # noqa: E402
 from streamjobs.compiler import KafkaBounds  # noqa: E402
@@ -36,15 +33,7 @@ from streamjobs.repo import load_definitions  # noqa: E402
 
 
 def temp_repo(src: Path, suffix: str) -> Path:
-    dest = Path(tempfile.mkdtemp()) / "repo"
-    shutil.copytree(src, dest, ignore=shutil.ignore_patterns("schema_registry.json", "models", "__pycache__"))
-    cfg = yaml.safe_load((dest / "headwater.yaml").read_text())
-    cfg["project"] += f"_{suffix}"
-    for spec in cfg["topics"].values():
-        if isinstance(spec, dict) and "name" in spec:
-            spec["name"] += f".{suffix}"
-    (dest / "headwater.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return dest
+    return clone_repo(src, Path(tempfile.mkdtemp()) / "repo", suffix)
 
 
 def main() -> None:

@@ -33,6 +33,7 @@ __all__ = [
     "load_connection",
     "save_connection",
     "load_repo",
+    "clone_repo",
 ]
 
 CONNECTION_FILE = "connection.json"
@@ -188,3 +189,17 @@ def _first_error(exc: Exception) -> str:
         loc = ".".join(str(x) for x in err["loc"])
         return f"{loc}: {err['msg']}"
     return str(exc).splitlines()[0]
+
+
+def clone_repo(src: Path, dest: Path, suffix: str) -> Path:
+    """A copy of a feature repository whose project and topic names carry ``suffix``, so a demo,
+    benchmark or test run never shares topics or Redis keys with another (schema store not copied)."""
+    import shutil
+    shutil.copytree(src, dest, ignore=shutil.ignore_patterns("schema_registry.json", "models", "__pycache__"))
+    cfg = yaml.safe_load((dest / REPO_FILE).read_text())
+    cfg["project"] = f"{cfg['project']}_{suffix}"
+    for spec in cfg.get("topics", {}).values():
+        if isinstance(spec, dict) and "name" in spec:
+            spec["name"] = f"{spec['name']}.{suffix}"
+    (dest / REPO_FILE).write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return dest

@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import collections
 import os
-import shutil
 import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
 
-import yaml
-
 from headwater import produce, stack
-from headwater.config import StackSettings, load_connection, load_repo, stack_dir
+from headwater.config import StackSettings, clone_repo, load_connection, load_repo, stack_dir
 from headwater.errors import HeadwaterError
 from headwater.generator import GeneratorConfig, generate_table
 from headwater.topics import create_topics
@@ -33,15 +30,7 @@ def _step(msg: str) -> None:
 
 
 def _demo_repo(src: Path, run_id: str) -> Path:
-    dest = stack_dir() / "demo" / run_id
-    shutil.copytree(src, dest, ignore=shutil.ignore_patterns("models", "__pycache__"))
-    cfg = yaml.safe_load((dest / "headwater.yaml").read_text())
-    for spec in cfg["topics"].values():
-        if isinstance(spec, dict) and "name" in spec:
-            spec["name"] = f"{spec['name']}.{run_id}"
-    cfg["project"] = f"{cfg['project']}_{run_id}"
-    (dest / "headwater.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return dest
+    return clone_repo(src, stack_dir() / "demo" / run_id, run_id)
 
 
 def run(repo_path: str | Path, events: int = 20_000, rate: float = 2_000.0) -> int:

@@ -90,10 +90,7 @@ def fetch(aset: ArtifactSet, stack_dir: Path, *, quiet: bool = False) -> list[Pa
     dest = stack_dir / "jars" / f"{aset.name}-{aset.digest()}"
     marker = dest / ".complete"
     if not marker.exists():
-        mvn = shutil.which("mvn")
-        if mvn is None:
-            raise StackError("Maven (mvn) is not on PATH: install it (apt-get install maven) "
-                             "so Headwater can fetch the Kafka and Flink connector jars")
+        mvn = _mvn()
         if dest.exists():
             shutil.rmtree(dest)
         (dest / "libs").mkdir(parents=True)
@@ -113,6 +110,14 @@ def fetch(aset: ArtifactSet, stack_dir: Path, *, quiet: bool = False) -> list[Pa
                 jar.unlink()
         marker.write_text("ok\n")
     return sorted((dest / "libs").glob("*.jar"))
+
+
+def _mvn() -> str:
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise StackError("Maven (mvn) is not on PATH: install it (apt-get install maven) "
+                         "so Headwater can fetch the Kafka and Flink jars and build its Flink format")
+    return mvn
 
 
 def _maven_error(out: str) -> str:
@@ -138,10 +143,7 @@ def build_format(stack_dir: Path, *, quiet: bool = False) -> Path:
     jar = dest / "headwater-flink-format.jar"
     if jar.exists():
         return jar
-    mvn = shutil.which("mvn")
-    if mvn is None:
-        raise StackError("Maven (mvn) is not on PATH: install it (apt-get install maven) "
-                         "so Headwater can build its Flink format")
+    mvn = _mvn()
     if dest.exists():
         shutil.rmtree(dest)
     shutil.copytree(FORMAT_SOURCE, dest / "src", ignore=shutil.ignore_patterns("target"))

@@ -73,14 +73,5 @@ def unique() -> str:
 @pytest.fixture
 def temp_repo(tmp_path: Path, unique: str) -> Path:
     """A copy of the example repository whose topic names carry a unique suffix."""
-    import shutil
-    import yaml
-    dest = tmp_path / "repo"
-    shutil.copytree(EXAMPLE_REPO, dest, ignore=shutil.ignore_patterns("schema_registry.json", "models", "__pycache__"))
-    cfg = yaml.safe_load((dest / "headwater.yaml").read_text())
-    cfg["project"] = f"{cfg['project']}_{unique}"
-    for role, spec in cfg["topics"].items():
-        if isinstance(spec, dict) and "name" in spec:
-            spec["name"] = f"{spec['name']}.{unique}"
-    (dest / "headwater.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return dest
+    from headwater.config import clone_repo
+    return clone_repo(EXAMPLE_REPO, tmp_path / "repo", unique)

@@ -52,19 +52,11 @@ def read_tiles(conn, repo):
 
 @pytest.fixture(scope="module")
 def conformance_run(stack, tmp_path_factory):
-    import uuid, shutil
+    import uuid
+    from headwater.config import clone_repo
     from tests.conftest import EXAMPLE_REPO
-    from headwater.config import load_repo
-    import yaml
     unique = uuid.uuid4().hex[:8]
-    dest = tmp_path_factory.mktemp("conf") / "repo"
-    shutil.copytree(EXAMPLE_REPO, dest, ignore=shutil.ignore_patterns("schema_registry.json", "models", "__pycache__"))
-    cfg = yaml.safe_load((dest / "headwater.yaml").read_text())
-    cfg["project"] = f"conf_{unique}"
-    for spec in cfg["topics"].values():
-        if isinstance(spec, dict) and "name" in spec:
-            spec["name"] = f"{spec['name']}.{unique}"
-    (dest / "headwater.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    dest = clone_repo(EXAMPLE_REPO, tmp_path_factory.mktemp("conf") / "repo", unique)
     repo = setup(stack, dest)
     schema = event_schema()
     cases = [json.loads(p.read_text()) for p in CASES]

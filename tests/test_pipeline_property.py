@@ -59,20 +59,12 @@ def _case(name, events, query_offsets):
 @given(st.lists(case, min_size=3, max_size=3))
 def test_random_streams_through_pipeline_equal_oracle(stack, tmp_path_factory, raw_cases):
     import redis as redis_lib
-    import shutil
-    import yaml
+    from headwater.config import clone_repo
     from online_store import fetch, run_writer
     from tests.conftest import EXAMPLE_REPO
 
     unique = uuid.uuid4().hex[:8]
-    dest = tmp_path_factory.mktemp("prop") / "repo"
-    shutil.copytree(EXAMPLE_REPO, dest, ignore=shutil.ignore_patterns("schema_registry.json", "models", "__pycache__"))
-    cfg = yaml.safe_load((dest / "headwater.yaml").read_text())
-    cfg["project"] = f"prop_{unique}"
-    for spec in cfg["topics"].values():
-        if isinstance(spec, dict) and "name" in spec:
-            spec["name"] = f"{spec['name']}.{unique}"
-    (dest / "headwater.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    dest = clone_repo(EXAMPLE_REPO, tmp_path_factory.mktemp("prop") / "repo", unique)
     repo = setup(stack, dest)
     schema = event_schema()
     cases = [_case(f"p{i}", evs, qs) for i, (evs, qs) in enumerate(raw_cases)]
