@@ -109,14 +109,15 @@ def cmd_features(args) -> int:
             print(compile_features(load_connection(), repo, defs).text())
         return 0
     from headwater import features_service
-    return features_service.run(repo, defs, with_writer=not args.no_writer, fresh=args.fresh)
+    return features_service.run(repo, defs, with_writer=not args.no_writer, fresh=args.fresh,
+                                metrics_port=args.metrics_port)
 
 
 def cmd_online(args) -> int:
     from headwater import features_service
     repo, defs = _definitions(args.repo)
     if args.action == "write":
-        return features_service.write(repo, defs)
+        return features_service.write(repo, defs, metrics_port=args.metrics_port)
     return features_service.rebuild(repo, defs)
 
 
@@ -180,11 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--no-sql", action="store_true", help="plan: omit the generated SQL")
     f.add_argument("--no-writer", action="store_true", help="run: do not start the online writer in-process")
     f.add_argument("--fresh", action="store_true", help="run: ignore checkpoints, start from committed offsets")
+    f.add_argument("--metrics-port", type=int, default=None, help="run: serve writer metrics (Prometheus) here")
     f.set_defaults(func=cmd_features)
 
     o = sub.add_parser("online", help="write: tiles topic -> Redis (keeps running); rebuild: from the compacted topic")
     o.add_argument("action", choices=["write", "rebuild"])
     o.add_argument("--repo", required=True)
+    o.add_argument("--metrics-port", type=int, default=None, help="write: serve writer metrics (Prometheus) here")
     o.set_defaults(func=cmd_online)
 
     fe = sub.add_parser("fetch", help="online feature values for entities, with as_of and freshness")

@@ -27,7 +27,19 @@ def _sigterm_as_interrupt() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def run(repo, defs, *, with_writer: bool = True, fresh: bool = False) -> int:
+def _writer_metrics(port: int | None):
+    """Writer metrics (lag, tiles written, freshness histogram, as_of age) on http://:port/metrics."""
+    if not port:
+        return None
+    from prometheus_client import start_http_server
+    from online_store import WriterMetrics
+    m = WriterMetrics()
+    start_http_server(port, registry=m.registry)
+    print(f"writer metrics on http://127.0.0.1:{port}/metrics")
+    return m
+
+
+def run(repo, defs, *, with_writer: bool = True, fresh: bool = False, metrics_port: int | None = None) -> int:
     from streamjobs.job import run_streaming
     conn = load_connection()
     create_topics(conn, repo.topics)
@@ -37,7 +49,8 @@ def run(repo, defs, *, with_writer: bool = True, fresh: bool = False) -> int:
     if with_writer:
         from online_store.writer import run_writer
         writer = threading.Thread(target=run_writer, args=(conn, repo, defs.plan),
-                                  kwargs={"stop_event": stop, "verbose": True}, name="online-writer", daemon=True)
+                                  kwargs={"stop_event": stop, "verbose": True, "metrics": _writer_metrics(metrics_port)},
+                                  name="online-writer", daemon=True)
     result = run_streaming(conn, repo, defs, fresh=fresh)
     if writer is not None:
         writer.start()
@@ -57,12 +70,13 @@ def run(repo, defs, *, with_writer: bool = True, fresh: bool = False) -> int:
     return 0
 
 
-def write(repo, defs) -> int:
+def write(repo, defs, metrics_port: int | None = None) -> int:
     from online_store.writer import run_writer
     _sigterm_as_interrupt()
     stop = threading.Event()
     try:
-        run_writer(load_connection(), repo, defs.plan, stop_event=stop, verbose=True)
+        run_writer(load_connection(), repo, defs.plan, stop_event=stop, verbose=True,
+                   metrics=_writer_metrics(metrics_port))
     except KeyboardInterrupt:
         stop.set()
     return 0
