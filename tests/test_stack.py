@@ -119,3 +119,13 @@ def test_unresolvable_artifact_names_maven(tmp_path):
     bogus = jars.ArtifactSet("bogus", (jars.Artifact("org.apache.flink", "no-such-artifact-hw", "0.0.1"),))
     with pytest.raises(StackError, match="Maven could not resolve the bogus jars"):
         jars.fetch(bogus, tmp_path, quiet=True)
+
+
+def test_redis_missing_and_apt_not_permitted_is_one_line_error(monkeypatch):
+    import shutil as _shutil
+    real_which = _shutil.which
+    monkeypatch.setattr(hwstack.shutil, "which", lambda name: None if name in ("redis-server", "apt-get") else real_which(name))
+    monkeypatch.setattr(hwstack.os, "geteuid", lambda: 1000)
+    with pytest.raises(StackError, match="redis-server is not on PATH and cannot be installed here.*HEADWATER_REDIS_URL"):
+        hwstack.redis_server_binary(progress=lambda _m: None)
+
