@@ -28,7 +28,7 @@ from headwater.config import clone_repo, load_connection, load_repo  # noqa: E40
 from headwater.generator import GeneratorConfig  # noqa: E402
 from headwater.topics import create_topics  # noqa: E402
 from streamjobs.compiler import KafkaBounds  # noqa: E402
-from streamjobs.job import compile_features, submit  # noqa: E402
+from streamjobs.job import compile_features, default_parallelism, submit  # noqa: E402
 from streamjobs.repo import load_definitions  # noqa: E402
 
 
@@ -66,7 +66,7 @@ def main() -> None:
         total = time.perf_counter() - t0
         rows.append((mode, n, total, t_submit))
         print(f"{mode}: {n:,} events in {total:.1f}s (submit {t_submit:.1f}s)", file=sys.stderr)
-    print(f"\nMachine: {platform.machine()}, {os.cpu_count()} cores; Flink 2.2.1 MiniCluster, parallelism 1; "
+    print(f"\nMachine: {platform.machine()}, {os.cpu_count()} cores; Flink 2.2.1 MiniCluster, parallelism {default_parallelism()}; "
           f"plan: {len(defs.plan.views)} views, "
           f"{sum(len(v.ladder) + 1 for v in defs.plan.views)} aggregations per event; date {date.today()}\n")
     print("| mode | events | wall s (incl. planning + start) | events/s | events/s excl. planning/submit |")

@@ -108,7 +108,7 @@ def _last_col(f: ir.IRField) -> str:
 def events_view_sql(src: SourceBinding, views: list[ViewPlan]) -> str:
     """Per-event expressions computed once, before the fan-out to every resolution: the record
     timestamp as epoch ms (TIMESTAMP_LTZ does not cast to BIGINT in Flink 2.2), each tile start,
-    and each ``last`` composite key. Measured: ~2x less CPU than repeating them per aggregate."""
+    and each ``last`` composite key, instead of once per resolution."""
     ms = (f"CAST(EXTRACT(EPOCH FROM {q(APPEND_TS)}) AS BIGINT) * 1000 "
           f"+ CAST(EXTRACT(MILLISECOND FROM {q(APPEND_TS)}) AS BIGINT)")
     cols = [f"{ms} AS {q(APPEND_MS)}"]
