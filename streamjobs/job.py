@@ -74,9 +74,11 @@ def compile_features(conn: Connection, repo, defs, *, bounds=None, mode="streami
 
 
 def default_parallelism() -> int:
-    """One task slot per core, at most 4: measured ~2x the events/s of parallelism 1 on 2 cores."""
+    """1 unless ``HEADWATER_FLINK_PARALLELISM`` says otherwise: on the 2-core dev machine, where
+    Kafka, Redis and the writer share the cores, parallelism 2 measured slower (bench/flink_job.py:
+    streaming 2.5k vs 3.7k events/s, batch 8.1k vs 9.2k); raise it where cores are free."""
     import os
-    return int(os.environ.get("HEADWATER_FLINK_PARALLELISM", min(4, os.cpu_count() or 1)))
+    return int(os.environ.get("HEADWATER_FLINK_PARALLELISM", "1"))
 
 
 def submit(conn: Connection, job, mode="streaming", restore_from: str | None = None,

@@ -30,7 +30,7 @@ card_velocity = FeatureView(
         Aggregation("stddev", "amount", windows=("1h", "24h")),
         # many new merchants in a few minutes is the other half of the pattern
         Aggregation("distinct_count", "merchant_id", windows=("10m", "1h")),
-        LatestValue("country", name="last_country"),
+        LatestValue("country", ttl="24h", name="last_country"),  # a 1 h hop: no extra 1 d resolution
     ),
     allowed_lateness="5m",
     ttl="25h",
