@@ -11,6 +11,8 @@ Several cases share one job: entities are prefixed with the case name so cases n
 from __future__ import annotations
 
 import dataclasses
+import math
+import struct
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -99,3 +101,50 @@ def setup(stack: Connection, temp_repo: Path) -> RepoConfig:
     repo = create_time_repo(temp_repo)
     create_topics(stack, repo.topics)
     return repo
+
+
+def read_tiles(conn, repo):
+    """Latest tile record per key from the tiles topic (decoded with the ids in their headers)."""
+    from confluent_kafka import Consumer, TopicPartition
+    from schemas import AvroCodec, open_store
+    store = open_store(repo.resolve(repo.schema_store))
+    topic = repo.topics.tiles.name
+    c = Consumer({"bootstrap.servers": conn.bootstrap_servers, "group.id": "tiles-check", "enable.auto.commit": False})
+    md = c.list_topics(topic, timeout=10).topics[topic]
+    ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in md.partitions}
+    c.assign([TopicPartition(topic, p, 0) for p in md.partitions])
+    codecs, latest, done = {}, {}, {p: e == 0 for p, e in ends.items()}
+    while not all(done.values()):
+        for m in c.consume(10_000, timeout=1.0):
+            if m.error():
+                continue
+            if m.offset() + 1 >= ends[m.partition()]:
+                done[m.partition()] = True
+            if m.value() is None:
+                continue
+            sid = struct.unpack(">I", m.value()[1:5])[0]
+            codec = codecs.setdefault(sid, AvroCodec(store.get_by_id(sid), sid, store))
+            r = codec.decode(m.value())
+            latest[(r["view"], r["entity"], r["resolution_ms"], r["tile_start"])] = r
+    c.close()
+    return latest
+
+
+def assert_tiles_equal(view, flink_tiles, events, entity_prefix: str = "") -> None:
+    """Tiles Flink wrote (``read_tiles``) equal, field for field, what ``ir.update`` builds from ``events``
+    (MemoryTiler); events carry ``event_time_ms``, ``append_time_ms`` and the broker's partition/offset."""
+    from online_store.tiles import tile_ir
+    from tests.oracle import MemoryTiler
+    tiler = MemoryTiler(view)
+    tiler.ingest(events)
+    expected = {(view.name, e, r, s): t for e, st in tiler.tiles.items() for (r, s), t in st.items()}
+    got = {k: tile_ir(view, rec) for k, rec in flink_tiles.items()
+           if k[0] == view.name and k[2] != 0 and k[1].startswith(entity_prefix)}
+    assert set(got) == set(expected), f"{view.name}: tile keys differ"
+    for k, want in expected.items():
+        for f in view.fields:
+            a, b = got[k][f.name], want[f.name]
+            if isinstance(b, float):
+                assert math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-9), (k, f.name, a, b)
+            else:
+                assert a == b, (k, f.name, a, b)

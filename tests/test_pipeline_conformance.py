@@ -8,46 +8,17 @@ for how record timestamps and offsets are injected).
 from __future__ import annotations
 
 import json
-import math
-import struct
-from collections import defaultdict
 from pathlib import Path
 
 import pytest
 
-from tests.oracle import MemoryTiler, feature_view_from_case
-from tests.pipeline import EVENT_TIME, event_schema, pipeline_view, prefixed, produce_cases, run_job, setup
+from tests.oracle import feature_view_from_case
+from tests.pipeline import (EVENT_TIME, assert_tiles_equal, event_schema, pipeline_view, prefixed, produce_cases,
+                            read_tiles, run_job, setup)
 from tests.test_conformance_ir import CASES, assert_value
 
 pytestmark = [pytest.mark.integration, pytest.mark.flink,
               pytest.mark.skipif(not CASES, reason="conformance vectors not found")]
-
-
-def read_tiles(conn, repo):
-    """Latest tile record per key from the tiles topic (decoded with the ids in their headers)."""
-    from confluent_kafka import Consumer, TopicPartition
-    from schemas import AvroCodec, open_store
-    store = open_store(repo.resolve(repo.schema_store))
-    topic = repo.topics.tiles.name
-    c = Consumer({"bootstrap.servers": conn.bootstrap_servers, "group.id": "tiles-check", "enable.auto.commit": False})
-    md = c.list_topics(topic, timeout=10).topics[topic]
-    ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in md.partitions}
-    c.assign([TopicPartition(topic, p, 0) for p in md.partitions])
-    codecs, latest, done = {}, {}, {p: e == 0 for p, e in ends.items()}
-    while not all(done.values()):
-        for m in c.consume(10_000, timeout=1.0):
-            if m.error():
-                continue
-            if m.offset() + 1 >= ends[m.partition()]:
-                done[m.partition()] = True
-            if m.value() is None:
-                continue
-            sid = struct.unpack(">I", m.value()[1:5])[0]
-            codec = codecs.setdefault(sid, AvroCodec(store.get_by_id(sid), sid, store))
-            r = codec.decode(m.value())
-            latest[(r["view"], r["entity"], r["resolution_ms"], r["tile_start"])] = r
-    c.close()
-    return latest
 
 
 @pytest.fixture(scope="module")
@@ -77,21 +48,7 @@ def test_flink_tiles_equal_ir_update_tiles(stack, conformance_run):
         ent = case["view"]["entity"]
         events = [{**e, ent: prefixed(case["name"], e[ent]), "amount": float(e["amount"]),
                    "offset": offsets[(case["name"], e["partition"], e["offset"])]} for e in case["events"]]
-        tiler = MemoryTiler(vp)
-        tiler.ingest(events)
-        from streamjobs import ir
-        from online_store.tiles import tile_ir
-        expected = {(vp.name, e, r, s): t for e, store in tiler.tiles.items() for (r, s), t in store.items()}
-        got = {k: tile_ir(vp, rec) for k, rec in flink.items()
-               if k[0] == vp.name and k[2] != 0 and k[1].startswith(case["name"] + "|")}
-        assert set(got) == set(expected), f"{case['name']}: tile keys differ"
-        for k, want in expected.items():
-            for f in vp.fields:
-                a, b = got[k][f.name], want[f.name]
-                if isinstance(b, float):
-                    assert math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-9), (case["name"], k, f.name, a, b)
-                else:
-                    assert a == b, (case["name"], k, f.name, a, b)
+        assert_tiles_equal(vp, flink, events, entity_prefix=case["name"] + "|")
 
 
 def test_fetch_after_quiesce_reproduces_every_vector(stack, conformance_run):

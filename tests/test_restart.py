@@ -17,9 +17,7 @@ from headwater.generator import GeneratorConfig, generate_table
 from headwater.repo_schemas import codec_for
 from streamjobs.job import checkpoint_dir, latest_checkpoint
 from streamjobs.repo import load_definitions
-from tests.oracle import MemoryTiler
-from tests.pipeline import setup
-from tests.test_pipeline_conformance import read_tiles
+from tests.pipeline import assert_tiles_equal, read_tiles, setup
 
 pytestmark = [pytest.mark.integration, pytest.mark.flink]
 
@@ -97,14 +95,5 @@ def test_kill_and_restore_from_checkpoint_gives_clean_tiles(stack, temp_repo):
         r["partition"], r["offset"] = offsets[i]
         r["event_time_ms"], r["append_time_ms"] = r["event_time"], cfg.origin_ms + arrival[i]
     tiles = read_tiles(stack, repo)
-    from online_store.tiles import tile_ir
     for vp in defs.plan.views:
-        tiler = MemoryTiler(vp)
-        tiler.ingest(recs)
-        expected = {(vp.name, e, r, s): t for e, st in tiler.tiles.items() for (r, s), t in st.items()}
-        got = {k: tile_ir(vp, rec) for k, rec in tiles.items() if k[0] == vp.name and k[2] != 0}
-        assert set(got) == set(expected)
-        for k, want in expected.items():
-            for f in vp.fields:
-                a, b = got[k][f.name], want[f.name]
-                assert a == pytest.approx(b, rel=1e-12, abs=1e-9) if isinstance(b, float) else a == b, (k, f.name)
+        assert_tiles_equal(vp, tiles, recs)
