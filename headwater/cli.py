@@ -123,7 +123,8 @@ def cmd_online(args) -> int:
 
 def cmd_fetch(args) -> int:
     from headwater import features_service
-    return features_service.fetch_cli(args.repo, args.entity, args.features, args.at, args.json)
+    return features_service.fetch_cli(args.repo, args.entity, args.features, args.at, args.json,
+                                      log=args.log)
 
 
 def cmd_demo(args) -> int:
@@ -197,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     fe.add_argument("--features", default=None, help="comma-separated view:feature or view:* (default all)")
     fe.add_argument("--at", default=None, help="query time, ISO-8601 (default now)")
     fe.add_argument("--json", action="store_true")
+    fe.add_argument("--log", nargs="?", const="topic", default=None, metavar="FILE",
+                    help="also log what was fetched (feature log, for parity): to the feature_log topic, "
+                         "or append to FILE.jsonl")
     fe.set_defaults(func=cmd_fetch)
 
     d = sub.add_parser("demo", help="stack up, topics, produce example events and read them back")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 import threading
 import time
 from datetime import datetime, timezone
@@ -106,7 +107,23 @@ def parse_time(text: str | None) -> int | None:
     return int(dt.timestamp() * 1000)
 
 
-def fetch_cli(repo_path, entity_args: list[str], features: str | None, at: str | None, as_json: bool) -> int:
+def _log_fetch(repo, result, target: str) -> None:
+    """``fetch --log``: the fetch's feature-log records to the feature_log topic or a .jsonl file."""
+    from online_store import feature_log
+    from streamjobs.repo import load_definitions
+    recs = feature_log.records(result, load_definitions(repo).plan)
+    if target == "topic":
+        writer = feature_log.FeatureLogWriter.for_repo(load_connection(), repo)
+        writer.write(recs)
+        writer.flush()
+        where = repo.topics.feature_log.name
+    else:
+        where = feature_log.write_file(recs, target)
+    print(f"logged {len(recs)} feature-log records to {where}", file=sys.stderr)
+
+
+def fetch_cli(repo_path, entity_args: list[str], features: str | None, at: str | None, as_json: bool,
+              log: str | None = None) -> int:
     from online_store import fetch_repo
     repo = load_repo(repo_path)
     keys = []
@@ -117,6 +134,8 @@ def fetch_cli(repo_path, entity_args: list[str], features: str | None, at: str |
         keys.append((name, value))
     refs = [r.strip() for r in features.split(",")] if features else None
     result = fetch_repo(repo, keys, refs, at=parse_time(at))
+    if log is not None:
+        _log_fetch(repo, result, log)
     rows = result.rows()
     as_of = result.min_as_of_ms
     freshness = None if as_of is None else result.t_ms - as_of

@@ -154,3 +154,24 @@ def test_real_fetch_to_topic_and_back(stack, temp_repo: Path, unique: str):
         rds.close()
     with pytest.raises(feature_log.FeatureLogError, match="does not exist"):
         feature_log.read(f"no.such.topic.{unique}", connection=stack, timeout_s=5)
+
+
+@pytest.mark.integration
+def test_cli_fetch_log_to_file_and_topic(stack, temp_repo: Path, tmp_path: Path, capsys):
+    from headwater.cli import main
+    from headwater.topics import create_topics
+    repo = load_repo(temp_repo)
+    create_topics(stack, repo.topics)
+    out = tmp_path / "fetch.jsonl"
+    args = ["fetch", "--repo", str(temp_repo), "--entity", "card_id=c1", "--entity", "merchant_id=m1",
+            "--at", "1704067205000", "--json"]
+    assert main(args + ["--log", str(out)]) == 0
+    assert main(args + ["--log"]) == 0
+    assert "logged 2 feature-log records" in capsys.readouterr().err
+    from_file = feature_log.read(out).to_pylist()
+    from_topic = feature_log.read("topic", connection=stack, repo=repo).to_pylist()
+    assert from_file == sorted(from_topic, key=lambda r: r["entity_key"])  # keyed by entity: two partitions
+    assert [(r["entity_key"], r["entity"], r["t_ms"]) for r in from_file] == [
+        ("card_id", "c1", 1704067205000), ("merchant_id", "m1", 1704067205000)]
+    assert from_file[0]["card_velocity:txn_count_1m"] == 0  # no data: count 0
+    assert main(args + ["--log", str(tmp_path / "x.csv")]) == 2  # one-line error, exit 2
