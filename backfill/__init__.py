@@ -1,1 +1,17 @@
-__all__: list[str] = []
+"""Backfill: the Parquet tile layout written by replay, point-in-time training sets, parity.
+
+``layout`` is the on-disk contract; ``training_set`` joins a spine to tiles (or raw rows for
+latest-value features) with the online reader's merge.
+"""
+
+from backfill import layout
+from backfill.errors import BackfillError, PlanMismatchError, SourceError, SpineError, TileLayoutError
+
+__all__ = [
+    "layout",
+    "BackfillError",
+    "TileLayoutError",
+    "PlanMismatchError",
+    "SpineError",
+    "SourceError",
+]
