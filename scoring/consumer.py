@@ -1,0 +1,326 @@
+"""The scoring consumer: an explicit confluent-kafka loop around ``Scorer.score_batch``.
+
+At-least-once (default): the producer is idempotent; after a batch's outputs are produced the
+loop flushes, and only when every delivery report succeeded are the batch's offsets stored
+(``enable.auto.offset.store=false``; the auto-committer and ``close()`` commit stored offsets
+only). A failed delivery rewinds the consumer to the batch's first offsets and scores it again.
+Exactly-once (``exactly_once``): each batch is one Kafka transaction (outputs +
+``send_offsets_to_transaction``); on an abortable error the transaction is aborted and the
+consumer rewound. The transactional id is stable per (group, instance), so a restarted instance
+fences its predecessor and aborts its open transaction at once instead of readers waiting for
+the transaction timeout.
+
+Micro-batches: ``consume(target, max_wait)``; the target doubles while batches come back full
+(load) and halves while they come back under half full (idle), within [1, max_batch], so an idle
+consumer answers in about one round trip and a loaded one amortises the fetch. Memory stays
+bounded: one batch in hand, the producer queue capped (``BufferError`` -> serve deliveries, retry).
+SIGINT/SIGTERM set a flag checked between batches: the batch in hand finishes, offsets are
+committed, the consumer closes.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from online_store.errors import StoreUnavailableError
+from scoring.errors import DeliveryError, ScoringError
+from scoring.metrics import ScoringMetrics, observe_many
+from scoring.outputs import dead_letter
+from scoring.scorer import BatchOutput, Scorer
+
+__all__ = ["ConsumerSettings", "ScoreLoop", "AdaptiveBatch", "LoopStats"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ConsumerSettings:
+    bootstrap_servers: str
+    group_id: str
+    events_topic: str
+    predictions_topic: str
+    shadow_topic: str
+    dlq_topic: str
+    feature_log_topic: str
+    max_batch: int = 4096
+    max_wait_ms: int = 20
+    exactly_once: bool = False
+    instance_id: str = "0"
+    transaction_timeout_ms: int = 10_000
+    auto_offset_reset: str = "earliest"
+
+    def __post_init__(self) -> None:
+        from scoring.errors import ScoreConfigError
+        if self.max_batch < 1:
+            raise ScoreConfigError(f"--max-batch {self.max_batch}: use 1 or more")
+        if self.max_wait_ms < 0:
+            raise ScoreConfigError(f"--max-wait-ms {self.max_wait_ms}: use 0 or more")
+
+    @property
+    def transactional_id(self) -> str:
+        return f"headwater-score.{self.group_id}.{self.instance_id}"
+
+    def consumer_conf(self) -> dict[str, Any]:
+        conf = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "group.id": self.group_id,
+            "auto.offset.reset": self.auto_offset_reset,
+            "enable.auto.offset.store": False,  # store only after a batch's outputs are durable
+            "isolation.level": "read_committed",  # never score events of an aborted upstream transaction
+            "fetch.wait.max.ms": max(1, min(self.max_wait_ms, 100)),  # idle latency ~ max_wait, not 500 ms
+            "queued.max.messages.kbytes": 65536,  # bound the prefetch queue (backpressure on the broker)
+            "log_level": 3,
+        }
+        if self.exactly_once:
+            conf["enable.auto.commit"] = False  # offsets go into each batch's transaction instead
+        return conf
+
+    def producer_conf(self) -> dict[str, Any]:
+        conf = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "enable.idempotence": True,  # retries inside librdkafka never duplicate an output
+            "acks": "all",  # required by idempotence; outputs durable before offsets move
+            "linger.ms": 2,  # a batch is flushed right after it is produced: keep the wait short
+            "batch.size": 1_000_000,
+            "compression.type": "lz4",  # cheap CPU, smaller predictions on the wire
+            "queue.buffering.max.messages": 200_000,  # bounded: BufferError -> poll, then retry
+            "log_level": 3,
+        }
+        if self.exactly_once:
+            conf["transactional.id"] = self.transactional_id
+            conf["transaction.timeout.ms"] = self.transaction_timeout_ms  # a dead instance blocks readers this long at most
+        return conf
+
+
+class AdaptiveBatch:
+    """Micro-batch target: doubles when a batch comes back full, halves when under half full."""
+
+    def __init__(self, max_batch: int, start: int = 64) -> None:
+        self.max_batch = max_batch
+        self.target = max(1, min(start, max_batch))
+
+    def update(self, got: int) -> int:
+        if got >= self.target:
+            self.target = min(self.max_batch, self.target * 2)
+        elif got < self.target // 2:
+            self.target = max(1, max(got, self.target // 2))
+        return self.target
+
+
+@dataclass
+class LoopStats:
+    batches: int = 0
+    events: int = 0
+    predictions: int = 0
+    shadows: int = 0
+    dead_letters: int = 0
+    retries: int = 0
+
+
+class ScoreLoop:
+    """Owns the consumer and the producer; ``run()`` until ``stop()``, a signal or ``max_events``."""
+
+    def __init__(self, settings: ConsumerSettings, scorer: Scorer, dlq_codec: Any, feature_log_writer: Any = None,
+                 metrics: ScoringMetrics | None = None, on_batch: Callable[[BatchOutput], None] | None = None,
+                 reload: Callable[[], None] | None = None) -> None:
+        self.s = settings
+        self.scorer = scorer
+        self.dlq_codec = dlq_codec
+        self.metrics = metrics or scorer.metrics
+        self.on_batch = on_batch
+        self.reload = reload
+        self.stats = LoopStats()
+        self._stop = threading.Event()
+        self._failures: list[str] = []
+        from confluent_kafka import Consumer, Producer
+        self.producer = Producer({**settings.producer_conf(), "on_delivery": self._on_delivery,
+                                  "delivery.report.only.error": True})  # success costs no Python call
+        self.feature_log = feature_log_writer
+        if feature_log_writer is not None:
+            feature_log_writer.producer = self.producer  # same producer: same transaction, same flush
+        self.consumer = Consumer(settings.consumer_conf())
+
+    def stop(self, *_: Any) -> None:
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self.stop)
+
+    def _on_delivery(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self._failures.append(f"{msg.topic()}: {err}")
+
+    # ---------------------------------------------------------------- loop
+
+    def run(self, max_events: int | None = None, idle_timeout_s: float | None = None) -> LoopStats:
+        """Score until stopped; ``max_events``/``idle_timeout_s`` end it early (tests, benchmarks)."""
+        from confluent_kafka import KafkaException
+        s = self.s
+        if s.exactly_once:
+            self.producer.init_transactions(30)
+        self.consumer.subscribe([s.events_topic])
+        batch = AdaptiveBatch(s.max_batch)
+        wait_s = max(s.max_wait_ms, 1) / 1000.0
+        last_msg = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                if max_events is not None and self.stats.events >= max_events:
+                    break
+                msgs = self.consumer.consume(batch.target, min(wait_s, 1.0))
+                msgs = [m for m in msgs if not self._kafka_error(m)]
+                self.metrics.batch_target.set(batch.update(len(msgs)))
+                if not msgs:
+                    if idle_timeout_s is not None and time.monotonic() - last_msg > idle_timeout_s:
+                        break
+                    continue
+                last_msg = time.monotonic()
+                if self.reload is not None:
+                    self.reload()
+                try:
+                    self._process(msgs)
+                except (DeliveryError, KafkaException, StoreUnavailableError) as exc:
+                    self._rewind(msgs, exc)  # not bad data: the same batch is scored again
+        finally:
+            self._close()
+        return self.stats
+
+    @staticmethod
+    def _kafka_error(msg: Any) -> bool:
+        err = msg.error()
+        if err is None:
+            return False
+        log.warning("consumer: %s", err)
+        if err.fatal():
+            raise ScoringError(f"Kafka consumer failed: {err}: check the broker (`headwater stack status`)")
+        return True
+
+    def _process(self, msgs: list[Any]) -> None:
+        s, m = self.s, self.metrics
+        t0 = time.perf_counter()
+        out = self.scorer.score_batch([msg.value() for msg in msgs])
+        t1 = time.perf_counter()
+        if s.exactly_once:
+            self.producer.begin_transaction()
+        self._failures.clear()
+        produce = self._produce
+        for key, value, headers in out.predictions:
+            produce(s.predictions_topic, key, value, headers)
+        for key, value, _ in out.shadows:
+            produce(s.shadow_topic, key, value, None)
+        for r in out.rejects:
+            msg = msgs[r.index]
+            produce(s.dlq_topic, msg.key(), dead_letter(self.dlq_codec, msg, r.reason, r.error, r.stage), None)
+            m.dlq.labels(r.reason).inc()
+        if out.feature_log and self.feature_log is not None:
+            self.feature_log.write(out.feature_log)
+        offsets = self._next_offsets(msgs)
+        if s.exactly_once:
+            self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), 30)
+            self.producer.commit_transaction(30)
+        else:
+            left = self.producer.flush(30)
+            if left or self._failures:
+                raise DeliveryError(f"{left} outputs undelivered, {len(self._failures)} failed "
+                                    f"({self._failures[:1]})")
+            self.consumer.store_offsets(offsets=offsets)
+        t2 = time.perf_counter()
+        now = time.time()
+        m.stage.labels("produce").observe(t2 - t1)
+        m.events.inc(len(msgs))
+        stamps = np.fromiter((msg.timestamp()[1] for msg in msgs), np.int64, len(msgs))
+        observe_many(m.e2e, np.maximum(0.0, now - stamps / 1000.0))
+        self._lag(msgs)
+        st = self.stats
+        st.batches += 1
+        st.events += len(msgs)
+        st.predictions += len(out.predictions)
+        st.shadows += len(out.shadows)
+        st.dead_letters += len(out.rejects)
+        out.latency_ms["produce"] = (t2 - t1) * 1e3
+        out.latency_ms["batch"] = (t2 - t0) * 1e3
+        if self.on_batch is not None:
+            self.on_batch(out)
+
+    def _produce(self, topic: str, key: bytes | None, value: bytes, headers: Any) -> None:
+        while True:
+            try:
+                self.producer.produce(topic, value, key, headers=headers)
+                return
+            except BufferError:  # queue full: serve delivery reports (backpressure), then retry
+                self.producer.poll(0.05)
+
+    @staticmethod
+    def _next_offsets(msgs: list[Any]) -> list[Any]:
+        from confluent_kafka import TopicPartition
+        nxt: dict[tuple[str, int], int] = {}
+        for msg in msgs:
+            k = (msg.topic(), msg.partition())
+            nxt[k] = max(nxt.get(k, -1), msg.offset() + 1)
+        return [TopicPartition(t, p, o) for (t, p), o in nxt.items()]
+
+    def _rewind(self, msgs: list[Any], exc: Exception) -> None:
+        """Abort (transactions), then seek every partition of the batch back to its first offset."""
+        from confluent_kafka import KafkaException, TopicPartition
+        cause = ("delivery" if isinstance(exc, DeliveryError) else
+                 "store" if isinstance(exc, StoreUnavailableError) else "kafka")
+        log.warning("batch of %d events failed (%s): rewinding and retrying", len(msgs), exc)
+        self.metrics.retries.labels(cause).inc()
+        self.stats.retries += 1
+        if self.s.exactly_once:
+            err = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
+            if err is not None and hasattr(err, "fatal") and err.fatal():
+                raise ScoringError(f"transactional producer failed fatally ({err}): another instance with "
+                                   f"transactional id {self.s.transactional_id} fenced this one; "
+                                   "give each instance its own --instance-id") from exc
+            try:
+                self.producer.abort_transaction(30)
+            except KafkaException as abort_exc:
+                log.warning("abort_transaction: %s", abort_exc)
+        first: dict[tuple[str, int], int] = {}
+        for msg in msgs:
+            k = (msg.topic(), msg.partition())
+            first[k] = min(first.get(k, msg.offset()), msg.offset())
+        for (t, p), o in first.items():
+            try:
+                self.consumer.seek(TopicPartition(t, p, o))
+            except KafkaException as seek_exc:  # partition revoked meanwhile: its new owner re-reads it
+                log.warning("seek %s[%d]@%d: %s", t, p, o, seek_exc)
+        time.sleep(0.5)
+
+    def _lag(self, msgs: list[Any]) -> None:
+        from confluent_kafka import TopicPartition
+        lag = 0
+        last: dict[int, int] = {}
+        for msg in msgs:
+            last[msg.partition()] = msg.offset()
+        for p, off in last.items():
+            try:
+                _, high = self.consumer.get_watermark_offsets(TopicPartition(self.s.events_topic, p), cached=True)
+            except Exception:  # no statistics yet
+                continue
+            if high >= 0:
+                lag += max(0, high - off - 1)
+        self.metrics.lag.set(lag)
+
+    def _close(self) -> None:
+        try:
+            if self.s.exactly_once:
+                pass  # every batch ended in commit or abort; nothing is open
+            else:
+                self.producer.flush(30)
+        finally:
+            try:
+                if not self.s.exactly_once:
+                    self.consumer.commit(asynchronous=False)
+            except Exception as exc:  # nothing stored yet: "No offset stored"
+                log.debug("final commit: %s", exc)
+            self.consumer.close()

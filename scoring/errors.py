@@ -1,0 +1,30 @@
+"""Errors of the scoring consumer, and the dead-letter reason codes it writes.
+
+Raised errors are configuration or infrastructure problems (one line naming the fix; the CLI
+exits 2). Bad *data* is never raised: it goes to the DLQ with one of ``DLQ_REASONS``.
+"""
+
+from __future__ import annotations
+
+from headwater.errors import HeadwaterError
+from schemas.errors import DECODE_REASONS
+
+__all__ = ["ScoringError", "ScoreConfigError", "DeliveryError", "DLQ_REASONS", "VALIDATE_REASONS"]
+
+#: Reasons found after a successful decode (stage "validate").
+VALIDATE_REASONS: tuple[str, ...] = ("missing_entity_key", "bad_event_time")
+#: Every reason the consumer writes to the DLQ: decode (stage "decode"), validate, and
+#: ``model_error`` (stage "score": the production model raised or returned a non-finite score).
+DLQ_REASONS: tuple[str, ...] = (*DECODE_REASONS, *VALIDATE_REASONS, "model_error")
+
+
+class ScoringError(HeadwaterError):
+    """Root of every error the scoring consumer raises on purpose."""
+
+
+class ScoreConfigError(ScoringError):
+    """Invalid consumer settings or a model that cannot score this repository's features."""
+
+
+class DeliveryError(ScoringError):
+    """Outputs of a batch were not acknowledged by Kafka; the batch is rewound and retried."""

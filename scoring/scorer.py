@@ -1,0 +1,216 @@
+"""One micro-batch, Kafka-free: decode -> validate -> one fetch -> matrix -> models -> encoded outputs.
+
+``Scorer.score_batch`` takes consumed messages and returns everything to produce; the Kafka loop
+(``scoring.consumer``) owns polling, producing, offsets and transactions. The production model,
+the canary (when a percentage is set) and every shadow score the same matrix; a row is routed to
+the canary when ``crc32(entity) mod 10000 < percent * 100`` (stable across processes and
+restarts, so an entity always sees the same model while the percentage holds).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import types
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from online_store.reader import FetchResult, fetch
+from scoring.decode import BatchDecoder
+from scoring.errors import ScoreConfigError
+from scoring.features import MatrixSpec, assemble
+from scoring.metrics import ScoringMetrics, observe_many
+from scoring.outputs import SplitEncoder
+from streamjobs.plan import FeaturePlan
+
+__all__ = ["Scorer", "BatchOutput", "Reject", "canary_mask", "Models"]
+
+log = logging.getLogger(__name__)
+
+
+def canary_mask(entities: Sequence[str], percent: float) -> np.ndarray:
+    """True where the entity's stable hash falls under ``percent`` (0-100)."""
+    if percent <= 0:
+        return np.zeros(len(entities), bool)
+    if percent >= 100:
+        return np.ones(len(entities), bool)
+    h = np.fromiter((zlib.crc32(e.encode()) for e in entities), np.uint32, len(entities))
+    return (h % 10000) < int(round(percent * 100))
+
+
+@dataclass
+class Models:
+    """The loaded models (``scoring.registry.LoadedModel``-like: ``.meta`` and ``.predict(X, xp)``)."""
+
+    production: Any
+    shadows: tuple[Any, ...] = ()
+    canary: Any = None
+    canary_percent: float = 0.0
+
+
+@dataclass(frozen=True)
+class Reject:
+    """A consumed message for the DLQ."""
+
+    index: int
+    reason: str
+    error: str
+    stage: str
+
+
+@dataclass
+class BatchOutput:
+    """What one batch produces. ``predictions``/``shadows``: (key, value, headers) triples."""
+
+    predictions: list[tuple[bytes, bytes, list[tuple[str, bytes]]]] = field(default_factory=list)
+    shadows: list[tuple[bytes, bytes, None]] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
+    feature_log: list[dict[str, Any]] = field(default_factory=list)
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    scores: np.ndarray | None = None  # served scores of the good rows (tests, bench)
+    fetched: FetchResult | None = None
+
+
+class Scorer:
+    """Scores micro-batches of one events topic with one set of models."""
+
+    def __init__(self, *, plan: FeaturePlan, project: str, redis: Any, decoder: BatchDecoder, spec: MatrixSpec,
+                 models: Models, xp: types.ModuleType, prediction_encoder: SplitEncoder,
+                 shadow_encoder: SplitEncoder, metrics: ScoringMetrics | None = None,
+                 feature_log_rate: float = 0.0, clock: Callable[[], float] = time.time) -> None:
+        self.plan, self.project, self.redis = plan, project, redis
+        self.decoder, self.spec, self.models, self.xp = decoder, spec, models, xp
+        self.pred_enc, self.shadow_enc = prediction_encoder, shadow_encoder
+        self.metrics = metrics or ScoringMetrics()
+        self.feature_log_rate = float(feature_log_rate)
+        self.clock = clock
+        self.key_fields = [k for _, k in spec.entities]
+        self.primary_key = self.key_fields[0]
+
+    def set_models(self, models: Models) -> None:
+        """Swap models between batches (alias moves); the caller has checked their definitions."""
+        self.models = models
+
+    def score_batch(self, values: Sequence[bytes | None]) -> BatchOutput:
+        out = BatchOutput()
+        m = self.metrics
+        t0 = time.perf_counter()
+        dec = self.decoder.decode(values)
+        out.rejects = [Reject(r.index, r.reason, r.error, r.stage) for r in dec.rejected]
+        t1 = time.perf_counter()
+        n = dec.table.num_rows
+        if not n:
+            out.latency_ms = {"decode": (t1 - t0) * 1e3}
+            return out
+        ids = {k: dec.table.column(k).to_pylist() for k in self.key_fields}
+        event_ids = dec.table.column(self.decoder.event_id_field).to_pylist()
+        t_ms = int(self.clock() * 1000)
+        res = fetch(self.redis, self.project, self.plan,
+                    {ent: ids[key] for ent, key in self.spec.entities}, self.spec.refs, at_ms=t_ms)
+        X, empty = assemble(res, self.spec, self.xp)
+        t2 = time.perf_counter()
+        try:
+            served, names, versions, thresholds = self._production(X, ids[self.primary_key])
+        except Exception as exc:  # a model bug must not kill the consumer: the batch is dead-lettered
+            log.error("production model failed on a batch of %d events: %s", n, exc)
+            out.rejects += [Reject(int(i), "model_error", f"{type(exc).__name__}: {exc}", "score")
+                            for i in dec.index]
+            out.latency_ms = {"decode": (t1 - t0) * 1e3, "fetch": (t2 - t1) * 1e3}
+            return out
+        t3 = time.perf_counter()
+        shadow_scores = []
+        for sh in self.models.shadows:
+            s0 = time.perf_counter()
+            try:
+                s = self._predict(sh, X)
+            except Exception as exc:  # a shadow never affects production: count, log, skip
+                m.shadow_errors.labels(sh.meta.name).inc()
+                log.error("shadow model %s failed: %s", sh.meta.spec, exc)
+                continue
+            shadow_scores.append((sh, s, (time.perf_counter() - s0) * 1e3))
+        t4 = time.perf_counter()
+        as_of = res.min_as_of_ms
+        out.latency_ms = {"decode": (t1 - t0) * 1e3, "fetch": (t2 - t1) * 1e3, "score": (t3 - t2) * 1e3,
+                          "shadow": (t4 - t3) * 1e3}
+        keys = [e.encode() for e in event_ids]
+        decision = None if thresholds is None else np.where(np.isnan(thresholds), None, served >= thresholds)
+        values_ = self.pred_enc.encode({
+            "event_id": event_ids, "entity": ids[self.primary_key], "score": served,
+            "decision": [None] * n if decision is None else decision.tolist(),
+            "model_name": names, "model_version": versions,
+            "features_as_of_ms": np.full(n, 0 if as_of is None else as_of, np.int64),
+            "no_features": empty}, {"latency": out.latency_ms, "produced_ms": int(time.time() * 1000)})
+        hdrs = self._headers(names, versions)
+        out.predictions = list(zip(keys, values_, hdrs))
+        for sh, s, ms in shadow_scores:
+            enc = self.shadow_enc.encode({
+                "event_id": event_ids, "entity": ids[self.primary_key], "model_name": [sh.meta.name] * n,
+                "model_version": [str(sh.meta.version)] * n, "score": s, "production_model": names,
+                "production_version": versions, "production_score": served, "latency_ms": np.full(n, ms)})
+            out.shadows += zip(keys, enc, [None] * n)
+            observe_many(m.shadow_diff.labels(sh.meta.name), np.abs(s - served))
+        if self.feature_log_rate > 0:
+            from online_store import feature_log
+            out.feature_log = feature_log.records(res, self.plan, event_ids=event_ids,
+                                                  sample_rate=self.feature_log_rate)
+        out.scores, out.fetched = served, res
+        out.latency_ms["encode"] = (time.perf_counter() - t4) * 1e3
+        self._observe(n, empty, res, t_ms, out.latency_ms, names, versions)
+        return out
+
+    # ---------------------------------------------------------------- helpers
+
+    def _predict(self, model: Any, X: Any) -> np.ndarray:
+        from scoring.xp import to_host
+        s = np.asarray(to_host(model.predict(X, self.xp)), np.float64).reshape(-1)
+        if s.shape[0] != X.shape[0]:
+            raise ScoreConfigError(f"model {model.meta.spec} returned {s.shape[0]} scores for {X.shape[0]} rows")
+        if not np.isfinite(s).all():
+            raise ValueError(f"model {model.meta.spec} returned a non-finite score")
+        return s
+
+    def _production(self, X: Any, entities: list[str]):
+        ms = self.models
+        prod = self._predict(ms.production, X)
+        n = len(prod)
+        pm = ms.production.meta
+        th = pm.threshold
+        if ms.canary is None or ms.canary_percent <= 0:
+            thr = None if th is None else np.full(n, th, np.float64)
+            return prod, [pm.name] * n, [str(pm.version)] * n, thr
+        cm = ms.canary.meta
+        mask = canary_mask(entities, ms.canary_percent)
+        served = np.where(mask, self._predict(ms.canary, X), prod) if mask.any() else prod
+        names = np.where(mask, cm.name, pm.name).tolist()
+        versions = np.where(mask, str(cm.version), str(pm.version)).tolist()
+        if th is None and cm.threshold is None:
+            return served, names, versions, None
+        thr = np.where(mask, np.nan if cm.threshold is None else cm.threshold, np.nan if th is None else th)
+        return served, names, versions, thr
+
+    @staticmethod
+    def _headers(names: list[str], versions: list[str]) -> list[list[tuple[str, bytes]]]:
+        cache: dict[tuple[str, str], list[tuple[str, bytes]]] = {}
+        return [cache.get((a, b)) or cache.setdefault((a, b), [("model_name", a.encode()),
+                                                               ("model_version", b.encode())])
+                for a, b in zip(names, versions)]
+
+    def _observe(self, n: int, empty: np.ndarray, res: FetchResult, t_ms: int, lat: dict[str, float],
+                 names: list[str], versions: list[str]) -> None:
+        m = self.metrics
+        m.batch_size.observe(n)
+        for stage, ms in lat.items():
+            m.stage.labels(stage).observe(ms / 1e3)
+        for view, as_of in res.as_of_ms.items():
+            if as_of is not None:
+                observe_many(m.freshness.labels(view), [max(0.0, (t_ms - as_of) / 1e3)], weight=n)
+        m.no_features.inc(int(empty.sum()))
+        if len(set(versions)) == 1:
+            m.predictions.labels(names[0], versions[0]).inc(n)
+        else:
+            for (a, b), c in zip(*np.unique(np.array([names, versions]).T, axis=0, return_counts=True)):
+                m.predictions.labels(a, b).inc(int(c))

@@ -1,0 +1,127 @@
+"""Scoring consumer pure logic: output encoders byte-identical to fastavro, decode/validate reasons,
+canary routing, adaptive batching, bulk histogram observation. No Kafka, no Redis."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, Histogram
+
+from schemas import AvroCodec, load_schema
+from scoring.consumer import AdaptiveBatch, ConsumerSettings
+from scoring.decode import BatchDecoder
+from scoring.errors import DLQ_REASONS, ScoreConfigError
+from scoring.metrics import observe_many
+from scoring.outputs import SplitEncoder
+from scoring.scorer import canary_mask
+
+EVENT = {"type": "record", "name": "Ev", "fields": [
+    {"name": "event_id", "type": "string"}, {"name": "card_id", "type": "string"},
+    {"name": "amount", "type": "double"}, {"name": "event_time", "type": "long"}]}
+
+text = st.text(max_size=12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.lists(st.tuples(text, text, st.floats(allow_nan=False), st.one_of(st.none(), st.booleans()),
+                               text, st.integers(0, 2**62), st.booleans()), min_size=1, max_size=20),
+       latency=st.dictionaries(st.sampled_from(["decode", "fetch", "score"]), st.floats(0, 1e4)),
+       produced=st.integers(0, 2**62))
+def test_prediction_encoder_is_byte_identical_to_fastavro(rows, latency, produced) -> None:
+    codec = AvroCodec(load_schema("prediction"), 7)
+    enc = SplitEncoder(codec, ("latency", "produced_ms"))
+    cols = {"event_id": [r[0] for r in rows], "entity": [r[1] for r in rows], "score": [r[2] for r in rows],
+            "decision": [r[3] for r in rows], "model_name": [r[4] for r in rows],
+            "model_version": ["3"] * len(rows), "features_as_of_ms": [r[5] for r in rows],
+            "no_features": [r[6] for r in rows]}
+    got = enc.encode(cols, {"latency": latency, "produced_ms": produced})
+    want = [codec.encode({**{k: v[i] for k, v in cols.items()}, "latency": latency, "produced_ms": produced})
+            for i in range(len(rows))]
+    assert got == want
+    assert [codec.decode(m)["score"] for m in got] == cols["score"]
+
+
+def test_shadow_encoder_is_byte_identical_to_fastavro() -> None:
+    codec = AvroCodec(load_schema("shadow"), 9)
+    cols = {"event_id": ["e1", "e2"], "entity": ["c1", "c2"], "model_name": ["s"] * 2, "model_version": ["1"] * 2,
+            "score": np.array([0.1, 0.2]), "production_model": ["p"] * 2, "production_version": ["4"] * 2,
+            "production_score": np.array([0.3, 0.4]), "latency_ms": np.array([1.5, 1.5])}
+    got = SplitEncoder(codec).encode(cols)
+    assert got == [codec.encode({k: (v[i].item() if isinstance(v, np.ndarray) else v[i]) for k, v in cols.items()})
+                   for i in range(2)]
+
+
+def test_split_encoder_needs_constant_fields_last() -> None:
+    with pytest.raises(ScoreConfigError, match="last"):
+        SplitEncoder(AvroCodec(load_schema("prediction"), 1), ("latency",))
+
+
+def _decoder() -> tuple[BatchDecoder, AvroCodec]:
+    codec = AvroCodec(EVENT, 11)
+    return BatchDecoder(codec, ["card_id"], "event_time"), codec
+
+
+def test_decode_and_validate_reasons() -> None:
+    dec, codec = _decoder()
+    good = codec.encode({"event_id": "e0", "card_id": "c0", "amount": 1.0, "event_time": 5})
+    msgs = [good, b"", b"\x01abcdef", good[:3], b"\x00\x00\x00\x00\x63" + good[5:], good + b"\x00",
+            codec.encode({"event_id": "e1", "card_id": "", "amount": 1.0, "event_time": 5}),
+            codec.encode({"event_id": "e2", "card_id": "c2", "amount": 1.0, "event_time": -1}), None, good]
+    d = dec.decode(msgs)
+    assert d.index.tolist() == [0, 9] and d.table.column("event_id").to_pylist() == ["e0", "e0"]
+    reasons = {r.index: r.reason for r in d.rejected}
+    assert reasons == {1: "empty", 2: "bad_magic", 3: "truncated", 4: "unknown_schema_id", 5: "avro_error",
+                       6: "missing_entity_key", 7: "bad_event_time", 8: "empty"}
+    assert set(reasons.values()) | {"model_error"} == set(DLQ_REASONS)
+    assert all(r.stage == ("validate" if r.index in (6, 7) else "decode") for r in d.rejected)
+
+
+def test_decoder_refuses_a_schema_without_the_key_field() -> None:
+    with pytest.raises(ScoreConfigError, match="merchant_id"):
+        BatchDecoder(AvroCodec(EVENT, 11), ["merchant_id"], "event_time")
+
+
+def test_canary_mask_is_stable_and_near_the_percentage() -> None:
+    ents = [f"c{i}" for i in range(20000)]
+    m = canary_mask(ents, 10.0)
+    assert abs(m.mean() - 0.10) < 0.01
+    assert (canary_mask(ents[:100], 10.0) == m[:100]).all()  # per entity, not per batch
+    assert not canary_mask(ents, 0).any() and canary_mask(ents, 100).all()
+    assert (m <= canary_mask(ents, 20.0)).all()  # raising the percentage only adds entities
+
+
+def test_adaptive_batch_grows_under_load_and_shrinks_when_idle() -> None:
+    b = AdaptiveBatch(1000, start=64)
+    assert [b.update(b.target) for _ in range(6)] == [128, 256, 512, 1000, 1000, 1000]
+    assert b.update(3) == 500 and b.update(0) == 250
+    for _ in range(20):
+        b.update(0)
+    assert b.target == 1
+    assert b.update(1) == 2
+
+
+def test_observe_many_equals_observe() -> None:
+    r = CollectorRegistry()
+    a = Histogram("a", "a", buckets=(0.1, 1, 10), registry=r)
+    b = Histogram("b", "b", buckets=(0.1, 1, 10), registry=r)
+    vals = [0.05, 0.1, 0.5, 1.0, 3, 100, 0.0]
+    for v in vals:
+        a.observe(v)
+        a.observe(v)
+    observe_many(b, vals, weight=2)
+    sa = {s.name[1:] + str(s.labels): s.value for s in a.collect()[0].samples if not s.name.endswith("created")}
+    sb = {s.name[1:] + str(s.labels): s.value for s in b.collect()[0].samples if not s.name.endswith("created")}
+    assert sa == sb
+
+
+def test_settings_validation_and_transactional_conf() -> None:
+    kw = dict(bootstrap_servers="x", group_id="g", events_topic="e", predictions_topic="p", shadow_topic="s",
+              dlq_topic="d", feature_log_topic="f")
+    with pytest.raises(ScoreConfigError, match="max-batch"):
+        ConsumerSettings(**kw, max_batch=0)
+    s = ConsumerSettings(**kw, exactly_once=True, instance_id="3")
+    assert s.producer_conf()["transactional.id"] == "headwater-score.g.3"
+    assert s.consumer_conf()["enable.auto.commit"] is False
+    assert ConsumerSettings(**kw).consumer_conf()["enable.auto.offset.store"] is False
