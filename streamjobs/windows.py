@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -46,10 +46,13 @@ __all__ = [
     "window_bounds",
     "cover",
     "window_tiles",
+    "window_tile_ranges",
     "check_cover",
     "is_late",
     "on_time_sql",
     "tile_start_sql",
+    "LatestSql",
+    "latest_value_sql",
 ]
 
 SECOND_MS = 1_000
@@ -316,6 +319,50 @@ def window_tiles(
     return tiles
 
 
+def window_tile_ranges(
+    t_ms: np.ndarray,
+    window_ms: int | None,
+    hop_ms: int,
+    ladder: Ladder | Sequence[int],
+    tick_ms: int,
+    *,
+    as_of_ms: Any = None,
+    since_ms: Any = None,
+) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """:func:`window_tiles` for many query times at once, as tile-start ranges per resolution.
+
+    Returns ``(r, lo, hi)`` for every rung ``tick <= r <= hop``, finest first: the window's tiles
+    of resolution ``r`` are exactly those with ``lo <= tile_start < hi`` (int64 arrays like
+    ``t_ms``; ``hi == lo`` means none). Ascending ``(r, tile_start)`` is the canonical merge order.
+    The greedy cover of ``[start, end)`` on a divisibility chain is: hop tiles on
+    ``[start, floor(end, h))``, then for each finer rung ``r_i`` the tiles on
+    ``[floor(end, r_{i+1}), floor(end, r_i))``. ``as_of_ms`` and ``since_ms`` may be arrays.
+    """
+    rs = ladder.resolutions if isinstance(ladder, Ladder) else tuple(int(r) for r in ladder)
+    if hop_ms not in rs or tick_ms not in rs:
+        raise DefinitionError(
+            f"{_label(window_ms, hop_ms)}: hop and tick {format_duration(tick_ms)} must be in the ladder {_fmt(rs)}"
+        )
+    t = np.asarray(t_ms, dtype=np.int64)
+    if window_ms is None:
+        if since_ms is None:
+            raise DefinitionError("an unbounded window needs since_ms (the oldest tile to read)")
+        start = tile_start(np.broadcast_to(np.asarray(since_ms, dtype=np.int64), t.shape).copy(), hop_ms)
+    else:
+        start = tile_start(t - np.int64(window_ms), hop_ms)
+    end = tile_start(t, tick_ms)
+    if as_of_ms is not None:
+        end = np.minimum(end, tile_start(np.broadcast_to(np.asarray(as_of_ms, dtype=np.int64), t.shape).copy(), tick_ms))
+    empty = end <= start
+    rungs = sorted(r for r in rs if tick_ms <= r <= hop_ms)
+    out: list[tuple[int, np.ndarray, np.ndarray]] = []
+    for i, r in enumerate(rungs):
+        hi = tile_start(end, r)
+        lo = start if r == hop_ms else tile_start(end, rungs[i + 1])
+        out.append((r, lo, np.where(empty, lo, hi)))
+    return out
+
+
 def check_cover(tiles: Sequence[tuple[int, int]], start_ms: int, end_ms: int) -> None:
     """Assert ``tiles`` (in time order) are aligned, disjoint and cover exactly ``[start, end)``."""
     cursor = start_ms
@@ -340,3 +387,31 @@ def tile_start_sql(ts_ms_sql: str, resolution_ms: int) -> str:
     """SQL for :func:`tile_start` on a non-negative BIGINT epoch-ms expression."""
     r = int(resolution_ms)
     return f"(({ts_ms_sql}) - MOD(({ts_ms_sql}), CAST({r} AS BIGINT)))"
+
+
+class LatestSql(NamedTuple):
+    """SQL pieces of the latest-value rule for an ASOF JOIN of query rows to raw event rows.
+
+    ``event_order``: a HUGEINT ordering events by (event_time, partition, offset);
+    ``visible_before``: the query row's bound, ``floor(t, tau)`` in the same encoding, so the ASOF
+    condition ``event_order < visible_before`` picks the greatest (event_time, partition, offset)
+    with ``event_time < floor(t, tau)`` (the scored event never sees itself);
+    ``within_ttl``: the match's inclusive TTL bound ``event_time >= t - ttl`` (``TRUE`` without TTL),
+    applied to the winner, since an older winner means nothing newer qualifies either.
+    """
+
+    event_order: str
+    visible_before: str
+    within_ttl: str
+
+
+def latest_value_sql(event_time_ms_sql: str, partition_sql: str, offset_sql: str, t_ms_sql: str,
+                     tick_ms: int, ttl_ms: int | None) -> LatestSql:
+    """DuckDB SQL of the latest-value visibility rule (DESIGN, "Latest-value features"); see :class:`LatestSql`.
+    Needs ``0 <= event_time < 2^47``, ``0 <= partition < 2^16``, ``0 <= offset < 2^63``."""
+    def key(ts: str, part: str, off: str) -> str:
+        return f"((CAST({ts} AS HUGEINT) << 80) | (CAST({part} AS HUGEINT) << 64) | CAST({off} AS HUGEINT))"
+
+    ttl = "TRUE" if ttl_ms is None else f"(({event_time_ms_sql}) >= ({t_ms_sql}) - {int(ttl_ms)})"
+    return LatestSql(key(event_time_ms_sql, partition_sql, offset_sql),
+                     key(tile_start_sql(t_ms_sql, tick_ms), "0", "0"), ttl)
