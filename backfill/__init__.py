@@ -6,6 +6,8 @@ latest-value features) with the online reader's merge.
 
 from backfill import layout
 from backfill.errors import BackfillError, PlanMismatchError, SourceError, SpineError, TileLayoutError
+from backfill.parity import ParityError
+from backfill.parity import check as parity_check
 
 __all__ = [
     "layout",
@@ -14,4 +16,6 @@ __all__ = [
     "PlanMismatchError",
     "SpineError",
     "SourceError",
+    "parity_check",
+    "ParityError",
 ]

@@ -127,6 +127,12 @@ def cmd_fetch(args) -> int:
                                       log=args.log)
 
 
+def cmd_parity(args) -> int:
+    from backfill.parity_cli import run_cli
+    return run_cli(args.repo, feature_log=args.feature_log, tiles=args.tiles, sample=args.sample,
+                   json_path=args.json, report_path=args.report, now=args.now, seed=args.seed)
+
+
 def cmd_demo(args) -> int:
     from headwater import demo
     return demo.run(args.repo, events=args.events)
@@ -202,6 +208,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also log what was fetched (feature log, for parity): to the feature_log topic, "
                          "or append to FILE.jsonl")
     fe.set_defaults(func=cmd_fetch)
+
+    pa_ = sub.add_parser("parity", help="online fetches (feature log) vs the offline recompute from replay tiles")
+    pa_.add_argument("--repo", required=True)
+    pa_.add_argument("--feature-log", default=None, metavar="TOPIC|FILE",
+                     help="feature-log topic name or .jsonl/.parquet file (default: the repo's feature_log topic)")
+    pa_.add_argument("--tiles", default=None, help="replay output directory (--now: where to replay; default a temp dir)")
+    pa_.add_argument("--sample", type=int, default=None, help="check N logged fetches (--now: fetch N entity rows)")
+    pa_.add_argument("--seed", type=int, default=0, help="sampling seed")
+    pa_.add_argument("--json", default=None, metavar="FILE", help="write the results as JSON")
+    pa_.add_argument("--report", default=None, metavar="FILE", help="write a self-contained HTML report")
+    pa_.add_argument("--now", action="store_true", help="sample recent entities, fetch now with logging, replay, check")
+    pa_.set_defaults(func=cmd_parity)
 
     d = sub.add_parser("demo", help="stack up, topics, produce example events and read them back")
     d.add_argument("--repo", default="examples/fraud")

@@ -1,0 +1,131 @@
+"""Parity checker. Unit: classification, late-append explanation and statistics on hand-built
+tables (pure). End to end (test_parity_e2e.py): real Kafka + Flink + Redis + replay."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from backfill.parity import Check, EventIndex, LateAppend, classify, compare
+from backfill.parity_report import ParityReport, feature_stats
+from headwater.config import load_repo
+from streamjobs import windows
+from streamjobs.repo import load_definitions
+
+try:
+    from conftest import EXAMPLE_REPO
+except ModuleNotFoundError:
+    from tests.conftest import EXAMPLE_REPO
+
+T = 1_704_067_800_000  # 2024-01-01T00:10:00Z
+
+
+@pytest.fixture(scope="module")
+def plan():
+    return load_definitions(load_repo(EXAMPLE_REPO)).plan
+
+
+def test_classify():
+    assert classify(None, None) == "match"
+    assert classify(0, None) == "null" and classify(None, "FR") == "null"
+    assert classify(3, 3) == "match" and classify(3, 4) == "value"
+    assert classify(1.0, 1.0 + 1e-12) == "match"  # within 1e-9 relative
+    assert classify(1.0, 1.0 + 1e-6) == "value"
+    assert classify(1e6, 1e6 * (1 + 5e-10)) == "match" and classify(1e6, 1e6 * (1 + 5e-9)) == "value"
+    assert classify(0.0, 3e-12) == "match"  # 0 up to rounding (stddev of equal amounts)
+    assert classify(0.0, 1e-6) == "value"
+    assert classify(5, 5.0) == "match"  # int count vs float from another reader
+    assert classify(float("nan"), 1.0) == "value" and classify(float("nan"), float("nan")) == "match"
+    assert classify("FR", "FR") == "match" and classify("FR", "DE") == "value"
+    assert classify(True, 1) == "match"  # the feature log carries booleans as 0/1
+
+
+@given(st.floats(min_value=-1e300, max_value=1e300), st.floats(min_value=-1e-10, max_value=1e-10))
+def test_classify_relative_tolerance_property(x, eps):
+    y = x * (1 + eps)
+    assert classify(x, y) == "match"
+    assert classify(y, x) == "match"  # symmetric
+
+
+def _events(rows):
+    """rows: (card_id, event_time, append_time, partition, offset)."""
+    return pa.table({"card_id": [r[0] for r in rows], "merchant_id": ["m1"] * len(rows),
+                     "event_time": pa.array([r[1] for r in rows], pa.int64()),
+                     "_append_ms": pa.array([r[2] for r in rows], pa.int64()),
+                     "_partition": pa.array([r[3] for r in rows], pa.int64()),
+                     "_offset": pa.array([r[4] for r in rows], pa.int64())})
+
+
+def _row(entity, t, as_of, values, key="card_id", view="card_velocity"):
+    return {"entity_key": key, "entity": entity, "t_ms": t, "as_of_ms": as_of, "plan_hash": "x",
+            "features": list(values), **values}
+
+
+def test_compare_explains_only_appends_after_as_of_inside_the_window(plan):
+    one_min = "card_velocity:txn_count_1m"
+    vp = plan.view("card_velocity")
+    f = plan.features_by_ref(one_min)[0].feature
+    lo, hi = windows.window_bounds(T, f.window_ms, f.hop_ms, vp.tick_ms)
+    as_of = T - 2_000
+    idx = EventIndex().add(_events([
+        ("c1", hi - 1, as_of + 10, 0, 7),            # in window, appended after as_of: explains
+        ("c1", lo - 1, as_of + 20, 1, 8),            # before the window: not
+        ("c1", hi, as_of + 30, 1, 9),                # at floor(t, tick): excluded by the window
+        ("c2", lo, as_of - 1, 2, 3),                 # appended before as_of: online had it
+        ("c3", lo + 5, lo + 5 + vp.allowed_lateness_ms + 1, 0, 11),  # dropped as late by both paths
+    ]), ["card_id", "merchant_id"], "event_time")
+    rows = [_row("c1", T, as_of, {one_min: 2}), _row("c2", T, as_of, {one_min: 0}),
+            _row("c3", T, as_of, {one_min: 0}), _row("c4", T, as_of, {one_min: 5})]
+    offline = [{one_min: 3}, {one_min: 1}, {one_min: 1}, {one_min: 5}]
+    checks = compare(rows, offline, plan, idx)
+    assert [c.kind for c in checks] == ["value", "value", "value", "match"]
+    assert checks[0].late == (LateAppend("c1", 0, 7, hi - 1, as_of + 10),) and checks[0].explained
+    assert checks[1].unexplained and checks[2].unexplained and not checks[3].unexplained
+    # no event index: nothing is explained
+    assert all(not c.explained for c in compare(rows, offline, plan, None))
+
+
+def test_compare_ttl_latest_and_merchant_key(plan):
+    last = "card_velocity:last_country"
+    vp = plan.view("card_velocity")
+    f = plan.features_by_ref(last)[0].feature
+    assert f.window_ms == 24 * 3600_000  # a TTL-bounded latest value: its window is the TTL
+    idx = EventIndex().add(_events([("c1", T - 1000, T + 5, 0, 1), ("c1", T - f.window_ms - 3600_000, T + 6, 0, 2)]),
+                           ["card_id", "merchant_id"], "event_time")
+    checks = compare([_row("c1", T, T - 100, {last: None})], [{last: "FR"}], plan, idx)
+    assert checks[0].kind == "null" and [e.offset for e in checks[0].late] == [1]
+    mref = "merchant_activity:merchant_txn_count_10m"
+    mchecks = compare([_row("m1", T, T - 100, {mref: 0}, key="merchant_id")], [{mref: 1}], plan, idx)
+    assert mchecks[0].explained  # the same event, found under its merchant key
+    assert vp.entity_key == "card_id"
+
+
+def test_feature_stats_and_report(plan, tmp_path: Path):
+    ref = "card_velocity:amount_mean_1h"
+    late = (LateAppend("c1", 0, 1, T - 10, T + 1),)
+    checks = [Check(ref, "c1", T, T, 10.0, 10.0, "match"), Check(ref, "c2", T, T, 10.0, 12.0, "value"),
+              Check(ref, "c3", T, T, None, 4.0, "null"), Check(ref, "c4", T, T, 1.0, 2.0, "value", late),
+              Check("card_velocity:txn_count_1m", "c1", T + 60_000, T, 1, 1, "match")]
+    fs = feature_stats(ref, checks[:4])
+    assert (fs.compared, fs.exact, fs.null_mismatches, fs.value_mismatches, fs.late_value) == (4, 1, 1, 1, 1)
+    # SMAPE over the 3 numeric pairs: 0, 2*2/22, 2*1/3
+    assert math.isclose(fs.smape, 100 * (0 + 4 / 22 + 2 / 3) / 3)
+    assert fs.diff_max_abs == 2.0 and fs.diff_p50 == -1.0
+    rep = ParityReport.build(checks, n_fetches=5)
+    assert not rep.ok and len(rep.unexplained) == 2 and len(rep.late) == 1
+    data = json.loads(json.dumps(rep.to_json(), default=str))
+    assert data["unexplained"] == 2 and data["late_explained"] == 1
+    assert data["late_events"] == [{"entity": "c1", "partition": 0, "offset": 1, "event_time_ms": T - 10,
+                                    "append_time_ms": T + 1}]
+    assert "FAIL: 2 unexplained" in rep.table()
+    page = rep.write_html(tmp_path / "p.html").read_text()
+    assert page.count("<svg") == 2 and "unexplained" in page and "http" not in page.replace(
+        "http://www.w3.org/2000/svg", "")  # self-contained
+    ok = ParityReport.build(checks[:1], n_fetches=1)
+    assert ok.ok and "OK" in ok.table()
