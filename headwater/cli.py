@@ -133,6 +133,15 @@ def cmd_parity(args) -> int:
                    json_path=args.json, report_path=args.report, now=args.now, seed=args.seed)
 
 
+def cmd_score(args) -> int:
+    from scoring.service import ScoreOptions, run
+    opts = ScoreOptions(model=args.model, shadows=tuple(args.shadow or ()), device=args.device,
+                        exactly_once=args.exactly_once, metrics_port=args.metrics_port, max_batch=args.max_batch,
+                        max_wait_ms=args.max_wait_ms, canary_percent=args.canary_percent, canary=args.canary,
+                        group_id=args.group, instance_id=args.instance_id, feature_log_rate=args.feature_log_rate)
+    return run(args.repo, opts, idle_timeout_s=args.idle_exit)
+
+
 def cmd_demo(args) -> int:
     from headwater import demo
     return demo.run(args.repo, events=args.events)
@@ -220,6 +229,24 @@ def build_parser() -> argparse.ArgumentParser:
     pa_.add_argument("--report", default=None, metavar="FILE", help="write a self-contained HTML report")
     pa_.add_argument("--now", action="store_true", help="sample recent entities, fetch now with logging, replay, check")
     pa_.set_defaults(func=cmd_parity)
+
+    sc_ = sub.add_parser("score", help="score the events topic: predictions, shadow scores, feature log, DLQ")
+    sc_.add_argument("--repo", required=True)
+    sc_.add_argument("--model", required=True, help="production model: name, name@alias or name@<version>")
+    sc_.add_argument("--shadow", action="append", metavar="MODEL", help="shadow model spec (repeatable)")
+    sc_.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto")
+    sc_.add_argument("--exactly-once", action="store_true", help="Kafka transactions (readers: read_committed)")
+    sc_.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics here")
+    sc_.add_argument("--max-batch", type=int, default=4096, help="most events per micro-batch")
+    sc_.add_argument("--max-wait-ms", type=int, default=20, help="longest wait for a micro-batch to fill")
+    sc_.add_argument("--canary-percent", type=float, default=None,
+                     help="share of entities (0-100) scored by the canary (default: the registry's setting)")
+    sc_.add_argument("--canary", default=None, help="canary model spec (default: <model>@challenger)")
+    sc_.add_argument("--group", default=None, help="consumer group (default headwater-score.<project>)")
+    sc_.add_argument("--instance-id", default="0", help="stable per instance: names its transactional id")
+    sc_.add_argument("--feature-log-rate", type=float, default=1.0, help="share of events whose features are logged")
+    sc_.add_argument("--idle-exit", type=float, default=None, metavar="S", help="stop after S seconds without events")
+    sc_.set_defaults(func=cmd_score)
 
     d = sub.add_parser("demo", help="stack up, topics, produce example events and read them back")
     d.add_argument("--repo", default="examples/fraud")
