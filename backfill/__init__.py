@@ -6,10 +6,14 @@ latest-value features) with the online reader's merge.
 
 from backfill import layout
 from backfill.errors import BackfillError, PlanMismatchError, SourceError, SpineError, TileLayoutError
+from backfill.training_set import iter_training_set, training_set, write_training_set
 from backfill.parity import ParityError
 from backfill.parity import check as parity_check
 
 __all__ = [
+    "training_set",
+    "iter_training_set",
+    "write_training_set",
     "layout",
     "BackfillError",
     "TileLayoutError",

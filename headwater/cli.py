@@ -142,6 +142,16 @@ def cmd_score(args) -> int:
     return run(args.repo, opts, idle_timeout_s=args.idle_exit)
 
 
+def cmd_training_set(args) -> int:
+    from backfill import write_training_set
+    features = [f.strip() for f in args.features.split(",") if f.strip()]
+    sources = dict(s.split("=", 1) for s in args.source or [])
+    rows = write_training_set(args.out, args.repo, args.spine, features, tiles=args.tiles,
+                              timestamp_column=args.timestamp_column, sources=sources or None)
+    print(f"wrote {rows} rows to {args.out}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from headwater import demo
     return demo.run(args.repo, events=args.events)
@@ -247,6 +257,17 @@ def build_parser() -> argparse.ArgumentParser:
     sc_.add_argument("--feature-log-rate", type=float, default=1.0, help="share of events whose features are logged")
     sc_.add_argument("--idle-exit", type=float, default=None, metavar="S", help="stop after S seconds without events")
     sc_.set_defaults(func=cmd_score)
+
+    ts = sub.add_parser("training-set", help="point-in-time training set: spine + features -> Parquet")
+    ts.add_argument("--repo", required=True)
+    ts.add_argument("--spine", required=True, help="Parquet or CSV with entity keys, the timestamp and labels")
+    ts.add_argument("--features", required=True, help="comma-separated view:feature or view:*")
+    ts.add_argument("--out", required=True, help="output Parquet file")
+    ts.add_argument("--timestamp-column", default="ts", help="spine timestamp column (ints = epoch ms, naive = UTC)")
+    ts.add_argument("--tiles", default="data/tiles", help="replay output directory (Parquet tile layout)")
+    ts.add_argument("--source", action="append", metavar="NAME=PATH",
+                    help="raw rows of a source for latest-value features without tiles (repeatable)")
+    ts.set_defaults(func=cmd_training_set)
 
     d = sub.add_parser("demo", help="stack up, topics, produce example events and read them back")
     d.add_argument("--repo", default="examples/fraud")

@@ -1,0 +1,165 @@
+"""Point-in-time training sets: a spine of (entity keys, t, labels...) joined to feature values at t.
+
+Output: the spine's columns in spine order, then one column per requested feature named by its
+full ref ``"view:feature"`` (always the ref, never a bare name: refs are what ``fetch``, the feature
+log and model metadata use, and a bare name would change meaning when a second view adds the same
+name). Exactly one row per spine row, in spine order; duplicate spine rows stay duplicate. Values
+are those ``online_store.reader.fetch(at_ms=t)`` returns for the same entity on a quiesced stream:
+tiles covering ``[floor(t - W, h), floor(t, tick))`` merged by the reader's fold (``pit_join``), so no
+value depends on an event at or after ``floor(t, tick)``. No data: count and sum 0, others null.
+Unbounded latest-value windows (no TTL) read every tile back to the entity's oldest (DESIGN: no
+lower bound); online reads only the store's retention (``keys.lookback_ms``).
+
+Latest-value features of a view whose source is given in ``sources`` are computed from raw rows
+with a DuckDB ASOF JOIN (``latest_rows``) instead of tiles; both give the same values.
+
+Memory: the spine is processed in chunks of ``chunk_rows`` (Parquet spines are streamed by row
+batch; CSV is read whole); per chunk only that chunk's tiles are loaded (DuckDB prunes the rest),
+and merges run in blocks of bounded size. A spine sorted by time prunes best.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from backfill import layout
+from backfill.errors import BackfillError, SpineError
+from backfill.latest_rows import latest_values, register_source
+from backfill.pit_join import feature_arrow_type, load_tiles, view_values
+from backfill.spine import entity_ids, open_spine, timestamps_ms
+from streamjobs.plan import Feature, FeaturePlan, ViewPlan
+
+__all__ = ["training_set", "iter_training_set", "write_training_set", "DEFAULT_CHUNK_ROWS"]
+
+DEFAULT_CHUNK_ROWS = 1_000_000
+Progress = Callable[[int, int, float], None]
+
+
+def _plan(repo: Any) -> FeaturePlan:
+    if isinstance(repo, FeaturePlan):
+        return repo
+    from headwater.config import RepoConfig, load_repo
+    from streamjobs.repo import load_definitions
+    cfg = repo if isinstance(repo, RepoConfig) else load_repo(repo)
+    return load_definitions(cfg).plan
+
+
+def iter_training_set(repo: Any, spine: Any, features: str | Sequence[str], *, tiles: str | Path | None = None,
+                      timestamp_column: str = "ts", sources: Mapping[str, Any] | None = None,
+                      chunk_rows: int = DEFAULT_CHUNK_ROWS, progress: Progress | None = None) -> Iterator[pa.Table]:
+    """:func:`training_set` chunk by chunk (Arrow tables in spine order), for bounded-memory writers."""
+    import duckdb
+
+    plan = _plan(repo)
+    frefs = plan.features_by_ref(features)
+    if not frefs:
+        raise BackfillError("no features requested: pass refs like card_velocity:amount_sum_1h or card_velocity:*")
+    sources = dict(sources or {})
+    by_view: dict[str, list[Feature]] = {}
+    for fr in frefs:
+        by_view.setdefault(fr.view, []).append(fr.feature)
+    views = [plan.view(v) for v in by_view]
+    src = open_spine(spine, [timestamp_column, *dict.fromkeys(v.entity_key for v in views)])
+    clash = [fr.ref for fr in frefs if fr.ref in src.schema.names]
+    if clash:
+        raise SpineError(f"spine already has a column {clash[0]!r}; rename it (feature columns are named view:feature)")
+    con = duckdb.connect()
+    tiled: dict[str, tuple[str, list[Feature]]] = {}
+    raw: dict[str, tuple[str, list[Feature]]] = {}
+    for v in views:
+        from_rows = [f for f in by_view[v.name] if f.op == "latest" and v.source in sources]
+        from_tiles = [f for f in by_view[v.name] if f not in from_rows]
+        if from_rows:
+            raw[v.name] = (register_source(con, v.source, sources[v.source]), from_rows)
+        if from_tiles:
+            if tiles is None:
+                raise BackfillError(f"feature {v.name}:{from_tiles[0].name} needs tiles: pass tiles= (--tiles) "
+                                    f"pointing at a replay output" + (
+                                        "" if from_tiles[0].op != "latest" else f", or sources={{{v.source!r}: ...}}"))
+            tiled[v.name] = (layout.open_tiles(con, tiles, v), from_tiles)
+    done, total, t0 = 0, src.num_rows, time.perf_counter()
+    for chunk in src.chunks(max(int(chunk_rows), 1)):
+        t = timestamps_ms(chunk.column(timestamp_column), timestamp_column)
+        values: dict[str, pa.Array] = {}
+        for v in views:
+            ids = entity_ids(chunk.column(v.entity_key))
+            if v.name in tiled:
+                rel, feats = tiled[v.name]
+                cols = view_values(v, feats, ids, t, load_tiles(con, rel, v, feats, ids, t))
+                for f in feats:
+                    values[f"{v.name}:{f.name}"] = _arrow(f, *cols[f.name])
+            if v.name in raw:
+                rel, feats = raw[v.name]
+                for name, arr in latest_values(con, rel, v, feats, ids, t).items():
+                    values[f"{v.name}:{name}"] = arr
+        out = chunk
+        for fr in frefs:
+            out = out.append_column(pa.field(fr.ref, feature_arrow_type(fr.feature)), values[fr.ref])
+        done += chunk.num_rows
+        if progress is not None:
+            progress(done, total, time.perf_counter() - t0)
+        yield out
+    con.close()
+
+
+def _arrow(f: Feature, v: np.ndarray, null: np.ndarray) -> pa.Array:
+    if v.dtype == object:
+        return pa.array(v.tolist(), feature_arrow_type(f))
+    return pa.array(v, feature_arrow_type(f), mask=null)
+
+
+def training_set(repo: Any, spine: Any, features: str | Sequence[str], *, tiles: str | Path | None = None,
+                 timestamp_column: str = "ts", sources: Mapping[str, Any] | None = None,
+                 chunk_rows: int = DEFAULT_CHUNK_ROWS, progress: Progress | None = None) -> pa.Table:
+    """Point-in-time feature values for every spine row (see the module doc).
+
+    ``repo``: repository path, ``RepoConfig`` or a ``FeaturePlan``; ``spine``: Parquet/CSV path,
+    pandas DataFrame or Arrow table with the views' entity key columns and ``timestamp_column``
+    (ints = epoch ms, naive = UTC, any zone normalised to UTC); ``features``: ``"view:feature"`` or
+    ``"view:*"`` refs; ``tiles``: a replay output directory (``backfill.layout``); ``sources``: raw
+    rows per source name for latest-value features (``backfill.latest_rows``).
+    """
+    parts = list(iter_training_set(repo, spine, features, tiles=tiles, timestamp_column=timestamp_column,
+                                   sources=sources, chunk_rows=chunk_rows, progress=progress))
+    if not parts:  # an empty spine: its columns plus the (empty) feature columns
+        plan = _plan(repo)
+        schema = open_spine(spine, [timestamp_column]).schema
+        for fr in plan.features_by_ref(features):
+            schema = schema.append(pa.field(fr.ref, feature_arrow_type(fr.feature)))
+        return schema.empty_table()
+    return pa.concat_tables(parts)
+
+
+def write_training_set(out: str | Path, repo: Any, spine: Any, features: str | Sequence[str], **kw: Any) -> int:
+    """Stream :func:`iter_training_set` into one Parquet file (bounded memory); returns rows written.
+    Progress goes to stderr."""
+    import pyarrow.parquet as pq
+
+    def show(done: int, total: int, secs: float) -> None:
+        print(f"training-set: {done}/{total} rows, {done / max(secs, 1e-9):,.0f} rows/s", file=sys.stderr)
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    writer = None
+    rows = 0
+    try:
+        for part in iter_training_set(repo, spine, features, progress=kw.pop("progress", show), **kw):
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, part.schema)
+            writer.write_table(part)
+            rows += part.num_rows
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is None:
+        pq.write_table(training_set(repo, spine, features, **kw), tmp)
+    tmp.replace(out)
+    return rows
