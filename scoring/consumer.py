@@ -74,6 +74,10 @@ class ConsumerSettings:
             "group.id": self.group_id,
             "auto.offset.reset": self.auto_offset_reset,
             "enable.auto.offset.store": False,  # store only after a batch's outputs are durable
+            # static membership: a restarted instance (same --instance-id) takes its partitions back at
+            # once instead of waiting for the dead member's session to expire
+            "group.instance.id": f"{self.group_id}.{self.instance_id}",
+            "session.timeout.ms": 10_000,  # a vanished instance's partitions move on within 10 s
             "isolation.level": "read_committed",  # never score events of an aborted upstream transaction
             "fetch.wait.max.ms": max(1, min(self.max_wait_ms, 100)),  # idle latency ~ max_wait, not 500 ms
             "queued.max.messages.kbytes": 65536,  # bound the prefetch queue (backpressure on the broker)
@@ -167,7 +171,8 @@ class ScoreLoop:
         s = self.s
         if s.exactly_once:
             self.producer.init_transactions(30)
-        self.consumer.subscribe([s.events_topic])
+        assigned = threading.Event()
+        self.consumer.subscribe([s.events_topic], on_assign=lambda c, parts: assigned.set())
         batch = AdaptiveBatch(s.max_batch)
         wait_s = max(s.max_wait_ms, 1) / 1000.0
         last_msg = time.monotonic()
@@ -179,7 +184,9 @@ class ScoreLoop:
                 msgs = [m for m in msgs if not self._kafka_error(m)]
                 self.metrics.batch_target.set(batch.update(len(msgs)))
                 if not msgs:
-                    if idle_timeout_s is not None and time.monotonic() - last_msg > idle_timeout_s:
+                    if not assigned.is_set():
+                        last_msg = time.monotonic()  # idle time counts from the first assignment
+                    elif idle_timeout_s is not None and time.monotonic() - last_msg > idle_timeout_s:
                         break
                     continue
                 last_msg = time.monotonic()
@@ -193,14 +200,14 @@ class ScoreLoop:
             self._close()
         return self.stats
 
-    @staticmethod
-    def _kafka_error(msg: Any) -> bool:
+    def _kafka_error(self, msg: Any) -> bool:
         err = msg.error()
         if err is None:
             return False
         log.warning("consumer: %s", err)
         if err.fatal():
-            raise ScoringError(f"Kafka consumer failed: {err}: check the broker (`headwater stack status`)")
+            raise ScoringError(f"Kafka consumer failed: {err}: if another scorer runs with --instance-id "
+                               f"{self.s.instance_id} give each its own, else check `headwater stack status`")
         return True
 
     def _process(self, msgs: list[Any]) -> None:
