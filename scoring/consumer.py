@@ -244,7 +244,8 @@ class ScoreLoop:
         m.stage.labels("produce").observe(t2 - t1)
         m.events.inc(len(msgs))
         stamps = np.fromiter((msg.timestamp()[1] for msg in msgs), np.int64, len(msgs))
-        observe_many(m.e2e, np.maximum(0.0, now - stamps / 1000.0))
+        out.e2e_ms = np.maximum(0.0, now * 1000.0 - stamps)
+        observe_many(m.e2e, out.e2e_ms / 1000.0)
         self._lag(msgs)
         st = self.stats
         st.batches += 1

@@ -73,6 +73,7 @@ class BatchOutput:
     latency_ms: dict[str, float] = field(default_factory=dict)
     scores: np.ndarray | None = None  # served scores of the good rows (tests, bench)
     fetched: FetchResult | None = None
+    e2e_ms: np.ndarray | None = None  # per consumed event: record timestamp -> outputs acknowledged
 
 
 class Scorer:
