@@ -218,18 +218,17 @@ class ScoreLoop:
         if s.exactly_once:
             self.producer.begin_transaction()
         self._failures.clear()
-        produce = self._produce
-        for key, value, headers in out.predictions:
-            produce(s.predictions_topic, key, value, headers)
-        for key, value, _ in out.shadows:
-            produce(s.shadow_topic, key, value, None)
+        self._produce_all(s.predictions_topic, out.predictions)
+        self._produce_all(s.shadow_topic, out.shadows)
         for r in out.rejects:
             msg = msgs[r.index]
-            produce(s.dlq_topic, msg.key(), dead_letter(self.dlq_codec, msg, r.reason, r.error, r.stage), None)
+            self._produce(s.dlq_topic, msg.key(), dead_letter(self.dlq_codec, msg, r.reason, r.error, r.stage), None)
             m.dlq.labels(r.reason).inc()
         if out.feature_log and self.feature_log is not None:
             self.feature_log.write(out.feature_log)
-        offsets = self._next_offsets(msgs)
+        parts = np.fromiter((msg.partition() for msg in msgs), np.int64, len(msgs))
+        offs = np.fromiter((msg.offset() for msg in msgs), np.int64, len(msgs))
+        offsets = self._next_offsets(s.events_topic, parts, offs)
         if s.exactly_once:
             self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), 30)
             self.producer.commit_transaction(30)
@@ -246,7 +245,7 @@ class ScoreLoop:
         stamps = np.fromiter((msg.timestamp()[1] for msg in msgs), np.int64, len(msgs))
         out.e2e_ms = np.maximum(0.0, now * 1000.0 - stamps)
         observe_many(m.e2e, out.e2e_ms / 1000.0)
-        self._lag(msgs)
+        self._lag(offsets)
         st = self.stats
         st.batches += 1
         st.events += len(msgs)
@@ -266,14 +265,22 @@ class ScoreLoop:
             except BufferError:  # queue full: serve delivery reports (backpressure), then retry
                 self.producer.poll(0.05)
 
+    def _produce_all(self, topic: str, triples: list[tuple[bytes, bytes, Any]]) -> None:
+        produce = self.producer.produce
+        for key, value, headers in triples:
+            try:  # the common case inline: one C call per output, no Python frame
+                produce(topic, value, key, headers=headers)
+            except BufferError:
+                self._produce(topic, key, value, headers)
+
     @staticmethod
-    def _next_offsets(msgs: list[Any]) -> list[Any]:
+    def _next_offsets(topic: str, parts: np.ndarray, offs: np.ndarray) -> list[Any]:
+        """Per partition of the batch: the offset after its last message (what to commit)."""
         from confluent_kafka import TopicPartition
-        nxt: dict[tuple[str, int], int] = {}
-        for msg in msgs:
-            k = (msg.topic(), msg.partition())
-            nxt[k] = max(nxt.get(k, -1), msg.offset() + 1)
-        return [TopicPartition(t, p, o) for (t, p), o in nxt.items()]
+        out = []
+        for p in np.unique(parts).tolist():
+            out.append(TopicPartition(topic, p, int(offs[parts == p].max()) + 1))
+        return out
 
     def _rewind(self, msgs: list[Any], exc: Exception) -> None:
         """Abort (transactions), then seek every partition of the batch back to its first offset."""
@@ -304,19 +311,15 @@ class ScoreLoop:
                 log.warning("seek %s[%d]@%d: %s", t, p, o, seek_exc)
         time.sleep(0.5)
 
-    def _lag(self, msgs: list[Any]) -> None:
-        from confluent_kafka import TopicPartition
+    def _lag(self, offsets: list[Any]) -> None:
         lag = 0
-        last: dict[int, int] = {}
-        for msg in msgs:
-            last[msg.partition()] = msg.offset()
-        for p, off in last.items():
+        for tp in offsets:
             try:
-                _, high = self.consumer.get_watermark_offsets(TopicPartition(self.s.events_topic, p), cached=True)
-            except Exception:  # no statistics yet
+                _, high = self.consumer.get_watermark_offsets(tp, cached=True)
+            except Exception:  # no fetch statistics yet
                 continue
             if high >= 0:
-                lag += max(0, high - off - 1)
+                lag += max(0, high - tp.offset)
         self.metrics.lag.set(lag)
 
     def _close(self) -> None:

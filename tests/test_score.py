@@ -312,3 +312,37 @@ def test_gpu_scores_equal_cpu(env: dict) -> None:
     cpu = model.predict(assemble(res, spec, np)[0], np)
     gpu = cupy.asnumpy(model.predict(assemble(res, spec, cupy)[0], cupy))
     np.testing.assert_allclose(gpu, cpu, rtol=1e-5)
+
+
+def test_canary_routes_by_entity_hash_and_alias_moves_apply_without_restart(env: dict) -> None:
+    from scoring.scorer import canary_mask
+    register(env, "fraud", 1)
+    register(env, "fraud", 2)  # version 2 of the same model
+    reg = Registry.for_repo(env["repo"])
+    reg.set_alias("fraud", "challenger", 2)
+    recs = transactions(200, env["now"])
+    ids = produce(env, recs)
+    loop, scorer = loop_for(env, ScoreOptions(model="fraud@champion", device="cpu", canary_percent=30.0,
+                                              feature_log_rate=0.0, max_batch=200))
+    assert loop.run(max_events=200, idle_timeout_s=20).predictions == 200
+    preds = {p["event_id"]: p for p in read_topic(env, "predictions", 200)}
+    cards = [r["card_id"] for r in recs]
+    want = canary_mask(cards, 30.0)
+    assert [preds[i]["model_version"] == "2" for i in ids] == want.tolist() and 0 < want.sum() < 200
+
+    # alias move while running: after the first batch champion -> 2, canary off; later batches follow
+    reg.set_alias("fraud", "champion", 2)
+    more = produce(env, transactions(64, env["now"]))
+    moved: list = []
+
+    def on_batch(out):
+        moved.append(len(out.predictions))
+        if len(moved) == 1:
+            reg.set_alias("fraud", "champion", 1)
+
+    loop2, _ = build(env["path"], ScoreOptions(model="fraud", device="cpu", canary_percent=0.0, reload_s=0.0,
+                                                feature_log_rate=0.0, max_batch=8),  # same group: resumes
+                     redis=env["rds"], on_batch=on_batch)
+    loop2.run(max_events=64, idle_timeout_s=20)
+    versions = [p["model_version"] for p in read_topic(env, "predictions", 200 + 64) if p["event_id"] in more]
+    assert len(versions) == 64 and versions.count("2") == moved[0] and versions.count("1") == 64 - moved[0] > 0
