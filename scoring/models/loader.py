@@ -15,8 +15,8 @@ def load_executor(meta, directory: Path, xp):
         from scoring.models.dense import DenseModel
         return DenseModel.load(directory).executor(xp)
     if meta.kind == "gbdt":
-        from scoring.models.gbdt import load_gbdt
-        return load_gbdt(directory).executor(xp)
+        from scoring.models.forest import load_forest
+        return load_forest(directory).executor(xp)
     if meta.kind == "onnx":
         from scoring.models.onnx import OnnxExecutor
         return OnnxExecutor(directory, xp)
