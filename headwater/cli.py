@@ -152,6 +152,19 @@ def cmd_training_set(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from scoring.models.cli import train_command
+    return train_command(args.repo, args.training_set, args.model, args.kind, label=args.label,
+                         features=args.features, timestamp_column=args.timestamp_column, holdout=args.holdout,
+                         k=args.k, seed=args.seed, library=args.library, trees=args.trees, depth=args.depth,
+                         onnx=args.onnx, models_dir=args.models_dir)
+
+
+def cmd_models(args) -> int:
+    from scoring.models.cli import models_command
+    return models_command(args.repo, args.action, args.args, models_dir=args.models_dir, as_json=args.json)
+
+
 def cmd_demo(args) -> int:
     from headwater import demo
     return demo.run(args.repo, events=args.events)
@@ -268,6 +281,33 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument("--source", action="append", metavar="NAME=PATH",
                     help="raw rows of a source for latest-value features without tiles (repeatable)")
     ts.set_defaults(func=cmd_training_set)
+
+    tr = sub.add_parser("train", help="fit a model on a training set and register an immutable version")
+    tr.add_argument("--repo", required=True)
+    tr.add_argument("--training-set", required=True, help="Parquet written by `headwater training-set`")
+    tr.add_argument("--model", required=True, help="model name in the registry (e.g. fraud)")
+    tr.add_argument("--kind", choices=["gbdt", "logreg", "mlp"], default="gbdt")
+    tr.add_argument("--label", default="is_fraud")
+    tr.add_argument("--features", default=None, help="comma-separated view:feature refs in matrix order (default all)")
+    tr.add_argument("--timestamp-column", default="ts", help="spine time column (time-ordered holdout, data range)")
+    tr.add_argument("--holdout", type=float, default=0.2, help="latest fraction of rows held out for metrics")
+    tr.add_argument("--k", type=int, default=100, help="precision@k on the holdout")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--library", choices=["xgboost", "lightgbm"], default="xgboost", help="gbdt: trainer")
+    tr.add_argument("--trees", type=int, default=200, help="gbdt: boosting rounds")
+    tr.add_argument("--depth", type=int, default=6, help="gbdt: max tree depth")
+    tr.add_argument("--onnx", action="store_true", help="also register the ONNX export as the next version")
+    tr.add_argument("--models-dir", default=None, help="registry root (default <repo>/models)")
+    tr.set_defaults(func=cmd_train)
+
+    mo = sub.add_parser("models", help="registry: list | show NAME | alias NAME ALIAS VERSION|none | "
+                                       "canary NAME PERCENT | check NAME[@ALIAS]")
+    mo.add_argument("action", choices=["list", "show", "alias", "canary", "check"])
+    mo.add_argument("args", nargs="*")
+    mo.add_argument("--repo", default="examples/fraud")
+    mo.add_argument("--models-dir", default=None, help="registry root (default <repo>/models)")
+    mo.add_argument("--json", action="store_true", help="show: meta.json of every version")
+    mo.set_defaults(func=cmd_models)
 
     d = sub.add_parser("demo", help="stack up, topics, produce example events and read them back")
     d.add_argument("--repo", default="examples/fraud")
