@@ -240,6 +240,24 @@ def compare(rows: Sequence[Mapping[str, Any]], offline: Sequence[Mapping[str, An
     return checks
 
 
+def _check_tiles(tiles: Any, plan: Any, views: set[str]) -> None:
+    """The replay output must hold each logged view, under the current plan, as readable files:
+    an offline side silently full of no-data values would report online bugs that are not there."""
+    from backfill import layout
+    for name in sorted(views):
+        m = layout.read_manifest(tiles, name)
+        if m is None:
+            raise ParityError(f"no replay of view {name!r} under {tiles}: run `headwater replay --out {tiles}` "
+                              f"over the logged range first")
+        if m.plan_hash != plan.view(name).plan_hash:
+            raise ParityError(f"tiles of view {name!r} under {tiles} are from plan {m.plan_hash}, the log and "
+                              f"definitions from {plan.view(name).plan_hash}: replay again into a fresh directory")
+        if m.events_read > 0 and not layout.tile_files(tiles, name):
+            raise ParityError(f"the replay of view {name!r} read {m.events_read:,} events but {tiles} holds no tile "
+                              f"files at {layout.view_dir(tiles, name)}/resolution_ms=*/date=*/: the replay output "
+                              f"does not follow the layout")
+
+
 @dataclass
 class Timing:
     read_log_s: float = 0.0
@@ -279,6 +297,7 @@ def check(repo: Any, *, feature_log: Any = "topic", tiles: Any, sample: int | No
     if sample is not None and sample < len(rows):
         rows = random.Random(seed).sample(rows, sample)
     say(f"parity: {len(rows):,} logged fetches to check ({len(stale):,} skipped: other plan hash)")
+    _check_tiles(tiles, plan, {r["features"][0].partition(":")[0] for r in rows if r["features"]})
     t0 = time.perf_counter()
     offline = offline_values(repo, rows, plan, tiles)
     timing.offline_s = time.perf_counter() - t0

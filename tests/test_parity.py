@@ -129,3 +129,22 @@ def test_feature_stats_and_report(plan, tmp_path: Path):
         "http://www.w3.org/2000/svg", "")  # self-contained
     ok = ParityReport.build(checks[:1], n_fetches=1)
     assert ok.ok and "OK" in ok.table()
+
+
+def test_tiles_sanity_before_recompute(plan, tmp_path: Path):
+    from backfill import layout
+    from backfill.parity import ParityError, _check_tiles
+    vp = plan.view("card_velocity")
+    with pytest.raises(ParityError, match="no replay of view 'card_velocity'"):
+        _check_tiles(tmp_path, plan, {"card_velocity"})
+    base = {"view": vp.name, "tick_ms": vp.tick_ms, "range": {}, "events_late": 0, "tiles_written": 0,
+            "finished_ms": 0}
+    layout.write_manifest(tmp_path, {**base, "plan_hash": "0" * 16, "events_read": 0})
+    with pytest.raises(ParityError, match="from plan 0000"):
+        _check_tiles(tmp_path, plan, {"card_velocity"})
+    layout.write_manifest(tmp_path, {**base, "plan_hash": vp.plan_hash, "events_read": 10})
+    (tmp_path / "view=card_velocity" / "view=card_velocity" / "resolution_ms=1000").mkdir(parents=True)
+    with pytest.raises(ParityError, match="holds no tile files"):
+        _check_tiles(tmp_path, plan, {"card_velocity"})
+    layout.write_manifest(tmp_path, {**base, "plan_hash": vp.plan_hash, "events_read": 0})
+    _check_tiles(tmp_path, plan, {"card_velocity"})  # an empty range is fine: every value is no-data
