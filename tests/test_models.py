@@ -18,7 +18,7 @@ from sklearn.preprocessing import StandardScaler
 from scoring import xp as xpmod
 from scoring.models.dense import DenseModel
 from scoring.models.errors import ModelError
-from scoring.models.forest import from_lightgbm, from_xgboost
+from scoring.models.forest import from_lightgbm, from_xgboost, from_xgboost_dump
 from scoring.models.onnx import OnnxExecutor, export_onnx
 
 F = 6
@@ -61,6 +61,18 @@ def test_xgboost_import_matches_xgboost(data, depth, strategy):
     got = forest.executor(np, strategy).predict(X)
     np.testing.assert_allclose(got, want, atol=TOL, rtol=0)
     assert forest.max_depth <= depth and forest.source == "xgboost"
+
+
+@pytest.mark.parametrize("depth", [3, 7])
+def test_xgboost_get_dump_json_matches_xgboost(data, depth):
+    import json
+    X, y = data
+    booster = _xgb(X, y, depth)
+    base = float(json.loads(booster.save_config())["learner"]["learner_model_param"]["base_score"].strip("[]"))
+    forest = from_xgboost_dump(booster.get_dump(dump_format="json"), base_score=base, n_features=F)
+    want = booster.predict(xgb.DMatrix(X, missing=np.nan))
+    for strategy in ("perfect", "nodes"):
+        np.testing.assert_allclose(forest.executor(np, strategy).predict(X), want, atol=TOL, rtol=0)
 
 
 @pytest.mark.parametrize("depth", [2, 6, 9])

@@ -31,7 +31,7 @@ import numpy as np
 
 from scoring.models.errors import ModelError
 
-__all__ = ["Tree", "Forest", "from_xgboost", "from_lightgbm", "load_forest", "XGBOOST_FILE", "LIGHTGBM_FILE"]
+__all__ = ["Tree", "Forest", "from_xgboost", "from_xgboost_dump", "from_lightgbm", "load_forest", "XGBOOST_FILE", "LIGHTGBM_FILE"]
 
 XGBOOST_FILE = "xgboost.json"
 LIGHTGBM_FILE = "lightgbm.json"
@@ -137,6 +137,49 @@ def from_xgboost(model: dict | str | bytes) -> Forest:
                 nodes.append((int(feat[i]), float(np.float32(cond[i])), 0 if dleft[i] else 1, left[i], right[i], 0.0))
         trees.append(_tree(nodes))
     return Forest(int(param["num_feature"]), tuple(trees), margin, link, 1.0, "xgboost")
+
+
+def from_xgboost_dump(dump, *, base_score: float, n_features: int, feature_names=None,
+                      objective: str = "binary:logistic") -> Forest:
+    """From ``Booster.get_dump(dump_format="json")`` (a list of per-tree JSON strings). The dump
+    holds no base_score, objective or feature count: pass them (``save_model`` JSON has them all)."""
+    if objective not in ("binary:logistic", "reg:logistic"):
+        raise ModelError(f"XGBoost objective {objective!r} is not supported: use binary:logistic")
+    if not 0.0 < base_score < 1.0:
+        raise ModelError(f"XGBoost base_score {base_score} is not a probability in (0, 1)")
+    index = {name: i for i, name in enumerate(feature_names or [])}
+
+    def col(split: str) -> int:
+        if split in index:
+            return index[split]
+        if split.startswith("f") and split[1:].isdigit():
+            return int(split[1:])
+        raise ModelError(f"XGBoost dump splits on {split!r}: pass feature_names to map it to a column")
+
+    trees = []
+    for text in dump:
+        root = json.loads(text) if isinstance(text, str) else text
+        by_id: dict[int, dict] = {}
+        stack = [root]
+        while stack:
+            n = stack.pop()
+            by_id[int(n["nodeid"])] = n
+            stack += n.get("children", [])
+        ids = sorted(by_id)
+        pos = {nid: i for i, nid in enumerate(ids)}
+        nodes = []
+        for nid in ids:
+            n = by_id[nid]
+            if "leaf" in n:
+                nodes.append((0, -np.inf, 0, -1, -1, float(np.float32(n["leaf"]))))
+                continue
+            if "split_condition" not in n:
+                raise ModelError("XGBoost categorical splits are not supported: one-hot encode categorical features")
+            yes, no = int(n["yes"]), int(n["no"])
+            variant = 0 if int(n["missing"]) == yes else 1
+            nodes.append((col(str(n["split"])), float(np.float32(n["split_condition"])), variant, pos[yes], pos[no], 0.0))
+        trees.append(_tree(nodes))
+    return Forest(int(n_features), tuple(trees), math.log(base_score / (1.0 - base_score)), "sigmoid", 1.0, "xgboost")
 
 
 def _lgb_threshold(t: float) -> np.float32:
