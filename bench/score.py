@@ -158,17 +158,22 @@ def offered(path: Path, rds, rate: float, duration: float, entities: int) -> tup
     from confluent_kafka import Consumer
     loop.consumer.close()
     loop.consumer = Consumer(loop.s.consumer_conf())
-    th = threading.Thread(target=loop.run, kwargs={"idle_timeout_s": 8}, daemon=True)
+    th = threading.Thread(target=loop.run, kwargs={"idle_timeout_s": 15}, daemon=True)
     th.start()
-    deadline = time.monotonic() + 30
-    while not loop.consumer.assignment() and time.monotonic() < deadline:  # joined the group?
-        time.sleep(0.2)
+    loop.assigned.wait(30)  # joined the group (consumer methods are not called from this thread)
     time.sleep(1)
     subprocess.run([sys.executable, "-m", "headwater.cli", "produce", "--repo", str(path), "--rate", str(rate),
                     "--duration", str(duration), "--entities", str(entities), "--seed", "5"], check=True,
                    cwd=ROOT, stdout=subprocess.DEVNULL)
     th.join(120)
     allv = np.concatenate(lat) if lat else np.zeros(1)
+    stages = {}
+    for metric in loop.metrics.stage.collect():
+        for smp in metric.samples:
+            if smp.name.endswith("_sum"):
+                stages[smp.labels["stage"]] = smp.value * 1e3 / max(1, loop.stats.batches)
+    print(f"    {loop.stats.batches} batches, mean {allv.size / max(1, loop.stats.batches):.0f} events; mean ms per "
+          "batch: " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(stages.items(), key=lambda kv: -kv[1])), flush=True)
     return float(np.percentile(allv, 50)), float(np.percentile(allv, 99)), int(allv.size)
 
 

@@ -143,6 +143,7 @@ class ScoreLoop:
         self.reload = reload
         self.stats = LoopStats()
         self._stop = threading.Event()
+        self.assigned = threading.Event()  # set once the group gave this instance partitions
         self._failures: list[str] = []
         from confluent_kafka import Consumer, Producer
         self.producer = Producer({**settings.producer_conf(), "on_delivery": self._on_delivery,
@@ -171,7 +172,7 @@ class ScoreLoop:
         s = self.s
         if s.exactly_once:
             self.producer.init_transactions(30)
-        assigned = threading.Event()
+        assigned = self.assigned
         self.consumer.subscribe([s.events_topic], on_assign=lambda c, parts: assigned.set())
         batch = AdaptiveBatch(s.max_batch)
         wait_s = max(s.max_wait_ms, 1) / 1000.0
