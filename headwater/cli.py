@@ -267,7 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     sc_.add_argument("--canary", default=None, help="canary model spec (default: <model>@challenger)")
     sc_.add_argument("--group", default=None, help="consumer group (default headwater-score.<project>)")
     sc_.add_argument("--instance-id", default="0", help="stable per instance: names its transactional id")
-    sc_.add_argument("--feature-log-rate", type=float, default=1.0, help="share of events whose features are logged")
+    sc_.add_argument("--feature-log-rate", type=float, default=0.01,
+                     help="share of events whose fetched features go to the feature-log topic (0-1)")
     sc_.add_argument("--idle-exit", type=float, default=None, metavar="S", help="stop after S seconds without events")
     sc_.set_defaults(func=cmd_score)
 

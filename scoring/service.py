@@ -38,7 +38,7 @@ class ScoreOptions:
     canary: str | None = None  # default: <model name>@challenger when a percentage is set
     group_id: str | None = None  # default: headwater-score.<project>
     instance_id: str = "0"
-    feature_log_rate: float = 1.0
+    feature_log_rate: float = 0.01  # records() is per-row Python: log a sample, as parity needs
     reload_s: float = 10.0
     models_dir: Path | None = None
 
@@ -54,10 +54,10 @@ class _Models:
     def __init__(self, registry: Any, opts: ScoreOptions, plan: Any) -> None:
         self.registry, self.opts, self.plan = registry, opts, plan
         self._loaded: dict[tuple[str, int], Any] = {}
-        self.current = self._resolve(strict=True)
+        self.current = self._resolve()
         self._next = time.monotonic() + opts.reload_s
 
-    def _load(self, spec: str, strict: bool) -> Any:
+    def _load(self, spec: str) -> Any:
         name, version = self.registry.resolve(spec)
         hit = self._loaded.get((name, version))
         if hit is None:
@@ -66,10 +66,10 @@ class _Models:
             self._loaded[(name, version)] = hit
         return hit
 
-    def _resolve(self, strict: bool):
+    def _resolve(self):
         from scoring.scorer import Models
         o = self.opts
-        prod = self._load(o.model, strict)
+        prod = self._load(o.model)
         name = prod.meta.name
         pct = o.canary_percent
         if pct is None:
@@ -77,8 +77,8 @@ class _Models:
                 "@champion") else 0.0
         if not 0.0 <= pct <= 100.0:
             raise ScoreConfigError(f"--canary-percent {pct}: use 0 to 100")
-        canary = self._load(o.canary or f"{name}@challenger", strict) if pct > 0 else None
-        shadows = tuple(self._load(s, strict) for s in o.shadows)
+        canary = self._load(o.canary or f"{name}@challenger") if pct > 0 else None
+        shadows = tuple(self._load(s) for s in o.shadows)
         for m in (canary, *shadows):
             if m is not None and tuple(m.meta.features) != tuple(prod.meta.features):
                 raise ScoreConfigError(f"model {m.meta.spec} uses features {list(m.meta.features)} but "
@@ -92,7 +92,7 @@ class _Models:
             return None
         self._next = time.monotonic() + self.opts.reload_s
         try:
-            new = self._resolve(strict=False)
+            new = self._resolve()
         except Exception as exc:  # SkewError, RegistryError, a half-edited aliases.json ...
             log.error("alias move refused, keeping the current models: %s", exc)
             return None
@@ -167,10 +167,9 @@ def build(repo_path: str | Path, opts: ScoreOptions, *, redis: Any = None, clock
 def run(repo_path: str | Path, opts: ScoreOptions, *, max_events: int | None = None,
         idle_timeout_s: float | None = None, quiet: bool = False) -> int:
     """The CLI entry: score until SIGINT/SIGTERM, printing progress every few seconds."""
-    state = {"t": time.monotonic(), "n": 0}
+    state = {"t": time.monotonic()}
 
     def progress(out: Any) -> None:
-        state["n"] += len(out.predictions)
         now = time.monotonic()
         if not quiet and now - state["t"] >= 5:
             print(f"  scored {loop.stats.events:,} events, {loop.stats.dead_letters:,} to the DLQ; "
