@@ -63,7 +63,8 @@ def check_now(repo: Any, *, sample: int, tiles: Path, conn: Any, seed: int = 0, 
     keys = sorted({v.entity_key for v in plan.views})
     ids = recent_entities(conn, repo, keys, sample, seed=seed)
     t0 = time.perf_counter()
-    result = fetch_repo(repo, ids, None, at=None, plan=plan)
+    from online_store.repo_fetch import redis_client
+    result = fetch_repo(repo, ids, None, at=None, plan=plan, redis=redis_client(conn.redis_url))
     recs = feature_log.records(result, plan)
     writer = feature_log.FeatureLogWriter.for_repo(conn, repo)
     writer.write(recs)
