@@ -158,10 +158,23 @@ def test_every_event_scored_once_with_shadows_and_reference_scores(env: dict) ->
     sh2, _ = register(env, "fraud_b", 3)
     recs = transactions(500, env["now"])
     ids = produce(env, recs)
+    import socket
+    import urllib.request
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     loop, scorer = loop_for(env, ScoreOptions(model="fraud", shadows=("fraud_a", "fraud_b"), device="cpu",
-                                              max_batch=128, feature_log_rate=1.0))
+                                              max_batch=128, feature_log_rate=1.0, metrics_port=port))
     stats = loop.run(max_events=500, idle_timeout_s=20)
     assert stats.events == 500 and stats.predictions == 500 and stats.dead_letters == 0
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert "headwater_score_events_total 500.0" in text
+    assert 'headwater_score_predictions_total{model="fraud",version="1"} 500.0' in text
+    assert "headwater_score_consume_to_produce_seconds_count 500.0" in text
+    assert 'headwater_score_shadow_abs_diff_count{shadow="fraud_a"} 500.0' in text
+    assert 'headwater_score_feature_freshness_seconds_count{view="card_velocity"} 500.0' in text
+    for stage in ("decode", "fetch", "score", "produce"):
+        assert f'headwater_score_stage_seconds_count{{stage="{stage}"}}' in text
     preds = read_topic(env, "predictions", 500)
     shadows = read_topic(env, "shadow", 1000)
     assert sorted(p["event_id"] for p in preds) == sorted(ids)  # exactly N, each once
