@@ -140,23 +140,45 @@ def tile_selects(view: ViewPlan, src: SourceBinding) -> list[str]:
     out = []
     aggs = ",\n    ".join(
         f"{ir.field_sql(f, inputs=inputs, last_key_column=q(_last_col(f)))} AS {q(f.name)}" for f in view.fields)
+    key = f"{q(KEY_VIEW)} AS {q('view')}, {q(KEY_ENTITY)} AS {q('entity')}, " \
+          f"{q(KEY_RES)} AS {q('resolution_ms')}, {q(KEY_START)} AS {q('tile_start')}"
+    group = f"GROUP BY {q(KEY_VIEW)}, {q(KEY_ENTITY)}, {q(KEY_RES)}, {q(KEY_START)}"
     for r in view.ladder:
-        start = q(_tile_col(r))
         out.append(
-            f"SELECT {_ttl_hint(view, r, 'e')}'{view.name}' AS {q('view')}, {entity} AS {q('entity')},\n"
-            f"    CAST({r} AS BIGINT) AS {q('resolution_ms')}, {start} AS {q('tile_start')},\n"
+            f"SELECT {_ttl_hint(view, r, 'e')}{key},\n"
             f"    '{view.plan_hash}' AS {q('plan_hash')}, COUNT(*) AS {q('n_events')},\n"
             f"    MAX({q(APPEND_MS)}) AS {q('max_append_ms')},\n    {aggs}\n"
-            f"  FROM {q(src.events_view)} AS e\n"
+            f"  FROM {_keyed(src, view, entity, str(r), q(_tile_col(r)))} AS e\n"
             f"  WHERE {on_time} AND {q(view.entity_key)} IS NOT NULL\n"
-            f"  GROUP BY {entity}, {start}")
+            f"  {group}")
     nulls = ",\n    ".join(f"CAST(NULL AS {f.sql_type}) AS {q(f.name)}" for f in view.fields)
+    # COALESCE: Kafka's partition is never null, but NOT NULL like the tiles' start, so that the
+    # planner can union every query of the view into one sink (same row type)
+    progress = _keyed(src, view, "''", "0", f"COALESCE(CAST({q(PARTITION)} AS BIGINT), CAST(-1 AS BIGINT))")
     out.append(
-        f"SELECT '{view.name}' AS {q('view')}, '' AS {q('entity')}, CAST(0 AS BIGINT) AS {q('resolution_ms')},\n"
-        f"    CAST({q(PARTITION)} AS BIGINT) AS {q('tile_start')}, '{view.plan_hash}' AS {q('plan_hash')},\n"
+        f"SELECT {key}, '{view.plan_hash}' AS {q('plan_hash')},\n"
         f"    COUNT(*) AS {q('n_events')}, MAX({q(APPEND_MS)}) AS {q('max_append_ms')},\n    {nulls}\n"
-        f"  FROM {q(src.events_view)} GROUP BY {q(PARTITION)}")
+        f"  FROM {progress} AS e\n"
+        f"  {group}")
     return out
+
+
+# the tile key's constant parts as grouping columns (see _keyed)
+KEY_VIEW, KEY_ENTITY, KEY_RES, KEY_START = "hw_key_view", "hw_key_entity", "hw_key_resolution_ms", "hw_key_tile_start"
+
+
+def _keyed(src: SourceBinding, view: ViewPlan, entity_sql: str, resolution_sql: str, start_sql: str) -> str:
+    """The events view joined (``CROSS JOIN UNNEST`` of a one-row array) with the tile key (view,
+    entity (progress rows: ''), resolution, tile start), so that these are grouping columns the
+    planner cannot fold into constants. Why: an upsert sink gets UPDATE_AFTER-only input only when
+    the aggregate's upsert key is exactly the sink's primary key (view, entity, resolution_ms,
+    tile_start); with literal view and resolution the key was (entity, tile_start), the planner kept
+    UPDATE_BEFORE, and upsert-kafka wrote it as a tombstone before every tile update (227k
+    tombstones for 336k tile values). A subquery, so that STATE_TTL hints still name one input."""
+    row = (f"ROW(CAST('{view.name}' AS STRING), CAST({entity_sql} AS STRING), CAST({resolution_sql} AS BIGINT), "
+           f"{start_sql})")
+    return (f"(SELECT * FROM {q(src.events_view)} CROSS JOIN UNNEST(ARRAY[{row}])\n"
+            f"    AS k({q(KEY_VIEW)}, {q(KEY_ENTITY)}, {q(KEY_RES)}, {q(KEY_START)}))")
 
 
 def tile_sink_table(view: ViewPlan) -> str:
@@ -186,6 +208,9 @@ def job_config(mode: Literal["streaming", "batch"], checkpoint_dir: str | None =
         "table.exec.mini-batch.allow-latency": "500 ms",  # freshness objective is seconds
         "table.exec.mini-batch.size": "5000",
         "table.exec.sink.upsert-materialize": "NONE",     # tiles are keyed upserts already
+        # one sink per query: reusing one sink per view unions the queries, and the union rejects
+        # inputs whose row types differ only in nullability (tiles vs progress rows)
+        "table.optimizer.reuse-sink-enabled": "false",
     }
     if checkpoint_dir:
         cfg.update({
