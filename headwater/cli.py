@@ -127,6 +127,14 @@ def cmd_fetch(args) -> int:
                                       log=args.log)
 
 
+def cmd_replay(args) -> int:
+    from replay import run_replay
+    views = [v.strip() for v in args.views.split(",") if v.strip()] if args.views else None
+    run_replay(args.repo, args.out, start=args.start, end=args.end, offsets=args.offsets, views=views,
+               parallelism=args.parallelism)
+    return 0
+
+
 def cmd_parity(args) -> int:
     from backfill.parity_cli import run_cli
     return run_cli(args.repo, feature_log=args.feature_log, tiles=args.tiles, sample=args.sample,
@@ -240,6 +248,20 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also log what was fetched (feature log, for parity): to the feature_log topic, "
                          "or append to FILE.jsonl")
     fe.set_defaults(func=cmd_fetch)
+
+    rp = sub.add_parser("replay", help="bounded Kafka range -> the features SQL in batch mode -> Parquet tiles")
+    rp.add_argument("--repo", required=True)
+    rp.add_argument("--out", required=True, help="tiles directory (view=/resolution_ms=/date= partitions)")
+    rp.add_argument("--from", dest="start", default=None, metavar="TIME",
+                    help="first Kafka record timestamp (append time), ISO-8601 or epoch ms (default: oldest)")
+    rp.add_argument("--to", dest="end", default=None, metavar="TIME",
+                    help="end (exclusive) Kafka record timestamp (default: the topic's end now)")
+    rp.add_argument("--offsets", default=None, metavar="P:START-END,...",
+                    help='per-partition offsets, END exclusive, either side may be empty: "0:100-5000,1:0-4200"; '
+                         "unlisted partitions are not read")
+    rp.add_argument("--views", default=None, help="comma-separated view names (default all)")
+    rp.add_argument("--parallelism", type=int, default=None, help="default: one per source partition")
+    rp.set_defaults(func=cmd_replay)
 
     pa_ = sub.add_parser("parity", help="online fetches (feature log) vs the offline recompute from replay tiles")
     pa_.add_argument("--repo", required=True)
