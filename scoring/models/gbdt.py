@@ -29,7 +29,7 @@ from scoring.models.forest import ZERO_BAND, Forest
 __all__ = ["ForestExecutor", "PERFECT_MAX_DEPTH", "expand_variants"]
 
 PERFECT_MAX_DEPTH = 8
-CHUNK_ROWS = 1024  # rows per step on CPU: keeps the (rows x trees) temporaries in cache
+CHUNK_ROWS = 128  # rows per step on CPU: (rows x trees) temporaries stay in L2 (bench/models.py --chunks)
 
 
 def expand_variants(X, variants: tuple[int, ...], xp, tiny_is_zero: bool = False):
@@ -67,7 +67,7 @@ class ForestExecutor:
         self.n_trees = len(forest.trees)
         self.ncol = len(self.variants) * forest.n_features
         self._gpu = xp.__name__ == "cupy"
-        if strategy == "auto":
+        if strategy == "auto" or self._gpu:  # the GPU always runs the node-layout kernel
             strategy = "perfect" if self.depth <= PERFECT_MAX_DEPTH and not self._gpu else "nodes"
         self.strategy = strategy
         if strategy == "perfect":
@@ -101,20 +101,28 @@ class ForestExecutor:
         self.p_toff = [xp.asarray(np.arange(T, dtype=np.int64) << lv) for lv in range(D + 1)]
 
     def _margin_perfect(self, Xe):
-        xp, T = self.xp, self.n_trees
-        n = Xe.shape[0]
+        """CPU: one chunk of rows; every temporary preallocated (``out=``, ``mode="clip"`` keeps
+        take unbuffered; indices are always in range), which measured ~1.3x faster than fresh arrays."""
+        n, T = Xe.shape[0], self.n_trees
         flat = Xe.ravel()
-        rowoff = (xp.arange(n, dtype=xp.int64) * self.ncol)[:, None]
-        idx = xp.zeros((n, T), dtype=xp.int64)
+        rowoff = (np.arange(n, dtype=np.int64) * self.ncol)[:, None]
+        idx = np.zeros((n, T), np.int64)
+        node, col = np.empty((n, T), np.int64), np.empty((n, T), np.int64)
+        x, t, bit = np.empty((n, T), np.float32), np.empty((n, T), np.float32), np.empty((n, T), np.bool_)
         for lv in range(self.depth):
-            if lv == 0:
-                bit = Xe[:, self.p_feat[0]] >= self.p_thr[0][None, :]
+            if lv == 0:  # one node per tree: a column gather
+                np.greater_equal(Xe[:, self.p_feat[0]], self.p_thr[0][None, :], out=bit)
             else:
-                node = idx + self.p_toff[lv][None, :]
-                x = flat.take(self.p_feat[lv].take(node) + rowoff)
-                bit = x >= self.p_thr[lv].take(node)
-            idx = (idx << 1) + bit
-        return self.p_leaves.take(idx + self.p_toff[self.depth][None, :]).sum(axis=1)
+                np.add(idx, self.p_toff[lv][None, :], out=node)
+                self.p_feat[lv].take(node, out=col, mode="clip")
+                np.add(col, rowoff, out=col)
+                flat.take(col, out=x, mode="clip")
+                self.p_thr[lv].take(node, out=t, mode="clip")
+                np.greater_equal(x, t, out=bit)
+            np.left_shift(idx, 1, out=idx)
+            np.add(idx, bit, out=idx)
+        np.add(idx, self.p_toff[self.depth][None, :], out=idx)
+        return self.p_leaves.take(idx, mode="clip").sum(axis=1)
 
     # ---- node layout ---------------------------------------------------------------------------
     def _build_nodes(self) -> None:
@@ -154,12 +162,19 @@ class ForestExecutor:
                                        self.n_first, self.n_value, self.n_roots,
                                        xp.empty((n, self.n_trees), xp.float64)).sum(axis=1)
         flat = Xe.ravel()
-        rowoff = (xp.arange(n, dtype=xp.int64) * self.ncol)[:, None]
-        idx = xp.broadcast_to(self.n_roots[None, :], (n, self.n_trees))
+        rowoff = (np.arange(n, dtype=np.int64) * self.ncol)[:, None]
+        idx = np.repeat(self.n_roots[None, :], n, axis=0)
+        col, x, t = np.empty(idx.shape, np.int64), np.empty(idx.shape, np.float32), np.empty(idx.shape, np.float32)
+        bit = np.empty(idx.shape, np.bool_)
         for _ in range(self.depth):
-            x = flat.take(self.n_feat.take(idx) + rowoff)
-            idx = self.n_first.take(idx) + (x >= self.n_thr.take(idx))
-        return self.n_value.take(idx).sum(axis=1)
+            self.n_feat.take(idx, out=col, mode="clip")
+            np.add(col, rowoff, out=col)
+            flat.take(col, out=x, mode="clip")
+            self.n_thr.take(idx, out=t, mode="clip")
+            np.greater_equal(x, t, out=bit)
+            self.n_first.take(idx, out=idx, mode="clip")
+            np.add(idx, bit, out=idx)
+        return self.n_value.take(idx, mode="clip").sum(axis=1)
 
     # ---- public --------------------------------------------------------------------------------
     def margin(self, X):
