@@ -79,16 +79,16 @@ def latest_values(con: Any, rel: str, view: ViewPlan, features: Sequence[Feature
     try:
         for column in sorted({f.column for f in features}):
             feats = [f for f in features if f.column == column]
-            sql = windows.latest_value_sql("e.et", "e.p", "e.o", "s.t", view.tick_ms, None)
+            inner = windows.latest_value_sql("et", "p", "o", "t", view.tick_ms, None)
             picks = ", ".join(
                 f'CASE WHEN e.et IS NOT NULL AND {windows.latest_value_sql("e.et", "e.p", "e.o", "s.t", view.tick_ms, f.ttl_ms).within_ttl} '
                 f'THEN CAST(e.val AS {_DUCK.get(f.column_type, "VARCHAR")}) END AS "{f.name}"' for f in feats)
-            events = (f'SELECT CAST("{view.entity_key}" AS VARCHAR) AS entity, et, p, o, val FROM ('
+            events = (f'SELECT CAST("{view.entity_key}" AS VARCHAR) AS entity, et, {inner.event_order} AS ord, val FROM ('
                       f'SELECT *, {et} AS et, {part} AS p, {off} AS o, "{column}" AS val FROM "{rel}") '
                       f'WHERE val IS NOT NULL AND "{view.entity_key}" IS NOT NULL AND {on_time}')
-            res = con.sql(
-                f"WITH e AS ({events}) SELECT s.rid, {picks} FROM hw_latest_spine s "
-                f"ASOF LEFT JOIN e ON s.entity = e.entity AND {sql.event_order} < {sql.visible_before}"
+            res = con.sql(  # keys computed once per side (cheaper than in the ASOF condition)
+                f"WITH e AS ({events}), s AS (SELECT rid, entity, t, {inner.visible_before} AS vb FROM hw_latest_spine) "
+                f"SELECT s.rid, {picks} FROM s ASOF LEFT JOIN e ON s.entity = e.entity AND e.ord < s.vb"
             ).to_arrow_table()
             rid = res.column("rid").to_numpy()
             inv = np.empty(len(rid), dtype=np.int64)

@@ -32,7 +32,7 @@ import pyarrow as pa
 from backfill import layout
 from backfill.errors import BackfillError, SpineError
 from backfill.latest_rows import latest_values, register_source
-from backfill.pit_join import feature_arrow_type, load_tiles, view_values
+from backfill.pit_join import entity_codes, feature_arrow_type, load_tiles, view_values
 from backfill.spine import entity_ids, open_spine, timestamps_ms
 from streamjobs.plan import Feature, FeaturePlan, ViewPlan
 
@@ -92,7 +92,8 @@ def iter_training_set(repo: Any, spine: Any, features: str | Sequence[str], *, t
             ids = entity_ids(chunk.column(v.entity_key))
             if v.name in tiled:
                 rel, feats = tiled[v.name]
-                cols = view_values(v, feats, ids, t, load_tiles(con, rel, v, feats, ids, t))
+                codes, dictionary = entity_codes(ids)
+                cols = view_values(v, feats, codes, t, load_tiles(con, rel, v, feats, dictionary, t))
                 for f in feats:
                     values[f"{v.name}:{f.name}"] = _arrow(f, *cols[f.name])
             if v.name in raw:
