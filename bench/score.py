@@ -192,7 +192,7 @@ def main() -> None:
         sat = saturation(path, rds, args.events)
         print(f"headwater (decode + fetch + model + 1 shadow + produce): {sat:,.0f} events/s", flush=True)
         rows = []
-        for f in [float(x) for x in args.fractions.split(",")]:
+        for f in [float(x) for x in args.fractions.split(",") if x]:
             p50, p99, n = offered(path, rds, sat * f, args.duration, args.entities)
             rows.append((f, sat * f, p50, p99, n))
             print(f"  offered {sat * f:,.0f}/s ({f:.0%} of max): p50 {p50:.1f} ms, p99 {p99:.1f} ms over {n:,} events",

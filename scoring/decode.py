@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -118,8 +117,3 @@ class BatchDecoder:
         if bad.any():
             return table.filter(pa.array(~bad)), index[~bad]
         return table, index
-
-    @staticmethod
-    def strings(table: pa.Table, name: str) -> list[Any]:
-        """A column as Python values (what ``fetch`` and the encoders take)."""
-        return table.column(name).to_pylist()

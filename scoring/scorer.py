@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from online_store.reader import FetchResult, fetch
 from scoring.decode import BatchDecoder
@@ -40,6 +41,11 @@ def canary_mask(entities: Sequence[str], percent: float) -> np.ndarray:
         return np.ones(len(entities), bool)
     h = np.fromiter((zlib.crc32(e.encode()) for e in entities), np.uint32, len(entities))
     return (h % 10000) < int(round(percent * 100))
+
+
+def _strings(col: pa.ChunkedArray) -> list[str]:
+    """A string column as a list: via NumPy objects, ~30x faster than ``to_pylist`` (pyarrow 16)."""
+    return col.to_numpy(zero_copy_only=False).tolist()
 
 
 @dataclass
@@ -107,8 +113,9 @@ class Scorer:
         if not n:
             out.latency_ms = {"decode": (t1 - t0) * 1e3}
             return out
-        ids = {k: dec.table.column(k).to_pylist() for k in self.key_fields}
-        event_ids = dec.table.column(self.decoder.event_id_field).to_pylist()
+        ids = {k: _strings(dec.table.column(k)) for k in self.key_fields}
+        event_ids = _strings(dec.table.column(self.decoder.event_id_field))
+        entities = ids[self.primary_key]
         t_ms = int(self.clock() * 1000)
         res = fetch(self.redis, self.project, self.plan,
                     {ent: ids[key] for ent, key in self.spec.entities}, self.spec.refs, at_ms=t_ms)
@@ -140,8 +147,8 @@ class Scorer:
         keys = [e.encode() for e in event_ids]
         decision = None if thresholds is None else np.where(np.isnan(thresholds), None, served >= thresholds)
         values_ = self.pred_enc.encode({
-            "event_id": event_ids, "entity": ids[self.primary_key], "score": served,
-            "decision": [None] * n if decision is None else decision.tolist(),
+            "event_id": event_ids, "entity": entities, "score": served,
+            "decision": pa.nulls(n, pa.bool_()) if decision is None else decision.tolist(),
             "model_name": names, "model_version": versions,
             "features_as_of_ms": np.full(n, 0 if as_of is None else as_of, np.int64),
             "no_features": empty}, {"latency": out.latency_ms, "produced_ms": int(time.time() * 1000)})
@@ -149,7 +156,7 @@ class Scorer:
         out.predictions = list(zip(keys, values_, hdrs))
         for sh, s, ms in shadow_scores:
             enc = self.shadow_enc.encode({
-                "event_id": event_ids, "entity": ids[self.primary_key], "model_name": [sh.meta.name] * n,
+                "event_id": event_ids, "entity": entities, "model_name": [sh.meta.name] * n,
                 "model_version": [str(sh.meta.version)] * n, "score": s, "production_model": names,
                 "production_version": versions, "production_score": served, "latency_ms": np.full(n, ms)})
             out.shadows += zip(keys, enc, [None] * n)
@@ -195,6 +202,8 @@ class Scorer:
 
     @staticmethod
     def _headers(names: list[str], versions: list[str]) -> list[list[tuple[str, bytes]]]:
+        if len(set(versions)) == 1 and len(set(names)) == 1:  # no canary: one shared header list
+            return [[("model_name", names[0].encode()), ("model_version", versions[0].encode())]] * len(names)
         cache: dict[tuple[str, str], list[tuple[str, bytes]]] = {}
         return [cache.get((a, b)) or cache.setdefault((a, b), [("model_name", a.encode()),
                                                                ("model_version", b.encode())])
