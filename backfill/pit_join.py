@@ -151,8 +151,9 @@ def _sorted_values(view: ViewPlan, features: Sequence[Feature], codes: np.ndarra
         rel = (np.clip(start, base, top) - base) // tick
         return (np.asarray(code, np.int64) * nres + ri) * span + rel
 
-    order = np.argsort(key(tcode, 0, tstart) + tres * span, kind="stable") if n_t else np.zeros(0, np.intp)
-    skeys = (key(tcode, 0, tstart) + tres * span)[order]
+    tkeys = (tcode * nres + tres) * span + (tstart - base) // tick  # unique per tile
+    order = np.argsort(tkeys) if n_t else np.zeros(0, np.intp)
+    skeys = tkeys[order]
     valid = codes >= 0
     numeric_cache: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
     var_cache: dict[str, Any] = {}
