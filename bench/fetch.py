@@ -8,14 +8,19 @@ merchant view, below; ``examples/fraud/features.py`` when it defines ``VIEWS``),
 ``ir.tile_from_events`` for every ladder resolution (only tiles within the store's retention, as
 the writer would keep), writes them with ``TileWriter``, then times ``fetch`` for entities drawn
 from the last ten minutes: "traffic" = the card and merchant of random recent transactions (what a
-scorer asks for; hot entities repeat), "uniform" = any active card / merchant. Prints a Markdown table.
+scorer asks for; hot entities repeat), "uniform" = any active card / merchant. Then, in the same
+run, Feast's Redis online store side by side (``bench/feast_side.py`` in ``.stack/feast-venv``, same
+redis-server, private db index 8, same views and number of features, uniform entity rows; skipped
+with ``--no-feast`` or when that venv is missing). Prints a Markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
+import subprocess
 import sys
 import time
 import uuid
@@ -119,6 +124,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--engine", default="vector", choices=["vector", "scalar"])
     ap.add_argument("--read", default="hgetall", choices=["hgetall", "hmget"])
     ap.add_argument("--keep", action="store_true", help="leave the keys in Redis")
+    ap.add_argument("--no-feast", action="store_true", help="skip the Feast side-by-side")
+    ap.add_argument("--feast-python", default=str(FEAST_PYTHON))
     args = ap.parse_args(argv)
     conn = load_connection()
     client = redis.Redis.from_url(conn.redis_url)
@@ -158,6 +165,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             p50, p99, mean = timings(one, iters)
             rows.append((sampling, n, iters, p50, p99, mean))
             print(f"{sampling} {n} entities: p50 {p50:.3f} ms, p99 {p99:.3f} ms", file=sys.stderr)
+    feast = None if args.no_feast else feast_side(args.feast_python, conn.redis_url, plan, args.cards)
     info = client.info("memory")
     views = ", ".join(f"{v.name} ({len(v.features)} features, {len(v.groups)} window groups)" for v in plan.views)
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
@@ -171,10 +179,30 @@ def main(argv: Sequence[str] | None = None) -> None:
     targets = {1: "1 ms", 100: "5 ms", 1000: "25 ms"}
     for sampling, n, iters, p50, p99, mean in rows:
         print(f"| {sampling} | {n:,} | {iters} | {p50:.3f} | {p99:.3f} | {mean:.3f} | {targets[n]} |")
+    if feast is not None:
+        for n, r in feast["sizes"].items():
+            print(f"| Feast {feast['feast_version']} get_online_features, uniform ({feast['features']} features) "
+                  f"| {int(n):,} | {r['iters']} | {r['p50']:.3f} | {r['p99']:.3f} | {r['mean']:.3f} | — |")
     if not args.keep:
         ks = list(client.scan_iter(match=keys.project_pattern(project), count=5000))
         for i in range(0, len(ks), 5000):
             client.delete(*ks[i:i + 5000])
+
+
+FEAST_PYTHON = Path(__file__).resolve().parent.parent / ".stack" / "feast-venv" / "bin" / "python"
+
+
+def feast_side(python: str, redis_url: str, plan: FeaturePlan, entities: int) -> dict | None:
+    """Run bench/feast_side.py in Feast's own venv: same views and feature counts, Redis db 8."""
+    if not Path(python).exists():
+        print(f"feast: {python} not found; side-by-side skipped", file=sys.stderr)
+        return None
+    hostport = redis_url.split("//", 1)[1].split("/", 1)[0]
+    views = {v.name: [v.entity_key, len(v.features)] for v in plan.views}
+    cmd = [python, str(Path(__file__).resolve().parent / "feast_side.py"), "--redis", hostport, "--db", "8",
+           "--views", json.dumps(views), "--entities", str(entities)]
+    out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True)  # stderr: its progress
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def reader_fields(vp: ViewPlan, t_ms: int) -> tuple[bytes, ...]:
