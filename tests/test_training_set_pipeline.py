@@ -1,0 +1,84 @@
+"""training_set(t) == fetch(at_ms=t) through the real pipeline: every conformance vector produced to
+Kafka, aggregated by the Flink SQL job into the tiles topic, written to Redis by the online writer
+(fetch) and copied from the tiles topic into the Parquet layout (training_set)."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+
+import pyarrow as pa
+import pytest
+
+from backfill import layout, training_set
+from tests.oracle import feature_view_from_case
+from tests.pipeline import EVENT_TIME, event_schema, pipeline_view, prefixed, produce_cases, read_tiles, run_job, setup
+from tests.test_conformance_ir import CASES, assert_value
+from tests.test_training_set import same
+
+pytestmark = [pytest.mark.integration, pytest.mark.flink,
+              pytest.mark.skipif(not CASES, reason="conformance vectors not found")]
+
+
+def topic_tiles_to_layout(out, plan, records) -> int:
+    """Latest tile records of the tiles topic (``read_tiles``) into the Parquet layout, per view."""
+    by_view = defaultdict(list)
+    for (view, _, res, _), rec in records.items():
+        if res != 0:
+            by_view[view].append(rec)
+    n = 0
+    for v in plan.views:
+        n += layout.write_tiles(out, v, layout.tiles_table(v, by_view.get(v.name, [])))
+        layout.write_manifest(out, {"view": v.name, "plan_hash": v.plan_hash, "tick_ms": v.tick_ms,
+                                    "range": {"source": "tiles topic"}, "events_read": 0, "events_late": 0,
+                                    "tiles_written": len(by_view.get(v.name, [])), "finished_ms": 0})
+    return n
+
+
+@pytest.fixture(scope="module")
+def run(stack, tmp_path_factory):
+    import uuid
+    from headwater.config import clone_repo
+    from tests.conftest import EXAMPLE_REPO
+    unique = uuid.uuid4().hex[:8]
+    dest = clone_repo(EXAMPLE_REPO, tmp_path_factory.mktemp("tsp") / "repo", unique)
+    repo = setup(stack, dest)
+    schema = event_schema()
+    cases = [json.loads(p.read_text()) for p in CASES]
+    views = [pipeline_view(feature_view_from_case(c, event_time_field=EVENT_TIME), repo.topics.events.name, schema)
+             for c in cases]
+    produce_cases(stack, repo, schema, [(c["name"], c["view"]["entity"], c["events"]) for c in cases])
+    defs = run_job(stack, repo, views, group=f"tsp-{unique}")
+    return repo, defs, cases
+
+
+def test_training_set_equals_fetch_for_every_vector_query(stack, run, tmp_path):
+    import redis as redis_lib
+    from online_store import fetch, run_writer
+    repo, defs, cases = run
+    out = tmp_path / "tiles"
+    assert topic_tiles_to_layout(out, defs.plan, read_tiles(stack, repo)) > 0
+    client = redis_lib.Redis.from_url(stack.redis_url, decode_responses=False)
+    stats = run_writer(stack, repo, defs.plan, idle_exit_s=3.0, redis_client=client, history_ms=400 * 86_400_000)
+    assert stats.written > 0 and stats.undecodable == 0
+    checked = 0
+    try:
+        for case in cases:
+            vp = defs.plan.view(case["name"])
+            ent = case["view"]["entity"]
+            ops = {f.name: f.op for f in vp.features}
+            ids = [prefixed(case["name"], q[ent]) for q in case["queries"]]
+            spine = pa.table({ent: ids, "ts": [q["t_ms"] for q in case["queries"]]})
+            offline = training_set(defs.plan, spine, [f"{vp.name}:*"], tiles=out).to_pylist()
+            for q, e, row in zip(case["queries"], ids, offline):
+                online = fetch(client, repo.project, defs.plan, [e], [f"{vp.name}:*"], at_ms=q["t_ms"]).rows()[0]
+                for f in vp.features:
+                    ref = f"{vp.name}:{f.name}"
+                    assert same(row[ref], online[ref]), (case["name"], q, ref, row[ref], online[ref])
+                    checked += 1
+                for name, expected in q["expected"].items():
+                    assert_value(name, ops[name], expected, row[f"{vp.name}:{name}"], f"{case['name']} {e}@{q['t_ms']}")
+    finally:
+        for key in client.scan_iter(match=f"*{repo.project}*".encode()):
+            client.delete(key)
+    assert checked >= sum(len(c["queries"]) for c in cases)
