@@ -148,3 +148,51 @@ def test_tiles_sanity_before_recompute(plan, tmp_path: Path):
         _check_tiles(tmp_path, plan, {"card_velocity"})
     layout.write_manifest(tmp_path, {**base, "plan_hash": vp.plan_hash, "events_read": 0})
     _check_tiles(tmp_path, plan, {"card_velocity"})  # an empty range is fine: every value is no-data
+
+
+@pytest.mark.integration
+def test_cli_exit_status_json_and_html(stack, temp_repo: Path, tmp_path: Path, capsys):
+    """`headwater parity` on a .jsonl feature log against tiles in the layout (built with ir): exit 0
+    when every value matches, 1 (and the mismatch in JSON/HTML) after one logged value is altered."""
+    from backfill import layout, training_set
+    from headwater.cli import main
+    from headwater.topics import create_topics
+    from online_store import feature_log
+    try:
+        from test_online_store import tile_records
+    except ModuleNotFoundError:
+        from tests.test_online_store import tile_records
+
+    repo = load_repo(temp_repo)
+    create_topics(stack, repo.topics)  # parity reads appends after as_of from the (empty) events topic
+    plan = load_definitions(repo).plan
+    vp = plan.view("card_velocity")
+    events = [{"card_id": f"c{i % 3}", "merchant_id": f"m{i % 2}", "amount": 1.5 * i, "country": "FR",
+               "event_time_ms": T - 50_000 + 1000 * i, "append_time_ms": T - 50_000 + 1000 * i + 10,
+               "partition": 0, "offset": i} for i in range(40)]
+    tiles = tmp_path / "tiles"
+    n = layout.write_tiles(tiles, vp, layout.tiles_table(vp, tile_records(vp, events)))
+    layout.write_manifest(tiles, {"view": vp.name, "plan_hash": vp.plan_hash, "tick_ms": vp.tick_ms, "range": {},
+                                  "events_read": 40, "events_late": 0, "tiles_written": n, "finished_ms": 0})
+    refs = [fr.ref for fr in plan.features_by_ref("card_velocity:*")]
+    ts = [T - 20_000, T, T + 30_000]
+    spine = pa.table({"card_id": [f"c{i}" for i in range(3) for _ in ts], "ts": pa.array(ts * 3, pa.int64())})
+    got = training_set(repo, spine, refs, tiles=tiles).to_pylist()
+    recs = [{"event_id": None, "entity_key": "card_id", "entity": g["card_id"], "t_ms": g["ts"], "as_of_ms": T + 60_000,
+             "values": {r: g[r] for r in refs}, "features": refs, "plan_hash": vp.plan_hash} for g in got]
+    assert recs[4]["values"]["card_velocity:txn_count_1h"] > 0
+    good, bad = tmp_path / "good.jsonl", tmp_path / "bad.jsonl"
+    feature_log.write_file(recs, good)
+    recs[4]["values"]["card_velocity:txn_count_1h"] += 1
+    feature_log.write_file(recs, bad)
+    args = ["parity", "--repo", str(temp_repo), "--tiles", str(tiles)]
+    assert main(args + ["--feature-log", str(good)]) == 0
+    assert "OK: online equals offline; 9 fetches" in capsys.readouterr().out
+    out_json, out_html = tmp_path / "p.json", tmp_path / "p.html"
+    assert main(args + ["--feature-log", str(bad), "--json", str(out_json), "--report", str(out_html)]) == 1
+    data = json.loads(out_json.read_text())
+    assert data["unexplained"] == 1 and not data["ok"]
+    assert data["unexplained_mismatches"][0]["ref"] == "card_velocity:txn_count_1h"
+    assert data["unexplained_mismatches"][0]["online"] == data["unexplained_mismatches"][0]["offline"] + 1
+    assert "FAIL: 1 unexplained" in out_html.read_text()
+    assert main(args + ["--feature-log", str(tmp_path / "none.jsonl")]) == 2  # one-line error
