@@ -44,7 +44,9 @@ class SplitEncoder:
 
     def encode(self, columns: Mapping[str, Any], constants: Mapping[str, Any] | None = None) -> list[bytes]:
         """One message per row; ``columns``: field -> Arrow/NumPy/list column (prefix fields)."""
-        table = pa.table(dict(columns))
+        # explicit types from the schema: no type inference per batch, and a wrong column fails here
+        table = pa.table({f.name: v if isinstance(v := columns[f.name], (pa.Array, pa.ChunkedArray))
+                          else pa.array(v, f.type) for f in self._prefix.arrow_schema})
         msgs = self._prefix.encode_table(table)
         if self._tail is None:
             return msgs
