@@ -175,7 +175,7 @@ def cmd_models(args) -> int:
 
 def cmd_demo(args) -> int:
     from headwater import demo
-    return demo.run(args.repo, events=args.events)
+    return demo.run(args.repo, events=args.events, rate=args.rate, score_events=args.score_events)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -332,9 +332,11 @@ def build_parser() -> argparse.ArgumentParser:
     mo.add_argument("--json", action="store_true", help="show: meta.json of every version")
     mo.set_defaults(func=cmd_models)
 
-    d = sub.add_parser("demo", help="stack up, topics, produce example events and read them back")
+    d = sub.add_parser("demo", help="the whole loop: features, replay, training set, train, score with a shadow, parity")
     d.add_argument("--repo", default="examples/fraud")
-    d.add_argument("--events", type=int, default=20000)
+    d.add_argument("--events", type=int, default=20000, help="events produced live for the features and training part")
+    d.add_argument("--rate", type=float, default=1000.0, help="events/s offered while producing live")
+    d.add_argument("--score-events", type=int, default=5000, help="events produced live while the scorer runs")
     d.set_defaults(func=cmd_demo)
     return p
 
