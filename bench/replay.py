@@ -38,6 +38,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=1, help="replays of the same topic (the first warms caches)")
     ap.add_argument("--views", default=None, help="comma-separated view names (default all)")
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="Flink option (repeatable)")
     args = ap.parse_args()
     conn = load_connection()
     suffix = uuid.uuid4().hex[:6]
@@ -55,6 +56,7 @@ def main() -> None:
     for i in range(args.runs):
         out = tmp / f"tiles-{i}"
         st = run_replay(repo, out, views=views, parallelism=args.parallelism,
+                        flink_config=dict(kv.split("=", 1) for kv in args.set),
                         progress=lambda m: print(m, file=sys.stderr, flush=True))
         tiles = sum(v.tiles_written for v in st.views)
         late = max((v.events_late for v in st.views), default=0)
@@ -63,6 +65,7 @@ def main() -> None:
             shutil.rmtree(out, ignore_errors=True)
     print(f"\nMachine: {platform.machine()}, {os.cpu_count()} cores (shared); Flink 2.2.1 MiniCluster, batch mode; "
           f"fraud plan ({', '.join(views) if views else 'all views'}); {repo.topics.partitions} partitions; "
+          f"options {' '.join(args.set) or '(replay defaults)'}; "
           f"date {date.today()}\n")
     print("| run | events | seconds (incl. start + planning) | events/s | tiles | late | parallelism |")
     print("|---:|---:|---:|---:|---:|---:|---:|")

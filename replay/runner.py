@@ -95,7 +95,8 @@ def _commit_partitions(staged: Path, view_dir: Path) -> int:
 
 
 def run_replay(repo, out, *, start=None, end=None, offsets=None, views=None, parallelism: int | None = None,
-               progress: Callable[[str], None] | None = print, conn=None, definitions=None) -> ReplayStats:
+               progress: Callable[[str], None] | None = print, conn=None, definitions=None,
+               flink_config: dict[str, str] | None = None) -> ReplayStats:
     """Replay ``repo``'s views over a bounded Kafka range into Parquet tiles under ``out``.
 
     start/end: Kafka record timestamps (ISO-8601 or epoch ms; append time on LogAppendTime
@@ -140,7 +141,7 @@ def run_replay(repo, out, *, start=None, end=None, offsets=None, views=None, par
     rest_port = progress_mod.free_port()
     t0 = time.time()
     env = table_env(conn, mode="batch", parallelism=par,
-                    extra={**batch_config(), "rest.port": str(rest_port), "rest.address": "127.0.0.1"})
+                    extra={**batch_config(), **(flink_config or {}), "rest.port": str(rest_port), "rest.address": "127.0.0.1"})
     for stmt in job.ddl:
         env.execute_sql(stmt)
     stmts = env.create_statement_set()

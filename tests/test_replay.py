@@ -140,3 +140,28 @@ def test_timestamp_bounds_select_records_by_kafka_timestamp(stack, produced):
     vp = defs.plan.view(BIG)
     assert_tiles_equal(vp, _parquet_tiles(out, vp), [e for e in chosen if e["case"] == BIG], entity_prefix=BIG + "|")
     assert pq.read_metadata(next(iter((out / f"view={BIG}").rglob("*.parquet")))).num_rows > 0
+
+
+def test_one_statement_set_reads_kafka_once(stack, temp_repo):
+    """EXPLAIN of the replay job for the example repository: every tile query and the stats
+    queries of both views share one Kafka scan (source reuse), so history is read once."""
+    from headwater.config import load_repo
+    from replay.sql import batch_config, build_job
+    from streamjobs.compiler import KafkaBounds
+    from streamjobs.job import bindings, table_env
+    from streamjobs.repo import load_definitions
+    repo = load_repo(temp_repo)  # a copy: bindings() registers schemas in the repo's store
+    defs = load_definitions(repo)
+    sources, _, _ = bindings(repo, defs)
+    bounds = KafkaBounds(startup="earliest-offset", bounded="latest-offset")
+    job = build_job(list(defs.plan.views), sources, {v.topic: bounds for v in defs.plan.views},
+                    stack.bootstrap_servers, "explain", Path("/nonexistent/work"))
+    env = table_env(stack, mode="batch", extra=batch_config())
+    for stmt in job.ddl:
+        env.execute_sql(stmt)
+    stmts = env.create_statement_set()
+    for ins in job.inserts:
+        stmts.add_insert_sql(ins)
+    plan = stmts.explain().split("== Optimized Execution Plan ==")[1]
+    assert plan.count("TableSourceScan(") == 1 and "Reused(" in plan
+    assert len(job.inserts) == 2 * len(defs.plan.views)
