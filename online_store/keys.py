@@ -264,6 +264,8 @@ class TileCodec:
                 slots.append(_Slot(f, fmt, f.kind in ("min", "max")))
         self.slots = tuple(slots)
         self.var_fields = tuple(f for f in view.fields if f.kind in ("last", "distinct"))
+        self._slot_names = tuple((s.field.name, s.nullable) for s in slots)  # encode's hot loop
+        self._var_names = tuple((f.name, f.kind == "distinct") for f in self.var_fields)
         self._struct = struct.Struct("<qq" + "".join(s.fmt + ("B" if s.nullable else "") for s in slots))
         self.fixed_size = self._struct.size
         self._empty = self._struct.pack(0, 0, *(x for sl in slots for x in ((0, 1) if sl.nullable else (0,))))
@@ -278,17 +280,17 @@ class TileCodec:
     def encode(self, version: tuple[int, int], tile: Mapping[str, Any]) -> bytes:
         """Value bytes of a tile IR (as ``ir.from_row`` returns it) at ``version``."""
         args: list[Any] = [int(version[0]), int(version[1])]
-        for s in self.slots:
-            v = tile[s.field.name]
-            if s.nullable:
+        for name, nullable in self._slot_names:
+            v = tile[name]
+            if nullable:
                 args += [0 if v is None else v, 1 if v is None else 0]
             else:
                 args.append(v)
         out = self._struct.pack(*args)
         if self.var_fields:
-            var = [sorted(tile[f.name]) if f.kind == "distinct" else tile[f.name] for f in self.var_fields]
+            var = [sorted(tile[name]) if distinct else tile[name] for name, distinct in self._var_names]
             strings = [x for v in var if v is not None for x in (v if isinstance(v, list) else [v])]
-            if any(not x or _SEP.search(x) for x in strings):
+            if not all(strings) or _SEP.search("".join(strings)):  # one search: joined, same answer
                 out += b"\x02" + json.dumps(var, ensure_ascii=False, separators=(",", ":")).encode()
             else:
                 out += b"\x01" + "\x1e".join("" if v is None else v if isinstance(v, str) else "\x1f".join(v)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import cached_property
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, NamedTuple, Protocol
@@ -72,8 +73,8 @@ class IRField:
         if self.column_type not in COLUMN_TYPES:
             raise IRError(f"unknown column type {self.column_type!r} for {self.column}")
 
-    @property
-    def name(self) -> str:
+    @cached_property
+    def name(self) -> str:  # cached: the online writer asks for it per field per tile
         return f"{self.column}__{self.kind}"
 
     @property
