@@ -66,6 +66,8 @@ def follow(result, port: int, total: int, say: Callable[[str], None], every_s: f
         el = now - t0
         if read is None:
             say(f"  replay running: {el:,.0f}s elapsed, ~{total:,} records to read")
+        elif total and read >= total:
+            say(f"  replay: read all {read:,} records; aggregating and writing tiles, {el:,.0f}s")
         else:
             pct = f" ({100 * read / total:.0f}%)" if total else ""
             say(f"  replay: read {read:,} / ~{total:,} records{pct}, {read / el:,.0f} records/s, {el:,.0f}s")

@@ -18,7 +18,7 @@ from typing import Callable
 from backfill import layout
 from replay import progress as progress_mod
 from replay.bounds import TopicRange, parse_offsets, parse_time, resolve_range
-from replay.errors import ReplayError
+from replay.errors import RangeError, ReplayError
 from replay.sql import batch_config, build_job, staged_path, stats_path
 
 __all__ = ["ReplayStats", "ViewStats", "run_replay"]
@@ -130,6 +130,9 @@ def run_replay(repo, out, *, start=None, end=None, offsets=None, views=None, par
     finally:
         c.close()
     total = sum(r.total for r in ranges.values())
+    if total == 0:
+        raise RangeError(f"nothing to replay: the range holds no records of {', '.join(topics)} "
+                         f"(--from/--to are Kafka append times; check them, or --offsets, against the topic)")
     par = parallelism or max(len(r.partitions) for r in ranges.values())
     say(f"replay: {len(chosen)} view(s) from {', '.join(topics)}: ~{total:,} records "
         f"({'; '.join(f'{t}: ' + ' '.join(f'{p.partition}:{p.start}-{p.end}' for p in r.partitions) for t, r in ranges.items())})"
