@@ -34,7 +34,7 @@ from backfill.errors import BackfillError, SpineError
 from backfill.latest_rows import latest_values, register_source
 from backfill.pit_join import entity_codes, feature_arrow_type, load_tiles, view_values
 from backfill.spine import entity_ids, open_spine, timestamps_ms
-from streamjobs.plan import Feature, FeaturePlan, ViewPlan
+from streamjobs.plan import Feature, FeaturePlan
 
 __all__ = ["training_set", "iter_training_set", "write_training_set", "DEFAULT_CHUNK_ROWS"]
 

@@ -9,10 +9,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
@@ -20,7 +18,7 @@ from backfill import layout, training_set
 from backfill.errors import BackfillError, PlanMismatchError, SpineError
 from streamjobs import Aggregation, Entity, FeatureView, LatestValue, Source, ir
 from streamjobs.plan import build_plan
-from tests.oracle import MemoryTiler, feature_view_from_case, oracle_values, view_spec_from_case, view_spec_from_plan
+from tests.oracle import MemoryTiler, feature_view_from_case, oracle_values, view_spec_from_plan
 from tests.test_conformance_ir import CASES, assert_value
 
 H = 3_600_000
@@ -288,3 +286,28 @@ def test_cli_training_set(edge, tmp_path_factory, capsys):
     rc = main(["training-set", "--repo", str(EXAMPLE_REPO), "--spine", str(d / "spine.parquet"), "--features",
                "card_velocity:amount_sum_1h", "--out", str(d / "train.parquet"), "--tiles", str(d / "none")])
     assert rc == 2 and "no tiles of view 'card_velocity'" in capsys.readouterr().err
+
+
+def test_cli_writes_the_training_set(tmp_path, capsys):
+    import pyarrow.parquet as pq
+    from headwater.cli import main
+    from headwater.config import load_repo
+    from streamjobs.repo import load_definitions
+    from tests.conftest import EXAMPLE_REPO
+    vp = load_definitions(load_repo(EXAMPLE_REPO)).plan.view("card_velocity")
+    events = [{"card_id": "c1", "amount": a, "merchant_id": m, "country": "FR", "event_time": T0 + i * 60_000,
+               "event_time_ms": T0 + i * 60_000, "append_time_ms": T0 + i * 60_000, "partition": 0, "offset": i}
+              for i, (a, m) in enumerate([(10.0, "m1"), (5.5, "m2"), (1.0, "m1")])]
+    write_memory_tiles(tmp_path / "tiles", vp, events)
+    pd.DataFrame({"card_id": ["c1", "c2", "c1"], "when": ["2026-01-01T01:00:00+01:00", "2026-01-01T00:10:00Z",
+                                                           "2026-01-01T00:02:30"], "label": [1, 0, 1]}
+                 ).to_csv(tmp_path / "spine.csv", index=False)
+    rc = main(["training-set", "--repo", str(EXAMPLE_REPO), "--spine", str(tmp_path / "spine.csv"), "--features",
+               "card_velocity:amount_sum_1h,card_velocity:txn_count_10m,card_velocity:merchant_id_distinct_count_1h",
+               "--out", str(tmp_path / "out" / "train.parquet"), "--tiles", str(tmp_path / "tiles"),
+               "--timestamp-column", "when"])
+    assert rc == 0 and "wrote 3 rows" in capsys.readouterr().out
+    t = pq.read_table(tmp_path / "out" / "train.parquet").to_pylist()
+    assert [(r["card_velocity:amount_sum_1h"], r["card_velocity:txn_count_10m"],
+             r["card_velocity:merchant_id_distinct_count_1h"]) for r in t] == [(0.0, 0, None), (0.0, 0, None),
+                                                                             (16.5, 3, 2)]
