@@ -33,6 +33,7 @@ from scoring.models.forest import ZERO_BAND, Forest
 __all__ = ["ForestExecutor", "PERFECT_MAX_DEPTH", "expand_variants"]
 
 PERFECT_MAX_DEPTH = 8
+SMALL_BATCH = 4  # up to this many rows, the node layout (fewer calls per level) even when perfect is chosen
 CHUNK_ROWS = 128  # rows per step on CPU: (rows x trees) temporaries stay in L2 (bench/models.py --chunks)
 
 
@@ -187,6 +188,10 @@ class ForestExecutor:
             raise ModelError(f"tree model reads {self.forest.n_features} feature columns; the matrix has {X.shape[1]}")
         Xe = expand_variants(X[:, :self.forest.n_features], self.variants, xp, self.forest.tiny_is_zero)
         step = self._margin_perfect if self.strategy == "perfect" else self._margin_nodes
+        if self.strategy == "perfect" and Xe.shape[0] <= SMALL_BATCH:
+            if not hasattr(self, "n_feat"):
+                self._build_nodes()
+            step = self._margin_nodes  # fewer NumPy calls: bench, batch 1: nodes 11.3k rows/s, perfect 5.7k
         if self._gpu or Xe.shape[0] <= CHUNK_ROWS:
             out = step(Xe)
         else:
