@@ -48,6 +48,7 @@ rounded up to the hop): the store forgets an entity idle longer than its TTL any
 from __future__ import annotations
 
 import json
+from itertools import repeat
 import re
 import struct
 from dataclasses import dataclass
@@ -356,10 +357,9 @@ class TileCodec:
         size, nv = self.fixed_size, len(self.var_fields)
         if not values:
             return [[] for _ in range(nv)]
-        tails = [v[size:] for v in values]
-        if any(t[:1] != b"\x01" for t in tails):
+        if not all(map(bytes.startswith, values, repeat(b"\x01"), repeat(size))):  # C loop, no slices
             return None
-        flat = b"\x1e".join([t[1:] for t in tails]).split(b"\x1e")
+        flat = b"\x1e".join([v[size + 1:] for v in values]).split(b"\x1e")
         if len(flat) != nv * len(values):
             raise CorruptTileError(f"view {self.view.name!r}: a stored tile has a malformed var part; "
                                    "rebuild the store with `headwater online rebuild`")

@@ -26,7 +26,7 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from itertools import chain, compress
+from itertools import chain, compress, repeat
 from typing import Any, Literal
 
 import numpy as np
@@ -328,19 +328,13 @@ def _sparse(lay: _Layout, rows: list[Any], mode: str) -> _Sparse:
         present = np.frombuffer(bytes(map(bool, flat)), dtype=np.bool_)  # a tile value is never empty
         where = np.flatnonzero(present)
         return _Sparse(where // max(nf, 1), where % max(nf, 1), list(compress(flat, present)))
-    ent: list[int] = []
-    pos: list[int] = []
-    vals: list[bytes] = []
-    get = lay.pos.get
-    for e, r in enumerate(rows):
-        if isinstance(r, dict):  # RESP3 map
-            r = [x for kv in r.items() for x in kv]
-        for p, v in zip(map(get, r[0::2]), r[1::2]):
-            if p is not None:
-                ent.append(e)
-                pos.append(p)
-                vals.append(v)
-    return _Sparse(np.array(ent, dtype=np.intp), np.array(pos, dtype=np.intp), vals)
+    # HGETALL replies, flattened once: loops run in C (map, compress, numpy), not per field in Python
+    rows = [[x for kv in r.items() for x in kv] if isinstance(r, dict) else r for r in rows]  # RESP3 maps
+    flat = list(chain.from_iterable(rows))
+    pos_all = np.fromiter(map(lay.pos.get, flat[0::2], repeat(-1)), dtype=np.intp, count=len(flat) // 2)
+    ent_all = np.repeat(np.arange(len(rows), dtype=np.intp), [len(r) // 2 for r in rows])
+    keep = pos_all >= 0  # fields the layout does not name (other resolutions, "_n") are ignored
+    return _Sparse(ent_all[keep], pos_all[keep], list(compress(flat[1::2], keep.tolist())))
 
 
 def _merge_scalar(lay: _Layout, tiles: _Sparse, n: int, t: int) -> dict[str, Column]:
@@ -448,20 +442,23 @@ def _merge_var(codec: keys.TileCodec, fields: list[ir.IRField], var: list[Any], 
     tids = idx[ents, ks].tolist()
     bounds = np.searchsorted(ents, np.arange(n + 1)).tolist()
     out: dict[str, list[Any]] = {}
+    spans = list(zip(bounds[:-1], bounds[1:]))
     for f in fields:
         col = var[codec.var_fields.index(f)]
+        sel = [col[t] for t in tids]  # every entity's parts, in entity order: one gather, then slices
         res: list[Any] = []
-        for e in range(n):
-            parts = [col[t] for t in tids[bounds[e]:bounds[e + 1]]]
-            if f.kind == "last":
-                best = max(parts, default=b"")
+        if f.kind == "last":
+            for a, b in spans:
+                best = max(sel[a:b], default=b"")
                 res.append(best.decode() if best else None)
-            elif parts and isinstance(parts[0], bytes):
-                items = set(b"\x1f".join(parts).split(b"\x1f"))
+        elif sel and isinstance(sel[0], bytes):
+            sep, join = b"\x1f", b"\x1f".join
+            for a, b in spans:
+                items = set(join(sel[a:b]).split(sep))
                 items.discard(b"")  # empty tiles; "" itself is never an item in the 0x01 form
                 res.append(items)
-            else:
-                res.append({i for p in parts for i in p})
+        else:
+            res = [{i for p in sel[a:b] for i in p} for a, b in spans]
         out[f.name] = res
     return out
 
