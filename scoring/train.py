@@ -108,8 +108,18 @@ def _timestamps_ms(table: pa.Table, column: str) -> np.ndarray | None:
         return None
     col = table.column(column)
     if pa.types.is_timestamp(col.type):
-        col = col.cast(pa.timestamp("ms", tz=col.type.tz)).cast(pa.int64())
-    return col.cast(pa.int64()).to_numpy(zero_copy_only=False)
+        return col.cast(pa.timestamp("ms", tz=col.type.tz)).cast(pa.int64()).to_numpy(zero_copy_only=False)
+    if pa.types.is_integer(col.type):  # epoch milliseconds, as the spine convention
+        return col.cast(pa.int64()).to_numpy(zero_copy_only=False)
+    import pandas as pd
+    try:  # ISO strings (any zone) or dates: normalised to UTC
+        parsed = pd.to_datetime(col.to_pandas(), utc=True, format="ISO8601")
+    except (ValueError, TypeError) as exc:
+        raise TrainError(f"timestamp column {column!r} ({col.type}) cannot be read as times: store a timestamp, "
+                         f"epoch ms or ISO-8601 strings, or pass --timestamp-column") from exc
+    if parsed.isna().any():
+        raise TrainError(f"timestamp column {column!r} has nulls: every training row needs its time")
+    return (parsed.astype("int64") // 1_000_000).to_numpy()
 
 
 def _split(n: int, ts: np.ndarray | None, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -126,3 +126,21 @@ def test_models_commands(tmp_path, tset, capsys):
     assert "no version 9" in capsys.readouterr().err
     assert main(["models", "alias", "fraud", "challenger", "none", *common]) == 0
     assert main(["models", "show", "nope", *common]) == 2
+
+
+def test_iso_string_timestamps_and_bad_ones(tmp_path, tset, capsys):
+    """A CSV-born spine keeps ts as ISO strings (any zone): the split and data range read them in UTC."""
+    t = pq.read_table(tset)
+    ms = t.column("ts").cast(pa.int64()).to_numpy()
+    from datetime import datetime, timedelta, timezone
+    plus1 = timezone(timedelta(hours=1))
+    iso = [datetime.fromtimestamp(v / 1000, tz=plus1).isoformat() for v in ms]
+    pq.write_table(t.set_column(t.column_names.index("ts"), "ts", pa.array(iso)), tmp_path / "iso.parquet")
+    args = ["train", "--repo", str(EXAMPLE_REPO), "--model", "iso", "--kind", "logreg", "--features",
+            ",".join(FEATURES), "--models-dir", str(tmp_path / "models")]
+    assert main(args + ["--training-set", str(tmp_path / "iso.parquet")]) == 0
+    meta = Registry(tmp_path / "models").load("iso").meta
+    assert (meta.data_range["min_ms"], meta.data_range["max_ms"]) == (int(ms.min()), int(ms.max()))
+    pq.write_table(t.set_column(t.column_names.index("ts"), "ts", pa.array(["soon"] * len(t))), tmp_path / "bad.parquet")
+    assert main(args + ["--training-set", str(tmp_path / "bad.parquet")]) == 2
+    assert "cannot be read as times" in capsys.readouterr().err
