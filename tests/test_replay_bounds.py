@@ -96,3 +96,11 @@ def test_resolve_range_errors(topic, consumer, kw, words):
 def test_resolve_range_unknown_topic(consumer, unique):
     with pytest.raises(RangeError, match="does not exist"):
         resolve_range(consumer, f"no-such-topic-{unique}", timeout_s=5)
+
+
+def test_cli_bad_range_is_one_line_exit_2(capsys):
+    from headwater.cli import main
+    from tests.conftest import EXAMPLE_REPO
+    assert main(["replay", "--repo", str(EXAMPLE_REPO), "--out", "/nonexistent", "--offsets", "0:9-2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("headwater: error: --offsets 0:9-2 ends before it starts") and "\n" not in err
