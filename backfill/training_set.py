@@ -14,8 +14,9 @@ Latest-value features of a view whose source is given in ``sources`` are compute
 with a DuckDB ASOF JOIN (``latest_rows``) instead of tiles; both give the same values.
 
 Memory: the spine is processed in chunks of ``chunk_rows`` (Parquet spines are streamed by row
-batch; CSV is read whole); per chunk only that chunk's tiles are loaded (DuckDB prunes the rest),
-and merges run in blocks of bounded size. A spine sorted by time prunes best.
+batch; CSV is read whole); per chunk only that chunk's tiles are loaded (DuckDB prunes the rest by
+entity, resolution and time), at most about ``max_tiles`` at once (the chunk's entities are split
+into hash buckets), and merges run in blocks of bounded size.
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ from streamjobs.plan import Feature, FeaturePlan
 __all__ = ["training_set", "iter_training_set", "write_training_set", "DEFAULT_CHUNK_ROWS"]
 
 DEFAULT_CHUNK_ROWS = 1_000_000
+#: Tiles loaded at once per view: a chunk's entities are split into ceil(stored tiles / this) hash
+#: buckets, each loaded and merged alone (a random spine touches every entity, so time chunks alone
+#: would load every tile). ~60-100 bytes per tile in memory.
+DEFAULT_MAX_TILES = 8_000_000
 Progress = Callable[[int, int, float], None]
 
 
@@ -53,9 +58,11 @@ def _plan(repo: Any) -> FeaturePlan:
 
 def iter_training_set(repo: Any, spine: Any, features: str | Sequence[str], *, tiles: str | Path | None = None,
                       timestamp_column: str = "ts", sources: Mapping[str, Any] | None = None,
-                      chunk_rows: int = DEFAULT_CHUNK_ROWS, progress: Progress | None = None) -> Iterator[pa.Table]:
+                      chunk_rows: int = DEFAULT_CHUNK_ROWS, progress: Progress | None = None,
+                      max_tiles: int = DEFAULT_MAX_TILES) -> Iterator[pa.Table]:
     """:func:`training_set` chunk by chunk (Arrow tables in spine order), for bounded-memory writers."""
     import duckdb
+    import pyarrow.parquet as pq
 
     plan = _plan(repo)
     frefs = plan.features_by_ref(features)
@@ -72,6 +79,7 @@ def iter_training_set(repo: Any, spine: Any, features: str | Sequence[str], *, t
         raise SpineError(f"spine already has a column {clash[0]!r}; rename it (feature columns are named view:feature)")
     con = duckdb.connect()
     tiled: dict[str, tuple[str, list[Feature]]] = {}
+    buckets: dict[str, int] = {}
     raw: dict[str, tuple[str, list[Feature]]] = {}
     for v in views:
         from_rows = [f for f in by_view[v.name] if f.op == "latest" and v.source in sources]
@@ -84,6 +92,8 @@ def iter_training_set(repo: Any, spine: Any, features: str | Sequence[str], *, t
                                     f"pointing at a replay output" + (
                                         "" if from_tiles[0].op != "latest" else f", or sources={{{v.source!r}: ...}}"))
             tiled[v.name] = (layout.open_tiles(con, tiles, v), from_tiles)
+            stored = sum(pq.ParquetFile(p).metadata.num_rows for p in layout.tile_files(tiles, v.name))
+            buckets[v.name] = max(1, -(-stored // max(int(max_tiles), 1)))
     done, total, t0 = 0, src.num_rows, time.perf_counter()
     for chunk in src.chunks(max(int(chunk_rows), 1)):
         t = timestamps_ms(chunk.column(timestamp_column), timestamp_column)
@@ -92,8 +102,7 @@ def iter_training_set(repo: Any, spine: Any, features: str | Sequence[str], *, t
             ids = entity_ids(chunk.column(v.entity_key))
             if v.name in tiled:
                 rel, feats = tiled[v.name]
-                codes, dictionary = entity_codes(ids)
-                cols = view_values(v, feats, codes, t, load_tiles(con, rel, v, feats, dictionary, t))
+                cols = _tiled_values(con, rel, v, feats, ids, t, buckets[v.name])
                 for f in feats:
                     values[f"{v.name}:{f.name}"] = _arrow(f, *cols[f.name])
             if v.name in raw:
@@ -110,6 +119,28 @@ def iter_training_set(repo: Any, spine: Any, features: str | Sequence[str], *, t
     con.close()
 
 
+def _tiled_values(con: Any, rel: str, v: Any, feats: list[Feature], ids: pa.Array, t: np.ndarray,
+                  buckets: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``view_values`` per entity bucket (code % buckets), scattered back into row order."""
+    codes, dictionary = entity_codes(ids)
+    if buckets <= 1:
+        return view_values(v, feats, codes, t, load_tiles(con, rel, v, feats, dictionary, t))
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    bucket = np.where(codes >= 0, codes % buckets, 0)
+    for b in range(buckets):
+        rows = np.flatnonzero(bucket == b)
+        if not len(rows):
+            continue
+        sub_dict = dictionary.take(pa.array(np.arange(b, len(dictionary), buckets)))
+        sub_codes = np.where(codes[rows] >= 0, codes[rows] // buckets, -1)
+        part = view_values(v, feats, sub_codes, t[rows], load_tiles(con, rel, v, feats, sub_dict, t[rows]))
+        for name, (vals, null) in part.items():
+            if name not in out:
+                out[name] = (np.empty(len(t), vals.dtype), np.zeros(len(t), bool))
+            out[name][0][rows], out[name][1][rows] = vals, null
+    return out
+
+
 def _arrow(f: Feature, v: np.ndarray, null: np.ndarray) -> pa.Array:
     if v.dtype == object:
         return pa.array(v.tolist(), feature_arrow_type(f))
@@ -118,7 +149,8 @@ def _arrow(f: Feature, v: np.ndarray, null: np.ndarray) -> pa.Array:
 
 def training_set(repo: Any, spine: Any, features: str | Sequence[str], *, tiles: str | Path | None = None,
                  timestamp_column: str = "ts", sources: Mapping[str, Any] | None = None,
-                 chunk_rows: int = DEFAULT_CHUNK_ROWS, progress: Progress | None = None) -> pa.Table:
+                 chunk_rows: int = DEFAULT_CHUNK_ROWS, progress: Progress | None = None,
+                 max_tiles: int = DEFAULT_MAX_TILES) -> pa.Table:
     """Point-in-time feature values for every spine row (see the module doc).
 
     ``repo``: repository path, ``RepoConfig`` or a ``FeaturePlan``; ``spine``: Parquet/CSV path,
@@ -128,7 +160,7 @@ def training_set(repo: Any, spine: Any, features: str | Sequence[str], *, tiles:
     rows per source name for latest-value features (``backfill.latest_rows``).
     """
     parts = list(iter_training_set(repo, spine, features, tiles=tiles, timestamp_column=timestamp_column,
-                                   sources=sources, chunk_rows=chunk_rows, progress=progress))
+                                   sources=sources, chunk_rows=chunk_rows, progress=progress, max_tiles=max_tiles))
     if not parts:  # an empty spine: its columns plus the (empty) feature columns
         plan = _plan(repo)
         schema = open_spine(spine, [timestamp_column]).schema

@@ -123,6 +123,7 @@ def test_property_matches_oracle_and_tile_path(tmp_path_factory, raw, queries, t
     tiler = write_memory_tiles(out, vp, events)
     spine = pa.table({"card_id": [q[0] for q in queries], "ts": [q[1] for q in queries]})
     got = training_set(plan, spine, ["pv:*"], tiles=out, chunk_rows=5).to_pylist()
+    assert training_set(plan, spine, ["pv:*"], tiles=out, max_tiles=7).to_pylist() == got  # entity buckets
     raw_rows = pa.Table.from_pylist([{k: e[k] for k in ("card_id", "amount", "n", "country", "ts")}
                                      | {"hw_partition": e["partition"], "hw_offset": e["offset"],
                                         "hw_append_ms": e["append_time_ms"]} for e in events],
