@@ -69,6 +69,16 @@ def _read_stats(path: Path) -> dict:
             "partitions": {str(r["partition"]): {k: r[k] for k in r if k != "partition"} for r in rows}}
 
 
+def _quiet_hadoop() -> None:
+    """PyFlink's log4j config prints Hadoop's INFO lines (one per Parquet file) to the console."""
+    try:
+        from pyflink.java_gateway import get_gateway
+        log4j = get_gateway().jvm.org.apache.logging.log4j
+        log4j.core.config.Configurator.setLevel("org.apache.hadoop", log4j.Level.WARN)
+    except Exception:  # cosmetic only
+        pass
+
+
 def _root_cause(exc: BaseException) -> str:
     """The innermost Java cause of a Py4J error, one line."""
     causes = [ln.split("Caused by:", 1)[1].strip() for ln in str(exc).splitlines() if "Caused by:" in ln]
@@ -145,6 +155,7 @@ def run_replay(repo, out, *, start=None, end=None, offsets=None, views=None, par
     t0 = time.time()
     env = table_env(conn, mode="batch", parallelism=par,
                     extra={**batch_config(), **(flink_config or {}), "rest.port": str(rest_port), "rest.address": "127.0.0.1"})
+    _quiet_hadoop()
     for stmt in job.ddl:
         env.execute_sql(stmt)
     stmts = env.create_statement_set()
