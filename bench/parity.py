@@ -6,7 +6,7 @@ bench/replay.py; here only the check is timed), and feature logs of N fetches at
 values come from the same tiles, so every value must compare equal. Timed: ``backfill.parity.check``
 on an in-memory log (training-set recompute, late-event lookup, comparison).
 
-    python bench/parity.py [--sizes 1000,5000,20000]
+    python bench/parity.py [--sizes 2000,10000,40000]
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from tests.test_online_store import tile_records  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", default="1000,5000,20000", help="fetch-view pairs per log: comma-separated")
+    ap.add_argument("--sizes", default="2000,10000,40000", help="logged fetches (feature-log records) per run: comma-separated")
     args = ap.parse_args()
     conn = load_connection()
     d = Path(tempfile.mkdtemp(prefix="hw-bench-parity-"))
