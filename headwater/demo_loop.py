@@ -26,16 +26,15 @@ from headwater.generator import GeneratorConfig
 
 __all__ = ["train_score_parity"]
 
-#: numeric features the demo models use (last_country is a string: left to the GBDT of a user)
-MODEL_FEATURES = (
-    "card_velocity:txn_count_1m", "card_velocity:txn_count_10m", "card_velocity:txn_count_1h",
-    "card_velocity:amount_sum_1h", "card_velocity:amount_sum_24h", "card_velocity:amount_mean_1h",
-    "card_velocity:amount_mean_24h", "card_velocity:amount_max_1h", "card_velocity:amount_max_24h",
-    "card_velocity:amount_stddev_1h", "card_velocity:amount_stddev_24h",
-    "card_velocity:merchant_id_distinct_count_10m", "card_velocity:merchant_id_distinct_count_1h",
-    "merchant_activity:merchant_txn_count_10m", "merchant_activity:merchant_txn_count_1h",
-    "merchant_activity:merchant_amount_mean_1h", "merchant_activity:merchant_cards_1h",
-)
+def model_features(plan) -> tuple[str, ...]:
+    """Every numeric feature of the plan (the models take a float matrix; last_country is a string)."""
+    from streamjobs.ir import NUMERIC_TYPES
+    out = []
+    for fr in plan.features_by_ref([f"{v.name}:*" for v in plan.views]):
+        f = fr.feature
+        if f.op in ("count", "distinct_count", "sum", "mean", "stddev") or f.column_type in NUMERIC_TYPES:
+            out.append(fr.ref)
+    return tuple(out)
 
 
 def _step(msg: str) -> None:
@@ -62,9 +61,7 @@ def _spine(events: list[dict], labels: list[dict]) -> pa.Table:
 
 def _replay(repo_dir: Path, out: Path) -> Any:
     from replay import run_replay
-    stats = run_replay(repo_dir, out, progress=lambda m: print(f"  {m}", flush=True))
-    print("  " + stats.summary().replace("\n", "\n  "))
-    return stats
+    return run_replay(repo_dir, out, progress=lambda m: print(f"  {m}", flush=True))
 
 
 def train_score_parity(conn, repo, repo_dir: Path, events: list[dict], n_labels: int, work: Path,
@@ -72,6 +69,8 @@ def train_score_parity(conn, repo, repo_dir: Path, events: list[dict], n_labels:
     from backfill import parity_check, training_set
     from scoring.registry import Registry
     from scoring.train import TrainConfig, train
+    from streamjobs.repo import load_definitions
+    features = model_features(load_definitions(repo).plan)
 
     _step(f"7/11 replay the events topic through the same Flink SQL in batch mode -> {work / 'tiles'}")
     _replay(repo_dir, work / "tiles")
@@ -82,17 +81,17 @@ def train_score_parity(conn, repo, repo_dir: Path, events: list[dict], n_labels:
     if spine.num_rows == 0 or len(set(spine.column("is_fraud").to_pylist())) < 2:
         raise HeadwaterError("the generated run has too few labels of both classes to train: run the demo with more events")
     t0 = time.perf_counter()
-    table = training_set(repo, spine, list(MODEL_FEATURES), tiles=work / "tiles", timestamp_column="ts")
+    table = training_set(repo, spine, list(features), tiles=work / "tiles", timestamp_column="ts")
     path = work / "train.parquet"
     pq.write_table(table, path)
     print(f"  {table.num_rows:,} rows ({sum(spine.column('is_fraud').to_pylist()):,} fraud) x "
-          f"{len(MODEL_FEATURES)} features in {time.perf_counter() - t0:.1f}s -> {path}")
+          f"{len(features)} features in {time.perf_counter() - t0:.1f}s -> {path}")
 
     _step("9/11 train a champion (GBDT, XGBoost) and a challenger (logistic regression)")
     registry = Registry.for_repo(repo)
-    champ = train(repo, path, TrainConfig(model="fraud", kind="gbdt", features=MODEL_FEATURES, trees=100),
+    champ = train(repo, path, TrainConfig(model="fraud", kind="gbdt", features=features, trees=100),
                   registry=registry, log=lambda m: print(f"  {m}"))[0]
-    chall = train(repo, path, TrainConfig(model="fraud", kind="logreg", features=MODEL_FEATURES),
+    chall = train(repo, path, TrainConfig(model="fraud", kind="logreg", features=features),
                   registry=registry, log=lambda m: print(f"  {m}"))[0]
     registry.set_alias("fraud", "champion", int(champ.version))
     registry.set_alias("fraud", "challenger", int(chall.version))

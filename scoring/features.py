@@ -71,8 +71,11 @@ def assemble(result: FetchResult, spec: MatrixSpec, xp: types.ModuleType) -> tup
     empty = np.ones(n, bool)
     for j, (ref, nd) in enumerate(zip(spec.refs, spec.nodata)):
         v, null = result.numpy(ref)
-        if v.dtype == object:  # defensive: probe() already rejected non-numeric features
-            raise ScoreConfigError(f"feature {ref} is not numeric: drop it from the model")
+        if v.dtype == object:  # distinct counts come from the per-entity merge as Python ints
+            try:  # probe() checked the Arrow type is numeric; nulls are masked below
+                v = np.where(null, 0, v).astype(np.float64)
+            except (TypeError, ValueError) as exc:
+                raise ScoreConfigError(f"feature {ref} is not numeric: drop it from the model") from exc
         col = host[:, j]
         col[:] = v
         if null.any():

@@ -37,7 +37,8 @@ except ModuleNotFoundError:
 pytestmark = pytest.mark.integration
 
 REFS = ("card_velocity:txn_count_10m", "card_velocity:amount_sum_1h", "card_velocity:amount_mean_1h",
-        "card_velocity:amount_max_1d", "merchant_activity:merchant_txn_count_1h")
+        "card_velocity:amount_max_1d", "merchant_activity:merchant_txn_count_1h",
+        "card_velocity:merchant_id_distinct_count_10m")  # a distinct count arrives as Python ints
 ROOT = Path(__file__).resolve().parent.parent
 
 
