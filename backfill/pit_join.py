@@ -30,25 +30,14 @@ from backfill.errors import BackfillError
 from backfill.layout import tile_date
 from streamjobs import ir, windows
 from streamjobs.plan import Feature, ViewPlan, WindowGroup
+from online_store.reader import feature_arrow_type  # noqa: F401  (re-exported: one owner, the reader)
 
 __all__ = ["feature_arrow_type", "entity_codes", "load_tiles", "view_values", "BLOCK_CELLS"]
 
 #: Rows x tiles cells of one merge block (per field: 8 bytes each).
 BLOCK_CELLS = 1 << 21
 _NUMERIC_KINDS = ("cnt", "sum", "sumsq", "min", "max")
-_ARROW = {"int": pa.int64(), "long": pa.int64(), "timestamp": pa.int64(), "float": pa.float64(),
-          "double": pa.float64(), "string": pa.string(), "boolean": pa.bool_()}
-
 Column = tuple[np.ndarray, np.ndarray]  # (values, null mask); object dtype for strings
-
-
-def feature_arrow_type(f: Feature) -> pa.DataType:
-    """The output type of a feature, as ``FetchResult.values`` types it."""
-    if f.op in ("count", "distinct_count"):
-        return pa.int64()
-    if f.op in ("sum", "mean", "stddev"):
-        return pa.float64()
-    return _ARROW.get(f.column_type, pa.string())
 
 
 def _groups(view: ViewPlan, features: Sequence[Feature]) -> list[tuple[WindowGroup, tuple[Feature, ...]]]:

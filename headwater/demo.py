@@ -32,6 +32,15 @@ def _step(msg: str) -> None:
     print(f"\n== {msg}", flush=True)
 
 
+def stop(proc: subprocess.Popen, timeout_s: float = 60) -> None:
+    """SIGTERM (the job and the scorer finish their batch and close), SIGKILL if that hangs."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def _demo_repo(src: Path, run_id: str) -> Path:
     return clone_repo(src, stack_dir() / "demo" / run_id, run_id)
 
@@ -63,11 +72,7 @@ def run(repo_path: str | Path, events: int = 20_000, rate: float = 1_000.0, scor
               "training set, scored by a champion with a shadow, and online == offline by the parity check.")
         return 0
     finally:
-        job.terminate()
-        try:
-            job.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            job.kill()
+        stop(job)
         print(f"\nfeatures job stopped (log: {log_path}). Stop the stack with `headwater stack down`.")
 
 

@@ -67,6 +67,7 @@ def _replay(repo_dir: Path, out: Path) -> Any:
 def train_score_parity(conn, repo, repo_dir: Path, events: list[dict], n_labels: int, work: Path,
                        score_events: int, rate: float, log_dir: Path) -> None:
     from backfill import parity_check, training_set
+    from headwater.demo import stop
     from scoring.registry import Registry
     from scoring.train import TrainConfig, train
     from streamjobs.repo import load_definitions
@@ -107,11 +108,7 @@ def train_score_parity(conn, repo, repo_dir: Path, events: list[dict], n_labels:
     try:
         _score_live(repo_dir, scorer, score_log, len(events), score_events, rate)
     finally:
-        scorer.terminate()
-        try:
-            scorer.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            scorer.kill()
+        stop(scorer)
 
     _step("11/11 parity: the scorer's feature log against a fresh replay")
     time.sleep(3)  # let the last tiles of the live burst settle before the replay reads the range

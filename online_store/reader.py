@@ -38,7 +38,7 @@ from online_store.metrics import ReaderMetrics
 from streamjobs import ir, windows
 from streamjobs.plan import Feature, FeaturePlan, ViewPlan
 
-__all__ = ["fetch", "FetchResult"]
+__all__ = ["fetch", "FetchResult", "feature_arrow_type"]
 
 _REFS: OrderedDict[tuple[int, Any], tuple[FeaturePlan, tuple[Any, ...], dict[str, tuple[str, ...]]]] = OrderedDict()
 
@@ -63,7 +63,8 @@ _ARROW = {"int": pa.int64(), "long": pa.int64(), "timestamp": pa.int64(), "float
           "double": pa.float64(), "string": pa.string(), "boolean": pa.bool_()}
 
 
-def _arrow_type(f: Feature) -> pa.DataType:
+def feature_arrow_type(f: Feature) -> pa.DataType:
+    """A feature's output type, as fetch and training sets type it (the one place it is decided)."""
     if f.op in ("count", "distinct_count"):
         return pa.int64()
     if f.op in ("sum", "mean", "stddev"):
@@ -305,7 +306,7 @@ def fetch(redis: Any, project: str, plan: FeaturePlan, entities: Sequence[str] |
         for name, (v, null) in merge(lay, tiles, len(u), t).items():
             values[f"{lay.view.name}:{name}"] = (v[inv], null[inv]) if dup else (v, null)
         for g in lay.groups:
-            types.update((f"{lay.view.name}:{f.name}", _arrow_type(f)) for f in g.features)
+            types.update((f"{lay.view.name}:{f.name}", feature_arrow_type(f)) for f in g.features)
     if metrics is not None:
         metrics.latency.observe(time.perf_counter() - t0)
         metrics.entities.inc(len(ents))
