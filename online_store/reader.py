@@ -150,6 +150,13 @@ def _bulk(b: bytes) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(b), b)
 
 
+def _needed(fields: tuple[ir.IRField, ...], feats: tuple[Feature, ...]) -> tuple[ir.IRField, ...]:
+    """Only the IR fields the requested features finalize from: a count asked alone must not pay
+    for merging its window group's distinct sets (measured: fetch is half the scorer's time)."""
+    names = {fld.name for f in feats for fld in ir.fields_for(f.op, f.column, f.column_type)}
+    return tuple(fld for fld in fields if fld.name in names)
+
+
 def _layout(project: str, view: ViewPlan, names: tuple[str, ...], t: int) -> _Layout:
     ck = (project, view.name, view.plan_hash, names, windows.tile_start(t, view.tick_ms))
     lay = _LAYOUTS.get(ck)
@@ -167,7 +174,7 @@ def _layout(project: str, view: ViewPlan, names: tuple[str, ...], t: int) -> _La
     union = sorted({k for _, _, tiles in per_group for k in tiles})
     pos = {k: i for i, k in enumerate(union)}
     fields = tuple(keys.tile_field(r, s).encode() for r, s in union)
-    groups = tuple(_Group(feats, g.fields, tiles, np.array([pos[k] for k in tiles], dtype=np.intp))
+    groups = tuple(_Group(feats, _needed(g.fields, feats), tiles, np.array([pos[k] for k in tiles], dtype=np.intp))
                    for g, feats, tiles in per_group)
     member = np.zeros((len(groups), len(fields) + 1), dtype=bool)
     for i, g in enumerate(groups):

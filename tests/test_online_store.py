@@ -132,6 +132,9 @@ def test_conformance_vectors_through_redis(path: Path, engine: str, read: str, r
         got = fetch(rds, project, plan, [str(q[spec.entity_field])], at_ms=t, engine=engine, read=read).rows()[0]
         for name, expected in q["expected"].items():
             assert_value(name, ops[name], expected, got[f"{vp.name}:{name}"], where)
+            alone = fetch(rds, project, plan, [str(q[spec.entity_field])], refs=[f"{vp.name}:{name}"], at_ms=t,
+                          engine=engine, read=read).rows()[0]  # its layout merges only its own IR fields
+            assert_value(name, ops[name], expected, alone[f"{vp.name}:{name}"], f"{where} (alone)")
         everyone = fetch(rds, project, plan, entities + entities[:1], at_ms=t, engine=engine, read=read).rows()
         for row in everyone:
             exp = oracle_values(spec, case["events"], _orig(case, spec.entity_field, row["entity"]), t)
