@@ -75,3 +75,23 @@ def temp_repo(tmp_path: Path, unique: str) -> Path:
     """A copy of the example repository whose topic names carry a unique suffix."""
     from headwater.config import clone_repo
     return clone_repo(EXAMPLE_REPO, tmp_path / "repo", unique)
+
+
+@pytest.fixture(scope="session")
+def conformance_pipeline(stack, tmp_path_factory):
+    """Every conformance vector through one streaming Flink job (Kafka -> tiles topic), shared by the
+    tests that check its tiles, its fetches and training sets over it: (repo, defs, cases, offsets)."""
+    import json
+    from headwater.config import clone_repo
+    from tests.oracle import feature_view_from_case
+    from tests.pipeline import EVENT_TIME, event_schema, pipeline_view, produce_cases, run_job, setup
+    from tests.test_conformance_ir import CASES
+    suffix = uuid.uuid4().hex[:8]
+    repo = setup(stack, clone_repo(EXAMPLE_REPO, tmp_path_factory.mktemp("conf") / "repo", suffix))
+    schema = event_schema()
+    cases = [json.loads(p.read_text()) for p in CASES]
+    views = [pipeline_view(feature_view_from_case(c, event_time_field=EVENT_TIME), repo.topics.events.name, schema)
+             for c in cases]
+    offsets = produce_cases(stack, repo, schema, [(c["name"], c["view"]["entity"], c["events"]) for c in cases])
+    defs = run_job(stack, repo, views, group=f"conf-{suffix}")
+    return repo, defs, cases, offsets

@@ -7,37 +7,18 @@ for how record timestamps and offsets are injected).
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 
-from tests.oracle import feature_view_from_case
-from tests.pipeline import (EVENT_TIME, assert_tiles_equal, event_schema, pipeline_view, prefixed, produce_cases,
-                            read_tiles, run_job, setup)
+from tests.pipeline import assert_tiles_equal, prefixed, read_tiles
 from tests.test_conformance_ir import CASES, assert_value
 
 pytestmark = [pytest.mark.integration, pytest.mark.flink,
               pytest.mark.skipif(not CASES, reason="conformance vectors not found")]
 
 
-@pytest.fixture(scope="module")
-def conformance_run(stack, tmp_path_factory):
-    import uuid
-    from headwater.config import clone_repo
-    from tests.conftest import EXAMPLE_REPO
-    unique = uuid.uuid4().hex[:8]
-    dest = clone_repo(EXAMPLE_REPO, tmp_path_factory.mktemp("conf") / "repo", unique)
-    repo = setup(stack, dest)
-    schema = event_schema()
-    cases = [json.loads(p.read_text()) for p in CASES]
-    views = []
-    for case in cases:
-        fv = feature_view_from_case(case, event_time_field=EVENT_TIME)
-        views.append(pipeline_view(fv, repo.topics.events.name, schema))
-    offsets = produce_cases(stack, repo, schema, [(c["name"], c["view"]["entity"], c["events"]) for c in cases])
-    defs = run_job(stack, repo, views, group=f"conf-{unique}")
-    return repo, defs, cases, offsets
+@pytest.fixture
+def conformance_run(conformance_pipeline):
+    return conformance_pipeline  # one Flink run per session (tests/conftest.py)
 
 
 def test_flink_tiles_equal_ir_update_tiles(stack, conformance_run):
@@ -57,7 +38,7 @@ def test_fetch_after_quiesce_reproduces_every_vector(stack, conformance_run):
     from online_store import fetch, run_writer
     repo, defs, cases, _ = conformance_run
     client = redis_lib.Redis.from_url(stack.redis_url, decode_responses=False)
-    stats = run_writer(stack, repo, defs.plan, idle_exit_s=3.0, redis_client=client,
+    stats = run_writer(stack, repo, defs.plan, group_id=f"w-conf-{repo.project}", idle_exit_s=3.0, redis_client=client,
                        history_ms=400 * 86_400_000)  # the vectors are months old; keep it all
     assert stats.written > 0 and stats.undecodable == 0 and stats.rejected_plan == 0
     try:

@@ -4,7 +4,6 @@ Kafka, aggregated by the Flink SQL job into the tiles topic, written to Redis by
 
 from __future__ import annotations
 
-import json
 import math
 from collections import defaultdict
 
@@ -12,8 +11,7 @@ import pyarrow as pa
 import pytest
 
 from backfill import layout, training_set
-from tests.oracle import feature_view_from_case
-from tests.pipeline import EVENT_TIME, event_schema, pipeline_view, prefixed, produce_cases, read_tiles, run_job, setup
+from tests.pipeline import prefixed, read_tiles
 from tests.test_conformance_ir import CASES, assert_value
 from tests.test_training_set import same
 
@@ -37,19 +35,8 @@ def topic_tiles_to_layout(out, plan, records) -> int:
 
 
 @pytest.fixture(scope="module")
-def run(stack, tmp_path_factory):
-    import uuid
-    from headwater.config import clone_repo
-    from tests.conftest import EXAMPLE_REPO
-    unique = uuid.uuid4().hex[:8]
-    dest = clone_repo(EXAMPLE_REPO, tmp_path_factory.mktemp("tsp") / "repo", unique)
-    repo = setup(stack, dest)
-    schema = event_schema()
-    cases = [json.loads(p.read_text()) for p in CASES]
-    views = [pipeline_view(feature_view_from_case(c, event_time_field=EVENT_TIME), repo.topics.events.name, schema)
-             for c in cases]
-    produce_cases(stack, repo, schema, [(c["name"], c["view"]["entity"], c["events"]) for c in cases])
-    defs = run_job(stack, repo, views, group=f"tsp-{unique}")
+def run(conformance_pipeline):
+    repo, defs, cases, _ = conformance_pipeline  # the session's one Flink run (tests/conftest.py)
     return repo, defs, cases
 
 
@@ -60,7 +47,8 @@ def online(stack, run):
     from online_store import run_writer
     repo, defs, _ = run
     client = redis_lib.Redis.from_url(stack.redis_url, decode_responses=False)
-    stats = run_writer(stack, repo, defs.plan, idle_exit_s=3.0, redis_client=client, history_ms=400 * 86_400_000)
+    stats = run_writer(stack, repo, defs.plan, group_id=f"w-tsp-{repo.project}", idle_exit_s=3.0,
+                       redis_client=client, history_ms=400 * 86_400_000)  # own group: the session shares the topic
     assert stats.written > 0 and stats.undecodable == 0
     yield client
     for key in client.scan_iter(match=f"*{repo.project}*".encode()):
