@@ -82,6 +82,15 @@ def _oracle_late(events, vp, f, entity, t, as_of):
             and e["append_ms"] - e["event_time"] <= vp.allowed_lateness_ms}
 
 
+
+def stop_job(proc) -> None:
+    """SIGTERM the features job's process group (job + writer) and wait for it."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=60)
+
 def test_parity_end_to_end_then_rebuild(stack, temp_repo: Path, tmp_path: Path):
     from replay import run_replay
 
@@ -118,11 +127,7 @@ def test_parity_end_to_end_then_rebuild(stack, temp_repo: Path, tmp_path: Path):
                 logged += writer.write(feature_log.records(res, plan))
         writer.flush()
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=60)
+        stop_job(proc)
     t_stream = time.monotonic()
 
     tiles = tmp_path / "tiles"
@@ -187,11 +192,7 @@ def test_parity_now_on_a_live_stream(stack, temp_repo: Path, tmp_path: Path):
         assert out["events"] > 1000
         report = check_now(repo, sample=25, tiles=tmp_path / "tiles", conn=conn, say=lambda _m: None)
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=60)
+        stop_job(proc)
     print(report.table())
     assert report.n_fetches == 50 and report.ok, report.table()
     assert sum(f.exact for f in report.features) + len(report.late) == len(report.checks)
