@@ -52,7 +52,7 @@ def _field_type(f: ir.IRField) -> Any:
         t = _AVRO[f.column_type]
     elif f.kind == "last":
         t = "string"
-    else:  # distinct: Flink's ARRAY_AGG yields nullable elements
+    else:  # distinct: HW_DISTINCT yields an ARRAY<STRING> (nullable elements, as Flink types it)
         t = {"type": "array", "items": ["null", "string"]}
     return ["null", t]
 

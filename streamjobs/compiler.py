@@ -16,7 +16,7 @@ from streamjobs import ir, windows
 from streamjobs.avro_ddl import ddl_columns
 from streamjobs.plan import FeaturePlan, ViewPlan
 
-__all__ = ["SourceBinding", "KafkaBounds", "CompiledJob", "source_ddl", "events_view_sql",
+__all__ = ["SourceBinding", "KafkaBounds", "CompiledJob", "source_ddl", "function_ddl", "events_view_sql",
            "tile_selects", "tile_sink_ddl", "compile_job", "job_config", "q"]
 
 # metadata columns every source table gets (names chosen not to collide with user columns)
@@ -95,6 +95,12 @@ def source_ddl(src: SourceBinding, bootstrap: str, group_id: str, bounds: KafkaB
             **bounds.options(),
             "format": "headwater-avro", "headwater-avro.schema-id": str(src.schema_id)}
     return f"CREATE TEMPORARY TABLE {q(src.table)} (\n  " + ",\n  ".join(cols) + f"\n) WITH (\n  {_with(opts)}\n)"
+
+
+def function_ddl() -> str:
+    """Registers the IR's Java aggregate (``ir.DISTINCT_FUNCTION``) for this TableEnvironment; its
+    class ships in the ``headwater-avro`` format jar (``streamjobs/java``)."""
+    return f"CREATE TEMPORARY SYSTEM FUNCTION IF NOT EXISTS {ir.DISTINCT_FUNCTION} AS '{ir.DISTINCT_CLASS}' LANGUAGE JAVA"
 
 
 def _tile_col(r: int) -> str:
@@ -226,7 +232,7 @@ def compile_job(plan: FeaturePlan, sources: dict[str, SourceBinding], tiles_topi
                 bounds: KafkaBounds = KafkaBounds(), mode: Literal["streaming", "batch"] = "streaming",
                 checkpoint_dir: str | None = None) -> CompiledJob:
     """The whole features job. ``sources`` maps topic -> binding; ``value_schemas`` view -> (schema, id)."""
-    ddl: list[str] = []
+    ddl: list[str] = [function_ddl()]
     for src in sorted({s.topic: s for s in sources.values()}.values(), key=lambda s: s.topic):
         views = [v for v in plan.views if v.topic == src.topic]
         ddl += [source_ddl(src, bootstrap, group_id, bounds), events_view_sql(src, views)]

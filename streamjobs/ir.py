@@ -11,7 +11,13 @@ Field kinds (shared across ops on one column: count/mean/stddev share ``cnt``)::
     sumsq    DOUBLE         COALESCE(SUM(CAST(col AS DOUBLE)*...), 0)  empty 0.0
     min/max  column type    MIN(col) / MAX(col)                        empty None
     last     STRING         MAX(<composite key, see encode_last>)      empty None
-    distinct ARRAY<STRING>  ARRAY_AGG(DISTINCT CAST(col AS STRING))    empty frozenset() (Python)
+    distinct ARRAY<STRING>  HW_DISTINCT(CAST(col AS STRING))           empty frozenset() (Python)
+
+``HW_DISTINCT`` (``DISTINCT_FUNCTION``) is the set of distinct non-null values as a sorted array,
+NULL when empty: a Java aggregate in ``streamjobs/java`` (``DistinctSetAgg``), because Flink's
+``ARRAY_AGG(DISTINCT ...)`` measured 1.8x (streaming) to 2x (batch) slower for the same result.
+Engines without it (DuckDB in benchmarks) take ``field_sql(..., engine="ansi")``, the standard
+``ARRAY_AGG(DISTINCT ...) FILTER (WHERE col IS NOT NULL)``.
 
 NULL column values are ignored by every field (SQL semantics). ``m2`` (``<column>__m2``) is not
 a tile field: ``merge`` adds it to merged IRs for stddev (Chan et al. pairwise combination).
@@ -36,7 +42,7 @@ __all__ = [
     "IR", "COLUMN_TYPES", "NUMERIC_TYPES", "ORDERED_TYPES", "SCALAR_TYPES", "FIELD_KINDS",
     "LAST_TS_DIGITS", "LAST_PARTITION_DIGITS", "LAST_OFFSET_DIGITS", "LAST_KEY_LEN",
     "IRField", "Op", "OPS", "SqlInputs", "LastEntry", "FeatureLike",
-    "get_op", "fields_for", "ir_fields", "field_sql", "last_key_sql",
+    "get_op", "fields_for", "ir_fields", "field_sql", "last_key_sql", "DISTINCT_FUNCTION", "DISTINCT_CLASS",
     "value_to_str", "str_to_value", "encode_last", "decode_last",
     "empty_ir", "tile_from_events", "update", "merge", "merge_many", "finalize", "finalize_op",
     "to_row", "from_row", "vmerge", "vfinalize",
@@ -178,12 +184,18 @@ def last_key_sql(column_sql: str, column_type: str, inputs: SqlInputs = SqlInput
     )
 
 
+#: the distinct-set aggregate every Flink job registers (``streamjobs.compiler.function_ddl``)
+DISTINCT_FUNCTION = "HW_DISTINCT"
+DISTINCT_CLASS = "io.headwater.flink.DistinctSetAgg"
+
+
 def field_sql(field: IRField, column_sql: str | None = None, inputs: SqlInputs = SqlInputs(),
-              last_key_column: str | None = None) -> str:
+              last_key_column: str | None = None, engine: str = "flink") -> str:
     """The Flink SQL aggregate expression computing ``field`` over one tile's rows.
 
     ``last_key_column``: a column already holding :func:`last_key_sql` for this field (the
-    compiler computes it once per event instead of once per resolution)."""
+    compiler computes it once per event instead of once per resolution). ``engine="ansi"``: the
+    standard-SQL spelling of ``distinct`` for engines without :data:`DISTINCT_FUNCTION`."""
     c = column_sql or f"`{field.column}`"
     if field.kind == "last" and last_key_column is not None:
         return f"MAX({last_key_column})"
@@ -198,7 +210,9 @@ def field_sql(field: IRField, column_sql: str | None = None, inputs: SqlInputs =
         return f"{field.kind.upper()}({c})"
     if field.kind == "last":
         return f"MAX({last_key_sql(c, field.column_type, inputs)})"
-    # Flink's ARRAY_AGG respects NULLs by default; the FILTER keeps SQL's "NULL is ignored" rule.
+    if engine == "flink":
+        return f"{DISTINCT_FUNCTION}({_value_sql(c, field.column_type)})"  # ignores NULLs itself
+    # ARRAY_AGG keeps NULLs by default; the FILTER keeps SQL's "NULL is ignored" rule.
     return f"ARRAY_AGG(DISTINCT {_value_sql(c, field.column_type)}) FILTER (WHERE {c} IS NOT NULL)"
 
 

@@ -57,7 +57,8 @@ def test_field_sql_text_and_types():
     last = ir.field_sql(f["last"], inputs=ir.SqlInputs("et_ms", "p", "o"))
     assert last == ("MAX(LPAD(CAST(et_ms AS STRING), 13, '0') || LPAD(CAST(p AS STRING), 5, '0') || "
                     "LPAD(CAST(o AS STRING), 19, '0') || CAST(`amount` AS STRING))")
-    assert ir.field_sql(MERCH[0]) == (
+    assert ir.field_sql(MERCH[0]) == "HW_DISTINCT(CAST(`merchant_id` AS STRING))"
+    assert ir.field_sql(MERCH[0], engine="ansi") == (
         "ARRAY_AGG(DISTINCT CAST(`merchant_id` AS STRING)) FILTER (WHERE `merchant_id` IS NOT NULL)")
     assert "CAST(CAST(`x` AS DOUBLE) AS STRING)" in ir.field_sql(ir.IRField("x", "last", "float"))
     assert [x.sql_type for x in ALL_AMOUNT] == ["BIGINT", "DOUBLE", "DOUBLE", "DOUBLE", "DOUBLE", "STRING"]
