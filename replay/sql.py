@@ -56,6 +56,7 @@ def batch_config() -> dict[str, str]:
     resolution group and a sink; the default 64 MB of network memory runs out at a dozen views,
     and the default managed memory starves their hash aggregates."""
     return {
+        **compiler.job_config("batch"),
         "taskmanager.memory.network.min": "256 mb",
         "taskmanager.memory.network.max": "256 mb",
         # hash aggregates split the slot's managed memory; below ~1 MB each they refuse to start
