@@ -14,8 +14,10 @@ Field kinds (shared across ops on one column: count/mean/stddev share ``cnt``)::
     distinct ARRAY<STRING>  HW_DISTINCT(CAST(col AS STRING))           empty frozenset() (Python)
 
 ``HW_DISTINCT`` (``DISTINCT_FUNCTION``) is the set of distinct non-null values as a sorted array,
-NULL when empty: a Java aggregate in ``streamjobs/java`` (``DistinctSetAgg``), because Flink's
-``ARRAY_AGG(DISTINCT ...)`` measured 1.8x (streaming) to 2x (batch) slower for the same result.
+NULL when empty: a Java aggregate in ``streamjobs/java`` (``DistinctSetAgg``). Flink's
+``ARRAY_AGG(DISTINCT ...)`` gives the same sets, but with it the whole features job measured
+3.1-3.4k instead of 5.5k events/s streaming and 5.3-6.0k instead of 8.2k replaying
+(bench/flink_job.py, bench/replay.py, 2-core machine, 2026-11-22).
 Engines without it (DuckDB in benchmarks) take ``field_sql(..., engine="ansi")``, the standard
 ``ARRAY_AGG(DISTINCT ...) FILTER (WHERE col IS NOT NULL)``.
 
@@ -32,7 +34,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import cached_property
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 import numpy as np
 
@@ -190,7 +192,7 @@ DISTINCT_CLASS = "io.headwater.flink.DistinctSetAgg"
 
 
 def field_sql(field: IRField, column_sql: str | None = None, inputs: SqlInputs = SqlInputs(),
-              last_key_column: str | None = None, engine: str = "flink") -> str:
+              last_key_column: str | None = None, engine: Literal["flink", "ansi"] = "flink") -> str:
     """The Flink SQL aggregate expression computing ``field`` over one tile's rows.
 
     ``last_key_column``: a column already holding :func:`last_key_sql` for this field (the
