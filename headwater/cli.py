@@ -283,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc_.add_argument("--exactly-once", action="store_true", help="Kafka transactions (readers: read_committed)")
     sc_.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics here")
     sc_.add_argument("--max-batch", type=int, default=4096, help="most events per micro-batch")
-    sc_.add_argument("--max-wait-ms", type=int, default=20, help="longest wait for a micro-batch to fill")
+    sc_.add_argument("--max-wait-ms", type=int, default=20, help="longest an idle consumer blocks for the next event (a batch never waits to fill)")
     sc_.add_argument("--canary-percent", type=float, default=None,
                      help="share of entities (0-100) scored by the canary (default: the registry's setting)")
     sc_.add_argument("--canary", default=None, help="canary model spec (default: <model>@challenger)")

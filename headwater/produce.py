@@ -60,7 +60,8 @@ def to_kafka(repo_path, cfg: GeneratorConfig, pace: bool = True, quiet: bool = F
     except ColumnarUnsupported:
         columnar = None
     topic, labels_topic = repo.topics.events.name, repo.topics.labels.name
-    producer = Producer(producer_config(conn.bootstrap_servers))
+    # paced: events reach the broker about when they are due (scoring latency is measured from append)
+    producer = Producer({**producer_config(conn.bootstrap_servers), **({"linger.ms": 5} if pace else {})})
     failures: list[str] = []
 
     def on_delivery(err, _msg):
@@ -73,7 +74,7 @@ def to_kafka(repo_path, cfg: GeneratorConfig, pace: bool = True, quiet: bool = F
     wall0 = int(time.time() * 1000)
     last_report = t0
     shift_ms = wall0 - int(cfg.duration_s * 1000)
-    chunk_rows = max(1, int(cfg.rate * 0.05)) if pace else 65536  # pace in ~50 ms steps
+    chunk_rows = max(1, int(cfg.rate * 0.01)) if pace else 65536  # pace in ~10 ms steps
     for batch in generate(cfg):
         shifts = []  # new - generated event time, per event row, so labels keep their delay
         for lo in range(0, batch.events.num_rows, chunk_rows):

@@ -253,7 +253,7 @@ def _round_trip_pipeline(redis: Any, layouts: Sequence[_Layout], ents: Sequence[
 
 
 def _ids(values: Sequence[Any]) -> tuple[str, ...]:
-    return tuple(e if isinstance(e, str) else str(e) for e in values)  # Flink casts entity keys to STRING
+    return tuple(map(str, values))  # Flink casts entity keys to STRING; str(s) is s
 
 
 def fetch(redis: Any, project: str, plan: FeaturePlan, entities: Sequence[str] | Mapping[str, Sequence[str]],
@@ -290,8 +290,8 @@ def fetch(redis: Any, project: str, plan: FeaturePlan, entities: Sequence[str] |
     uniq: list[dict[str, int]] = []  # per view: distinct ids (a batch repeats hot entities) -> row
     inverse: list[np.ndarray] = []
     for ids in per_view:
-        index: dict[str, int] = {}
-        inverse.append(np.array([index.setdefault(e, len(index)) for e in ids], dtype=np.intp))
+        index = dict(zip(dict.fromkeys(ids), range(len(ids))))  # first-seen order; loops in C
+        inverse.append(np.fromiter(map(index.__getitem__, ids), dtype=np.intp, count=len(ids)))
         uniq.append(index)
     mode = read
     wire = [[e.encode() for e in u] for u in uniq]

