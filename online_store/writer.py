@@ -31,6 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
+from headwater.kafka_batch import take
 from online_store import keys
 from online_store.errors import StoreUnavailableError
 from online_store.metrics import WriterMetrics
@@ -341,7 +342,7 @@ def _loop(consumer: Any, topic: str, writer: TileWriter, decoder: _Decoder, sett
     as_of: dict[str, int | None] = {}
     once = _Once()
     while True:
-        msgs = consumer.consume(num_messages=5000, timeout=0.2)
+        msgs = take(consumer, 5000, 0.2)  # never waits to fill: a trickle of tiles is written at once
         tiles, progress, offsets = [], [], {}
         for m in msgs:
             err = m.error()

@@ -37,6 +37,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from headwater.kafka_batch import take
 from online_store.errors import StoreUnavailableError
 from scoring.errors import DeliveryError, ScoringError
 from scoring.metrics import ScoringMetrics, observe_many
@@ -230,16 +231,8 @@ class ScoreLoop:
         return self.stats
 
     def _next_batch(self, target: int, wait_s: float) -> list[Any]:
-        """What is prefetched, up to ``target``; if nothing, wait up to ``wait_s`` for one event and
-        take what came with it. A batch never waits to fill: measured at a quarter of the max rate,
-        waiting for a half-full target added the whole ``max_wait_ms`` to most events' latency."""
-        c = self.consumer
-        msgs = c.consume(target, 0)
-        if not msgs and wait_s > 0:
-            msgs = c.consume(1, wait_s)
-            if msgs and target > 1:
-                msgs += c.consume(target - 1, 0)
-        return [m for m in msgs if not self._kafka_error(m)]
+        """``kafka_batch.take`` without Kafka errors (logged, fatal ones raised)."""
+        return [m for m in take(self.consumer, target, wait_s) if not self._kafka_error(m)]
 
     def _kafka_error(self, msg: Any) -> bool:
         err = msg.error()
