@@ -8,6 +8,12 @@ event's broker append time comes from its delivery report. A prober fetches from
 20 ms (one `fetch_repo` round trip, which returns the published `as_of`); an event is visible
 at the first probe whose as_of covers its append time (as_of is only published once the tiles
 up to it are in Redis). Latency = visible wall time - append time. Prints a Markdown table.
+
+``--breakdown`` (a separate run: its decoding shares the cores and the GIL with the producer and
+the prober, so its latencies read high) adds two columns: a second consumer reads the tiles topic and
+notes, per progress record, its Kafka timestamp - the newest append time it vouches for (the
+Flink side: mini-batch + sink), and per tile record the same gap (tiles lag progress; the online
+writer's settle rule waits for them before it publishes as_of).
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ from schemas import ColumnarCodec  # noqa: E402
 from streamjobs.repo import load_definitions  # noqa: E402
 
 
-def one_rate(rate: float, seconds: float, warmup_s: float = 25.0) -> dict:
+def one_rate(rate: float, seconds: float, warmup_s: float = 25.0, breakdown: bool = False) -> dict:
     conn = load_connection()
     repo_dir = temp_repo(Path("examples/fraud"), f"fr{int(rate)}{os.getpid()}")
     repo = load_repo(repo_dir)
@@ -58,6 +64,25 @@ def one_rate(rate: float, seconds: float, warmup_s: float = 25.0) -> dict:
 
     probes: list[tuple[float, int]] = []
     stop = threading.Event()
+    lags: dict[str, list[int]] = {"progress": [], "tile": []}
+
+    def tiles_reader():
+        """Kafka timestamp - max_append_ms of every tile and progress record the job writes."""
+        from confluent_kafka import Consumer
+
+        from online_store.tiles import is_progress
+        from online_store.writer import _open
+        _, dec = _open(conn, repo, r)
+        c = Consumer({"bootstrap.servers": conn.bootstrap_servers, "group.id": f"fresh-{os.getpid()}-{rate:.0f}",
+                      "auto.offset.reset": "earliest", "enable.auto.commit": False})
+        c.subscribe([repo.topics.tiles.name])
+        while not stop.is_set():
+            for m in c.consume(1000, 0.1):
+                if m.error() is None and m.value() is not None:
+                    rec = dec.decode(m.value())
+                    lags["progress" if is_progress(rec) else "tile"].append(m.timestamp()[1] - rec["max_append_ms"])
+        c.close()
+
     r = redis_client(conn.redis_url)
 
     def prober():
@@ -74,6 +99,9 @@ def one_rate(rate: float, seconds: float, warmup_s: float = 25.0) -> dict:
         cfg = GeneratorConfig(rate=rate, entities=20_000, duration_s=seconds, seed=5, start_ms=int(time.time() * 1000))
         th = threading.Thread(target=prober, daemon=True)
         th.start()
+        tr = threading.Thread(target=tiles_reader, daemon=True)
+        if breakdown:
+            tr.start()
         t0 = time.perf_counter()
         chunk = max(1, int(rate * 0.02))
         for batch in generate(cfg):
@@ -95,6 +123,8 @@ def one_rate(rate: float, seconds: float, warmup_s: float = 25.0) -> dict:
             time.sleep(0.2)
         stop.set()
         th.join()
+        if breakdown:
+            tr.join(10)
     finally:
         os.killpg(job.pid, signal.SIGTERM)
         job.wait(timeout=60)
@@ -104,27 +134,34 @@ def one_rate(rate: float, seconds: float, warmup_s: float = 25.0) -> dict:
     idx = np.searchsorted(asof, ap)  # first probe whose as_of >= append
     seen = idx < len(pw)
     lat = (pw[idx[seen]] - ap[seen]) / 1000.0
+    def pct(x, q):
+        return float(np.percentile(x, q)) if len(x) else float("nan")
+
     return {"rate": rate, "achieved": achieved, "events": len(ap), "visible": int(seen.sum()),
-            "p50": float(np.percentile(lat, 50)) if len(lat) else float("nan"),
-            "p99": float(np.percentile(lat, 99)) if len(lat) else float("nan")}
+            "p50": pct(lat, 50), "p99": pct(lat, 99),
+            **{f"{k}_{q}": pct(np.array(v) / 1000.0, q) for k, v in lags.items() for q in (50, 99)}}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rates", default="1000,5000,10000")
     ap.add_argument("--seconds", type=float, default=30.0)
+    ap.add_argument("--breakdown", action="store_true", help="also time progress and tile records on the tiles topic")
     args = ap.parse_args()
     rows = []
     for rate in [float(x) for x in args.rates.split(",")]:
-        rows.append(one_rate(rate, args.seconds))
+        rows.append(one_rate(rate, args.seconds, breakdown=args.breakdown))
         print(rows[-1], file=sys.stderr)
     print(f"\nMachine: {platform.machine()}, {os.cpu_count()} cores; Kafka, Redis, Flink MiniCluster and the "
           f"producer on the same machine; {args.seconds:.0f} s per rate; date {date.today()}\n")
-    print("| offered events/s | achieved | events | visible within 120 s | p50 s | p99 s |")
-    print("|---:|---:|---:|---:|---:|---:|")
+    extra = " progress record lag p50 / p99 s | tile record lag p50 / p99 s |" if args.breakdown else ""
+    print("| offered events/s | achieved | events | visible within 120 s | p50 s | p99 s |" + extra)
+    print("|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if args.breakdown else ""))
     for r in rows:
+        cells = (f" {r['progress_50']:.2f} / {r['progress_99']:.2f} | {r['tile_50']:.2f} / {r['tile_99']:.2f} |"
+                 if args.breakdown else "")
         print(f"| {r['rate']:,.0f} | {r['achieved']:,.0f} | {r['events']:,} | {r['visible']:,} | "
-              f"{r['p50']:.2f} | {r['p99']:.2f} |")
+              f"{r['p50']:.2f} | {r['p99']:.2f} |" + cells)
 
 
 if __name__ == "__main__":
