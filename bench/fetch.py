@@ -1,6 +1,6 @@
 """Online fetch latency: 1, 100 and 1,000 entities x all views, from the real redis-server.
 
-    python bench/fetch.py [--rate 10] [--cards 20000] [--hours 25] [--engine vector]
+    python bench/fetch.py [--rate 10] [--cards 20000] [--hours 25] [--engine auto]
 
 Needs a running redis-server (`headwater stack up`). Builds a fraud-like plan (a card view and a
 merchant view, below; ``examples/fraud/features.py`` when it defines ``VIEWS``), generates
@@ -121,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--rate", type=float, default=10.0, help="events/s of event time")
     ap.add_argument("--cards", type=int, default=20_000)
     ap.add_argument("--hours", type=float, default=25.0)
-    ap.add_argument("--engine", default="vector", choices=["vector", "scalar"])
+    ap.add_argument("--engine", default="auto", choices=["auto", "vector", "scalar"])
     ap.add_argument("--read", default="hgetall", choices=["hgetall", "hmget"])
     ap.add_argument("--keep", action="store_true", help="leave the keys in Redis")
     ap.add_argument("--no-feast", action="store_true", help="skip the Feast side-by-side")

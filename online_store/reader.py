@@ -12,9 +12,12 @@ bench/fetch.py. Tiles the layout does not name are ignored, so both give the sam
 
 Values are merged as the DESIGN says: ``ir.merge_many`` (canonical ``(resolution, tile_start)``
 left fold) then ``ir.finalize``. ``engine="scalar"`` runs literally those functions per entity;
-the default ``engine="vector"`` runs the same fold over an entities x groups x tiles matrix (see
+``engine="vector"`` runs the same fold over an entities x groups x tiles matrix (see
 the VECTOR IR section: bit-identical to ``merge_many``/``finalize``, property-tested against them,
-and meant to move into ``streamjobs/ir.py``). Nulls are never NaN: ``FetchResult.values`` maps each
+and meant to move into ``streamjobs/ir.py``); the default ``engine="auto"`` takes the scalar path
+for a view whose replies hold at most ``_SCALAR_TILES`` tiles (a few light entities: numpy's
+per-call overhead dominates such tiny matrices) and the vector path otherwise; both give the
+same types (property-tested). Nulls are never NaN: ``FetchResult.values`` maps each
 ``"view:feature"`` to a typed ``pyarrow.Array`` (int64 counts, float64 sums/means, the column's
 type for min/max/last) with Arrow nulls; ``FetchResult.numpy`` gives ``(values, null_mask)``.
 """
@@ -258,7 +261,7 @@ def _ids(values: Sequence[Any]) -> tuple[str, ...]:
 
 def fetch(redis: Any, project: str, plan: FeaturePlan, entities: Sequence[str] | Mapping[str, Sequence[str]],
           refs: Sequence[str] | None = None, at_ms: int | None = None, *,
-          engine: Literal["vector", "scalar"] = "vector", read: Literal["hgetall", "hmget"] = "hgetall",
+          engine: Literal["auto", "vector", "scalar"] = "auto", read: Literal["hgetall", "hmget"] = "hgetall",
           metrics: ReaderMetrics | None = None) -> FetchResult:
     """Feature values at ``at_ms`` (None = now) for ``entities``; unknown entities get the no-data values.
 
@@ -308,7 +311,8 @@ def fetch(redis: Any, project: str, plan: FeaturePlan, entities: Sequence[str] |
         i += 1
         as_of[lay.view.name] = None if raw is None else int(raw)
         tiles = _sparse(lay, rows, mode)
-        merge = _merge_scalar if engine == "scalar" else _merge_vector
+        merge = _merge_vector if engine == "vector" or (engine == "auto" and len(tiles.vals) > _SCALAR_TILES) \
+            else _merge_scalar
         dup = len(u) != len(inv)
         for name, (v, null) in merge(lay, tiles, len(u), t).items():
             values[f"{lay.view.name}:{name}"] = (v[inv], null[inv]) if dup else (v, null)
@@ -357,7 +361,21 @@ def _merge_scalar(lay: _Layout, tiles: _Sparse, n: int, t: int) -> dict[str, Col
             out = ir.finalize(g.features, ir.merge_many(found, g.fields), t_ms=t)
             for f in g.features:
                 cols[f.name].append(out[f.name])
-    return {name: _objects(v) for name, v in cols.items()}
+    feats = {f.name: f for g in lay.groups for f in g.features}
+    return {name: _typed(feats[name], v) for name, v in cols.items()}
+
+
+_NUMPY = {pa.int64(): np.int64, pa.float64(): np.float64, pa.bool_(): np.bool_}
+
+
+def _typed(f: Feature, values: list[Any]) -> Column:
+    """The vector path's column types: numeric ops as int64/float64 arrays (0 under the null
+    mask), string-valued ops and distinct counts as objects."""
+    dt = None if f.op in ("last", "latest", "distinct_count") else _NUMPY.get(feature_arrow_type(f))
+    if dt is None:
+        return _objects(values)
+    null = np.array([v is None for v in values], dtype=bool)
+    return np.array([0 if v is None else v for v in values], dtype=dt), null
 
 
 def _objects(values: list[Any]) -> Column:
@@ -365,6 +383,10 @@ def _objects(values: list[Any]) -> Column:
     arr[:] = values
     return arr, np.array([v is None for v in values], dtype=bool)
 
+
+#: ``engine="auto"``: a view's replies with at most this many tiles are merged by the scalar
+#: path (numpy's per-call overhead dominates tiny matrices), more by the vector path.
+_SCALAR_TILES = 12
 
 #: Entities with at most this many tiles in a view are folded in a narrow matrix, the rest apart:
 #: matrices are (entities x groups x most tiles of one entity), so one hot entity must not widen all.

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from functools import cached_property
+from functools import cached_property, lru_cache
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Literal, NamedTuple, Protocol
@@ -386,6 +386,7 @@ def update(ir: IR, fields: Sequence[IRField], columns: Mapping[str, Any], event_
     return {k: v for k, v in merged.items() if _kind(k)[1] != _M2}
 
 
+@lru_cache(maxsize=4096)  # a handful of field names, parsed on every merge: the scalar fetch's top cost
 def _kind(key: str) -> tuple[str, str]:
     column, _, kind = key.rpartition("__")
     return column, kind

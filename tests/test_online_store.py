@@ -106,7 +106,8 @@ needs_vectors = pytest.mark.skipif(not CASES, reason=f"conformance vectors not f
 
 
 @needs_vectors
-@pytest.mark.parametrize("engine,read", [("vector", "hmget"), ("vector", "hgetall"), ("scalar", "hmget")])
+@pytest.mark.parametrize("engine,read", [("vector", "hmget"), ("vector", "hgetall"), ("scalar", "hmget"),
+                                         ("auto", "hgetall")])
 @pytest.mark.parametrize("path", CASES, ids=lambda p: p.stem)
 def test_conformance_vectors_through_redis(path: Path, engine: str, read: str, rds: Any, project: str) -> None:
     """Stream replayed in query-time order: before a query at t, every tile starting at or before t
@@ -373,4 +374,5 @@ def test_vector_engine_matches_ir(events: list[dict[str, Any]], dt: int, narrow:
     for name in ref:
         a, b = [_bits(x) for x in _py(vec[name])], [_bits(x) for x in _py(ref[name])]
         assert a == b, name
+        assert vec[name][0].dtype == ref[name][0].dtype, name  # engine="auto" mixes them per view
     assert vec.keys() == ref.keys()
