@@ -198,7 +198,7 @@ class ScoreLoop:
         pending: _Unsettled | None = None
         try:
             while not self._stop.is_set():
-                if max_events is not None and self.stats.events >= max_events:
+                if max_events is not None and self.stats.events + (len(pending.msgs) if pending else 0) >= max_events:
                     break
                 msgs = self._next_batch(batch.target, 0.0 if pending is not None else min(wait_s, 1.0))
                 if pending is not None and not msgs:  # nothing prefetched: settle now, then block
@@ -268,12 +268,6 @@ class ScoreLoop:
         parts = np.fromiter((msg.partition() for msg in msgs), np.int64, len(msgs))
         offs = np.fromiter((msg.offset() for msg in msgs), np.int64, len(msgs))
         offsets = self._next_offsets(s.events_topic, parts, offs)
-        st = self.stats
-        st.batches += 1
-        st.events += len(msgs)
-        st.predictions += len(out.predictions)
-        st.shadows += len(out.shadows)
-        st.dead_letters += len(out.rejects)
         batch = _Unsettled(msgs, out, offsets, t0, time.perf_counter() - t1)
         if not s.exactly_once:
             if defer:
@@ -298,6 +292,12 @@ class ScoreLoop:
     def _settled(self, b: _Unsettled, produce_s: float) -> None:
         """A batch's outputs are acknowledged: latency, lag and the batch callback."""
         m, msgs, out = self.metrics, b.msgs, b.out
+        st = self.stats  # counted once acknowledged: a rewound batch is not counted twice
+        st.batches += 1
+        st.events += len(msgs)
+        st.predictions += len(out.predictions)
+        st.shadows += len(out.shadows)
+        st.dead_letters += len(out.rejects)
         now = time.time()
         m.stage.labels("produce").observe(produce_s)
         m.events.inc(len(msgs))
