@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from online_store.tiles import PROGRESS_RESOLUTION
 from streamjobs import ir, windows
 from streamjobs.avro_ddl import ddl_columns
 from streamjobs.plan import FeaturePlan, ViewPlan
@@ -21,7 +22,6 @@ __all__ = ["SourceBinding", "KafkaBounds", "CompiledJob", "source_ddl", "functio
 
 # metadata columns every source table gets (names chosen not to collide with user columns)
 PARTITION, OFFSET, APPEND_TS, APPEND_MS = "hw_partition", "hw_offset", "hw_append_ts", "hw_append_ms"
-KEY_COLUMNS = ("view", "entity", "resolution_ms", "tile_start")
 
 
 def q(name: str) -> str:
@@ -139,68 +139,64 @@ def _ttl_hint(view: ViewPlan, resolution_ms: int, alias: str) -> str:
 
 
 def tile_selects(view: ViewPlan, src: SourceBinding) -> list[str]:
-    """One SELECT per resolution (tiles) plus one for progress; the mode-independent core."""
+    """One SELECT per resolution (tiles) plus one for progress; the mode-independent core.
+
+    Each groups by exactly the columns that vary per tile (entity, tile start; progress: the
+    partition): view and resolution are literals. The streaming sinks' primary keys are those
+    same columns (``tile_sink_ddl``), so the planner sends them inserts and UPDATE_AFTERs only,
+    and a batch sort compares the entity first."""
     inputs = ir.SqlInputs(event_time_ms=q(view.event_time_field), partition=q(PARTITION), offset=q(OFFSET))
     entity = f"CAST({q(view.entity_key)} AS STRING)"
     on_time = windows.on_time_sql(q(view.event_time_field), q(APPEND_MS), view.allowed_lateness_ms)
     out = []
     aggs = ",\n    ".join(
         f"{ir.field_sql(f, inputs=inputs, last_key_column=q(_last_col(f)))} AS {q(f.name)}" for f in view.fields)
-    key = f"{q(KEY_VIEW)} AS {q('view')}, {q(KEY_ENTITY)} AS {q('entity')}, " \
-          f"{q(KEY_RES)} AS {q('resolution_ms')}, {q(KEY_START)} AS {q('tile_start')}"
-    group = f"GROUP BY {q(KEY_VIEW)}, {q(KEY_ENTITY)}, {q(KEY_RES)}, {q(KEY_START)}"
+    name = f"CAST('{view.name}' AS STRING) AS {q('view')}"
     for r in view.ladder:
         out.append(
-            f"SELECT {_ttl_hint(view, r, 'e')}{key},\n"
+            f"SELECT {_ttl_hint(view, r, 'e')}{name}, {entity} AS {q('entity')}, "
+            f"CAST({r} AS BIGINT) AS {q('resolution_ms')}, {q(_tile_col(r))} AS {q('tile_start')},\n"
             f"    '{view.plan_hash}' AS {q('plan_hash')}, COUNT(*) AS {q('n_events')},\n"
             f"    MAX({q(APPEND_MS)}) AS {q('max_append_ms')},\n    {aggs}\n"
-            f"  FROM {_keyed(src, view, entity, str(r), q(_tile_col(r)))} AS e\n"
+            f"  FROM {q(src.events_view)} AS e\n"
             f"  WHERE {on_time} AND {q(view.entity_key)} IS NOT NULL\n"
-            f"  {group}")
+            f"  GROUP BY {entity}, {q(_tile_col(r))}")
     nulls = ",\n    ".join(f"CAST(NULL AS {f.sql_type}) AS {q(f.name)}" for f in view.fields)
     # COALESCE: Kafka's partition is never null, but NOT NULL like the tiles' start, so that the
-    # planner can union every query of the view into one sink (same row type)
-    progress = _keyed(src, view, "''", "0", f"COALESCE(CAST({q(PARTITION)} AS BIGINT), CAST(-1 AS BIGINT))")
+    # row types of every query of the view agree (replay unions them)
+    part = f"COALESCE(CAST({q(PARTITION)} AS BIGINT), CAST(-1 AS BIGINT))"
     out.append(
-        f"SELECT {key}, '{view.plan_hash}' AS {q('plan_hash')},\n"
-        f"    COUNT(*) AS {q('n_events')}, MAX({q(APPEND_MS)}) AS {q('max_append_ms')},\n    {nulls}\n"
-        f"  FROM {progress} AS e\n"
-        f"  {group}")
+        f"SELECT {name}, CAST('' AS STRING) AS {q('entity')}, CAST({PROGRESS_RESOLUTION} AS BIGINT) AS "
+        f"{q('resolution_ms')}, {part} AS {q('tile_start')},\n"
+        f"    '{view.plan_hash}' AS {q('plan_hash')}, COUNT(*) AS {q('n_events')}, "
+        f"MAX({q(APPEND_MS)}) AS {q('max_append_ms')},\n    {nulls}\n"
+        f"  FROM {q(src.events_view)} AS e\n"
+        f"  GROUP BY {part}")
     return out
 
 
-# the tile key's constant parts as grouping columns (see _keyed)
-KEY_VIEW, KEY_ENTITY, KEY_RES, KEY_START = "hw_key_view", "hw_key_entity", "hw_key_resolution_ms", "hw_key_tile_start"
+def tile_sink_table(view: ViewPlan, resolution_ms: int) -> str:
+    return f"tiles__{view.name}__{resolution_ms}"
 
 
-def _keyed(src: SourceBinding, view: ViewPlan, entity_sql: str, resolution_sql: str, start_sql: str) -> str:
-    """The events view joined (``CROSS JOIN UNNEST`` of a one-row array) with the tile key (view,
-    entity (progress rows: ''), resolution, tile start), so that these are grouping columns the
-    planner cannot fold into constants. Why: an upsert sink gets UPDATE_AFTER-only input only when
-    the aggregate's upsert key is exactly the sink's primary key (view, entity, resolution_ms,
-    tile_start); with literal view and resolution the key was (entity, tile_start), the planner kept
-    UPDATE_BEFORE, and upsert-kafka wrote it as a tombstone before every tile update (227k
-    tombstones for 336k tile values). A subquery, so that STATE_TTL hints still name one input."""
-    row = (f"ROW(CAST('{view.name}' AS STRING), CAST({entity_sql} AS STRING), CAST({resolution_sql} AS BIGINT), "
-           f"{start_sql})")
-    return (f"(SELECT * FROM {q(src.events_view)} CROSS JOIN UNNEST(ARRAY[{row}])\n"
-            f"    AS k({q(KEY_VIEW)}, {q(KEY_ENTITY)}, {q(KEY_RES)}, {q(KEY_START)}))")
-
-
-def tile_sink_table(view: ViewPlan) -> str:
-    return f"tiles__{view.name}"
-
-
-def tile_sink_ddl(view: ViewPlan, value_schema: dict, tiles_topic: str, bootstrap: str,
+def tile_sink_ddl(view: ViewPlan, resolution_ms: int, value_schema: dict, tiles_topic: str, bootstrap: str,
                   key_schema_id: int, value_schema_id: int) -> str:
-    """Upsert-Kafka: the key is (view, entity, resolution_ms, tile_start), the value the whole tile."""
+    """Upsert-Kafka, one table per query. The primary key is what the query groups by (entity,
+    tile_start; progress: tile_start), so no UPDATE_BEFORE reaches the sink (upsert-kafka would
+    write it as a tombstone before every tile update). The Kafka key is still the whole
+    ``TileKey(view, entity, resolution_ms, tile_start)``: the ``headwater-tile-key`` format
+    (``streamjobs/java``) adds the parts fixed per table."""
     cols = [f"{q(n)} {t}" for n, t in ddl_columns(value_schema)]
-    cols.append(f"PRIMARY KEY ({', '.join(q(k) for k in KEY_COLUMNS)}) NOT ENFORCED")
+    pk = ("tile_start",) if resolution_ms == PROGRESS_RESOLUTION else ("entity", "tile_start")
+    cols.append(f"PRIMARY KEY ({', '.join(q(k) for k in pk)}) NOT ENFORCED")
     opts = {"connector": "upsert-kafka", "topic": tiles_topic, "properties.bootstrap.servers": bootstrap,
-            "key.format": "headwater-avro", "key.headwater-avro.schema-id": str(key_schema_id),
+            "key.format": "headwater-tile-key", "key.headwater-tile-key.schema-id": str(key_schema_id),
+            "key.headwater-tile-key.view": view.name,
+            "key.headwater-tile-key.resolution-ms": str(resolution_ms),
+            **({"key.headwater-tile-key.entity": ""} if resolution_ms == PROGRESS_RESOLUTION else {}),
             "value.format": "headwater-avro", "value.headwater-avro.schema-id": str(value_schema_id),
             "value.fields-include": "ALL"}
-    return (f"CREATE TEMPORARY TABLE {q(tile_sink_table(view))} (\n  " + ",\n  ".join(cols)
+    return (f"CREATE TEMPORARY TABLE {q(tile_sink_table(view, resolution_ms))} (\n  " + ",\n  ".join(cols)
             + f"\n) WITH (\n  {_with(opts)}\n)")
 
 
@@ -246,7 +242,7 @@ def compile_job(plan: FeaturePlan, sources: dict[str, SourceBinding], tiles_topi
     inserts = []
     for view in plan.views:
         schema, sid = value_schemas[view.name]
-        ddl.append(tile_sink_ddl(view, schema, tiles_topic, bootstrap, key_schema_id, sid))
-        for select in tile_selects(view, sources[view.topic]):
-            inserts.append(f"INSERT INTO {q(tile_sink_table(view))}\n{select}")
+        for r, select in zip((*view.ladder, PROGRESS_RESOLUTION), tile_selects(view, sources[view.topic])):
+            ddl.append(tile_sink_ddl(view, r, schema, tiles_topic, bootstrap, key_schema_id, sid))
+            inserts.append(f"INSERT INTO {q(tile_sink_table(view, r))}\n{select}")
     return CompiledJob(tuple(ddl), tuple(inserts), job_config(mode, checkpoint_dir))

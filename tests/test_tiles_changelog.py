@@ -2,7 +2,7 @@
 
 An UPDATE_BEFORE reaching upsert-kafka becomes a tombstone before every tile update (it used to
 double the tiles topic); the planner drops UPDATE_BEFORE only when each query's upsert key is
-exactly the sink's primary key (compiler._keyed). Checked on the optimized plan of the example
+exactly the sink's primary key (compiler.tile_sink_ddl). Checked on the optimized plan of the example
 repository's whole job, every query included.
 """
 
