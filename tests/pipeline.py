@@ -104,7 +104,8 @@ def setup(stack: Connection, temp_repo: Path) -> RepoConfig:
 
 
 def read_tiles(conn, repo):
-    """Latest tile record per key from the tiles topic (decoded with the ids in their headers)."""
+    """Latest tile record per key from the tiles topic (decoded with the ids in their headers).
+    Every record's Kafka key must be the TileKey of its value (compaction keeps one per tile)."""
     from confluent_kafka import Consumer, TopicPartition
     from schemas import AvroCodec, open_store
     store = open_store(repo.resolve(repo.schema_store))
@@ -125,7 +126,11 @@ def read_tiles(conn, repo):
             sid = struct.unpack(">I", m.value()[1:5])[0]
             codec = codecs.setdefault(sid, AvroCodec(store.get_by_id(sid), sid, store))
             r = codec.decode(m.value())
-            latest[(r["view"], r["entity"], r["resolution_ms"], r["tile_start"])] = r
+            ksid = struct.unpack(">I", m.key()[1:5])[0]
+            key = codecs.setdefault(("key", ksid), AvroCodec(store.get_by_id(ksid), ksid, store)).decode(m.key())
+            k = (r["view"], r["entity"], r["resolution_ms"], r["tile_start"])
+            assert (key["view"], key["entity"], key["resolution_ms"], key["tile_start"]) == k, (key, k)
+            latest[k] = r
     c.close()
     return latest
 
