@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from online_store.tiles import PROGRESS_RESOLUTION
 from streamjobs import compiler, windows
 from streamjobs.compiler import APPEND_MS, OFFSET, PARTITION, SourceBinding, q
 from streamjobs.plan import ViewPlan
@@ -84,8 +85,8 @@ def _batch_select(select: str) -> str:
 
 
 def _tile_insert(view: ViewPlan, src: SourceBinding) -> str:
-    # the last SELECT is progress (resolution 0), which Parquet tiles do not carry
-    selects = [_batch_select(s) for s in compiler.tile_selects(view, src)[:-1]]
+    # progress records (resolution 0) are not tiles: Parquet does not carry them
+    selects = [_batch_select(s) for r, s in compiler.tile_selects(view, src) if r != PROGRESS_RESOLUTION]
     names = [n for n, _ in TILE_COLUMNS] + [f.name for f in view.fields] + ["resolution_ms"]
     cols = ", ".join(q(n) for n in names)
     day = f"DATE_FORMAT(TO_TIMESTAMP_LTZ({q('tile_start')}, 3), 'yyyy-MM-dd')"  # session zone is UTC

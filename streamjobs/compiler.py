@@ -138,8 +138,9 @@ def _ttl_hint(view: ViewPlan, resolution_ms: int, alias: str) -> str:
     return f"/*+ STATE_TTL('{alias}' = '{ttl_ms} ms') */ "
 
 
-def tile_selects(view: ViewPlan, src: SourceBinding) -> list[str]:
-    """One SELECT per resolution (tiles) plus one for progress; the mode-independent core.
+def tile_selects(view: ViewPlan, src: SourceBinding) -> list[tuple[int, str]]:
+    """``(resolution_ms, SELECT)``: one per ladder resolution (tiles), then progress
+    (``PROGRESS_RESOLUTION``); the mode-independent core.
 
     Each groups by exactly the columns that vary per tile (entity, tile start; progress: the
     partition): view and resolution are literals. The streaming sinks' primary keys are those
@@ -153,25 +154,25 @@ def tile_selects(view: ViewPlan, src: SourceBinding) -> list[str]:
         f"{ir.field_sql(f, inputs=inputs, last_key_column=q(_last_col(f)))} AS {q(f.name)}" for f in view.fields)
     name = f"CAST('{view.name}' AS STRING) AS {q('view')}"
     for r in view.ladder:
-        out.append(
+        out.append((r,
             f"SELECT {_ttl_hint(view, r, 'e')}{name}, {entity} AS {q('entity')}, "
             f"CAST({r} AS BIGINT) AS {q('resolution_ms')}, {q(_tile_col(r))} AS {q('tile_start')},\n"
             f"    '{view.plan_hash}' AS {q('plan_hash')}, COUNT(*) AS {q('n_events')},\n"
             f"    MAX({q(APPEND_MS)}) AS {q('max_append_ms')},\n    {aggs}\n"
             f"  FROM {q(src.events_view)} AS e\n"
             f"  WHERE {on_time} AND {q(view.entity_key)} IS NOT NULL\n"
-            f"  GROUP BY {entity}, {q(_tile_col(r))}")
+            f"  GROUP BY {entity}, {q(_tile_col(r))}"))
     nulls = ",\n    ".join(f"CAST(NULL AS {f.sql_type}) AS {q(f.name)}" for f in view.fields)
     # COALESCE: Kafka's partition is never null, but NOT NULL like the tiles' start, so that the
     # row types of every query of the view agree (replay unions them)
     part = f"COALESCE(CAST({q(PARTITION)} AS BIGINT), CAST(-1 AS BIGINT))"
-    out.append(
+    out.append((PROGRESS_RESOLUTION,
         f"SELECT {name}, CAST('' AS STRING) AS {q('entity')}, CAST({PROGRESS_RESOLUTION} AS BIGINT) AS "
         f"{q('resolution_ms')}, {part} AS {q('tile_start')},\n"
         f"    '{view.plan_hash}' AS {q('plan_hash')}, COUNT(*) AS {q('n_events')}, "
         f"MAX({q(APPEND_MS)}) AS {q('max_append_ms')},\n    {nulls}\n"
         f"  FROM {q(src.events_view)} AS e\n"
-        f"  GROUP BY {part}")
+        f"  GROUP BY {part}"))
     return out
 
 
@@ -242,7 +243,7 @@ def compile_job(plan: FeaturePlan, sources: dict[str, SourceBinding], tiles_topi
     inserts = []
     for view in plan.views:
         schema, sid = value_schemas[view.name]
-        for r, select in zip((*view.ladder, PROGRESS_RESOLUTION), tile_selects(view, sources[view.topic])):
+        for r, select in tile_selects(view, sources[view.topic]):
             ddl.append(tile_sink_ddl(view, r, schema, tiles_topic, bootstrap, key_schema_id, sid))
             inserts.append(f"INSERT INTO {q(tile_sink_table(view, r))}\n{select}")
     return CompiledJob(tuple(ddl), tuple(inserts), job_config(mode, checkpoint_dir))
