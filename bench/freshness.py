@@ -99,8 +99,8 @@ def one_rate(rate: float, seconds: float, warmup_s: float = 25.0, breakdown: boo
         cfg = GeneratorConfig(rate=rate, entities=20_000, duration_s=seconds, seed=5, start_ms=int(time.time() * 1000))
         th = threading.Thread(target=prober, daemon=True)
         th.start()
-        tr = threading.Thread(target=tiles_reader, daemon=True)
-        if breakdown:
+        tr = threading.Thread(target=tiles_reader, daemon=True) if breakdown else None
+        if tr is not None:
             tr.start()
         t0 = time.perf_counter()
         chunk = max(1, int(rate * 0.02))
@@ -123,7 +123,7 @@ def one_rate(rate: float, seconds: float, warmup_s: float = 25.0, breakdown: boo
             time.sleep(0.2)
         stop.set()
         th.join()
-        if breakdown:
+        if tr is not None:
             tr.join(10)
     finally:
         os.killpg(job.pid, signal.SIGTERM)
