@@ -115,7 +115,6 @@ class Scorer:
             return out
         ids = {k: _strings(dec.table.column(k)) for k in self.key_fields}
         event_ids = _strings(dec.table.column(self.decoder.event_id_field))
-        entities = ids[self.primary_key]
         t_ms = int(self.clock() * 1000)
         res = fetch(self.redis, self.project, self.plan,
                     {ent: ids[key] for ent, key in self.spec.entities}, self.spec.refs, at_ms=t_ms)
@@ -144,21 +143,25 @@ class Scorer:
         as_of = res.min_as_of_ms
         out.latency_ms = {"decode": (t1 - t0) * 1e3, "fetch": (t2 - t1) * 1e3, "score": (t3 - t2) * 1e3,
                           "shadow": (t4 - t3) * 1e3}
-        keys = [e.encode() for e in event_ids]
-        decision = None if thresholds is None else np.where(np.isnan(thresholds), None, served >= thresholds)
+        keys = list(map(str.encode, event_ids))
+        # string columns converted to Arrow once and shared by both encoders (not per encoder from lists)
+        ev_col = dec.table.column(self.decoder.event_id_field)
+        ent_col = dec.table.column(self.primary_key).cast(pa.string())
+        name_col, ver_col = pa.array(names, pa.string()), pa.array(versions, pa.string())
+        decision = pa.nulls(n, pa.bool_()) if thresholds is None else pa.array(
+            served >= thresholds, mask=np.isnan(thresholds))
         values_ = self.pred_enc.encode({
-            "event_id": event_ids, "entity": entities, "score": served,
-            "decision": pa.nulls(n, pa.bool_()) if decision is None else decision.tolist(),
-            "model_name": names, "model_version": versions,
+            "event_id": ev_col, "entity": ent_col, "score": served, "decision": decision,
+            "model_name": name_col, "model_version": ver_col,
             "features_as_of_ms": np.full(n, 0 if as_of is None else as_of, np.int64),
             "no_features": empty}, {"latency": out.latency_ms, "produced_ms": int(time.time() * 1000)})
         hdrs = self._headers(names, versions)
         out.predictions = list(zip(keys, values_, hdrs))
         for sh, s, ms in shadow_scores:
             enc = self.shadow_enc.encode({
-                "event_id": event_ids, "entity": entities, "model_name": [sh.meta.name] * n,
-                "model_version": [str(sh.meta.version)] * n, "score": s, "production_model": names,
-                "production_version": versions, "production_score": served, "latency_ms": np.full(n, ms)})
+                "event_id": ev_col, "entity": ent_col, "model_name": pa.repeat(sh.meta.name, n),
+                "model_version": pa.repeat(str(sh.meta.version), n), "score": s, "production_model": name_col,
+                "production_version": ver_col, "production_score": served, "latency_ms": np.full(n, ms)})
             out.shadows += zip(keys, enc, [None] * n)
             observe_many(m.shadow_diff.labels(sh.meta.name), np.abs(s - served))
         if self.feature_log_rate > 0:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from confluent_kafka import KafkaError, Message
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram
@@ -130,6 +131,8 @@ def test_settings_validation_and_transactional_conf() -> None:
 class _Queue:
     """A consumer's prefetch queue: ``consume(n, timeout)`` pops up to n; records each call."""
 
+    # real confluent_kafka.Message objects (the loop reads them through the C accessors)
+
     def __init__(self, arrivals: list[int]) -> None:
         self.ready: list[int] = []
         self.arrivals = list(arrivals)  # one event arrives per blocking wait
@@ -140,7 +143,7 @@ class _Queue:
         if not self.ready and timeout > 0 and self.arrivals:
             self.ready.append(self.arrivals.pop(0))
         got, self.ready = self.ready[:n], self.ready[n:]
-        return [type("M", (), {"error": lambda self: None, "v": v})() for v in got]
+        return [Message(value=b"%d" % v, topic="e", partition=0, offset=v) for v in got]
 
 
 def test_next_batch_takes_what_is_prefetched_and_never_waits_to_fill() -> None:
@@ -149,12 +152,28 @@ def test_next_batch_takes_what_is_prefetched_and_never_waits_to_fill() -> None:
     loop = ScoreLoop.__new__(ScoreLoop)
     q = loop.consumer = _Queue([99])
     q.ready = [1, 2, 3]
-    assert [m.v for m in loop._next_batch(64, 0.02)] == [1, 2, 3]  # prefetched: no wait
+    assert [m.offset() for m in loop._next_batch(64, 0.02)] == [1, 2, 3]  # prefetched: no wait
     assert q.calls == [(64, 0)]
     q.calls.clear()
-    assert [m.v for m in loop._next_batch(64, 0.02)] == [99]  # empty: wait for one, then drain
+    assert [m.offset() for m in loop._next_batch(64, 0.02)] == [99]  # empty: wait for one, then drain
     assert q.calls == [(64, 0), (1, 0.02), (63, 0)]
     q.calls.clear()
     assert loop._next_batch(64, 0.0) == [] and q.calls == [(64, 0)]  # unsettled outputs: never block
     q.ready = list(range(10))
     assert len(loop._next_batch(4, 0.02)) == 4 and len(q.ready) == 6  # the target caps a batch
+
+
+def test_next_batch_drops_kafka_errors_and_raises_on_fatal_ones() -> None:
+    from scoring.consumer import ScoreLoop
+    from scoring.errors import ScoringError
+
+    loop = ScoreLoop.__new__(ScoreLoop)
+    good = [Message(value=b"a", topic="e", partition=0, offset=1), Message(value=b"b", topic="e", partition=0, offset=2)]
+    transient = Message(error=KafkaError(KafkaError._TRANSPORT), topic="e")
+    loop.consumer = type("C", (), {"consume": lambda self, n, t: [good[0], transient, good[1]]})()
+    assert [m.offset() for m in loop._next_batch(8, 0.0)] == [1, 2]
+    fatal = Message(error=KafkaError(KafkaError._FENCED, fatal=True), topic="e")
+    loop.consumer = type("C", (), {"consume": lambda self, n, t: [fatal]})()
+    loop.s = type("S", (), {"instance_id": "0"})()
+    with pytest.raises(ScoringError, match="instance-id"):
+        loop._next_batch(8, 0.0)

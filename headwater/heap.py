@@ -1,0 +1,21 @@
+"""Keep the cyclic garbage collector off a hot loop's long-lived heap.
+
+A full (oldest-generation) collection walks every tracked object in the process: modules, the
+compiled plan, models, caches. Measured in the scoring consumer at saturation (bench/score.py
+setup, 200k events): 6 full collections of ~65 ms each, 0.38 s in all, ~8 % of the run and a
+65 ms stall in whichever batch they hit. What is alive when the loop starts lives as long as the
+process anyway; ``gc.freeze`` moves it to the permanent generation, so later collections walk only
+what the loop itself made (the same 6 then took 9 ms in all).
+"""
+
+from __future__ import annotations
+
+import gc
+
+__all__ = ["freeze_startup_heap"]
+
+
+def freeze_startup_heap() -> None:
+    """Collect once, then exempt every surviving object from future collections."""
+    gc.collect()
+    gc.freeze()
