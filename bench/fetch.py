@@ -35,6 +35,7 @@ import redis  # noqa: E402
 
 from headwater.config import load_connection  # noqa: E402
 from headwater.generator import GeneratorConfig, generate_table  # noqa: E402
+from headwater.heap import freeze_startup_heap  # noqa: E402
 from online_store import TileWriter, fetch, keys  # noqa: E402
 from streamjobs import Aggregation, Entity, FeatureView, LatestValue, Source, build_plan, ir, windows  # noqa: E402
 from streamjobs.plan import FeaturePlan, ViewPlan  # noqa: E402
@@ -152,6 +153,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ucards, umerchants = np.unique(cards), np.unique(merchants)
     t_ms = end + 500
     rows = []
+    freeze_startup_heap()  # as a serving process would after loading (the scorer does): see headwater/heap.py
     fields_per_entity = sum(len(reader_fields(vp, t_ms)) for vp in plan.views)
     for sampling in ("traffic", "uniform"):
         for n, iters in ((1, 2000), (100, 200), (1000, 40)):
