@@ -5,7 +5,9 @@ compiled plan, models, caches. Measured in the scoring consumer at saturation (b
 setup, 200k events): 6 full collections of ~65 ms each, 0.38 s in all, ~8 % of the run and a
 65 ms stall in whichever batch they hit. What is alive when the loop starts lives as long as the
 process anyway; ``gc.freeze`` moves it to the permanent generation, so later collections walk only
-what the loop itself made (the same 6 then took 9 ms in all).
+what the loop itself made (the same 6 then took 9 ms in all). The online writer's loop does the
+same: in ``features run`` it shares the process with PyFlink's ~156k objects, and a 5k events/s
+freshness run spent 3.2 s in 18 full collections (up to 0.49 s each, GIL held) before, 0.7 s after.
 """
 
 from __future__ import annotations
