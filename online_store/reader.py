@@ -144,6 +144,7 @@ class _Layout:
     packed: bytes  # RESP bulk strings of ``fields``
     groups: tuple[_Group, ...]
     member: np.ndarray  # (groups, fields + 1) bool: the group reads that field (last column: padding)
+    types: Mapping[str, pa.DataType]  # "view:feature" -> output type, for every requested feature
 
 
 _LAYOUTS: OrderedDict[tuple[Any, ...], _Layout] = OrderedDict()
@@ -182,8 +183,9 @@ def _layout(project: str, view: ViewPlan, names: tuple[str, ...], t: int) -> _La
     member = np.zeros((len(groups), len(fields) + 1), dtype=bool)
     for i, g in enumerate(groups):
         member[i, g.cols] = True
+    types = {f"{view.name}:{f.name}": feature_arrow_type(f) for g in groups for f in g.features}
     lay = _Layout(view, keys.codec_for(view), keys.entity_key_prefix(project, view).encode(), fields,
-                  dict(zip(fields, range(len(fields)))), b"".join(_bulk(f) for f in fields), groups, member)
+                  dict(zip(fields, range(len(fields)))), b"".join(_bulk(f) for f in fields), groups, member, types)
     _LAYOUTS[ck] = lay
     if len(_LAYOUTS) > 256:
         _LAYOUTS.popitem(last=False)
@@ -316,8 +318,7 @@ def fetch(redis: Any, project: str, plan: FeaturePlan, entities: Sequence[str] |
         dup = len(u) != len(inv)
         for name, (v, null) in merge(lay, tiles, len(u), t).items():
             values[f"{lay.view.name}:{name}"] = (v[inv], null[inv]) if dup else (v, null)
-        for g in lay.groups:
-            types.update((f"{lay.view.name}:{f.name}", feature_arrow_type(f)) for f in g.features)
+        types.update(lay.types)
     if metrics is not None:
         metrics.latency.observe(time.perf_counter() - t0)
         metrics.entities.inc(len(ents))

@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
-from headwater.heap import freeze_startup_heap
+from headwater.heap import frozen_heap
 from headwater.kafka_batch import take
 from online_store import keys
 from online_store.errors import StoreUnavailableError
@@ -335,6 +335,12 @@ def _source_partitions(consumer: Any, plan: FeaturePlan, repo_cfg: RepoConfig) -
 
 def _loop(consumer: Any, topic: str, writer: TileWriter, decoder: _Decoder, settle_ms: int,
           done: Callable[[dict[int, int], float, bool], bool], verbose: bool) -> WriteStats:
+    with frozen_heap():  # the process's modules (PyFlink's too, in `features run`): not walked while it runs
+        return _write_loop(consumer, topic, writer, decoder, settle_ms, done, verbose)
+
+
+def _write_loop(consumer: Any, topic: str, writer: TileWriter, decoder: _Decoder, settle_ms: int,
+                done: Callable[[dict[int, int], float, bool], bool], verbose: bool) -> WriteStats:
     from confluent_kafka import KafkaError, TopicPartition
 
     total, settler = WriteStats(), _Settler(settle_ms)
@@ -342,7 +348,6 @@ def _loop(consumer: Any, topic: str, writer: TileWriter, decoder: _Decoder, sett
     last_msg = last_status = time.monotonic()
     as_of: dict[str, int | None] = {}
     once = _Once()
-    freeze_startup_heap()  # the process's modules (PyFlink's too, in `features run`): never walked again
     while True:
         msgs = take(consumer, 5000, 0.2)  # never waits to fill: a trickle of tiles is written at once
         tiles, progress, offsets = [], [], {}

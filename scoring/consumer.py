@@ -39,7 +39,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from confluent_kafka import Message as _Message  # unbound accessors: map() per batch, no Python frame per message
 
-from headwater.heap import freeze_startup_heap
+from headwater.heap import frozen_heap
 from headwater.kafka_batch import take
 from online_store.errors import StoreUnavailableError
 from scoring.errors import DeliveryError, ScoringError
@@ -189,11 +189,14 @@ class ScoreLoop:
 
     def run(self, max_events: int | None = None, idle_timeout_s: float | None = None) -> LoopStats:
         """Score until stopped; ``max_events``/``idle_timeout_s`` end it early (tests, benchmarks)."""
+        with frozen_heap():  # models, plan, caches: not walked by full collections while it runs
+            return self._run(max_events, idle_timeout_s)
+
+    def _run(self, max_events: int | None, idle_timeout_s: float | None) -> LoopStats:
         from confluent_kafka import KafkaException
         s = self.s
         if s.exactly_once:
             self.producer.init_transactions(30)
-        freeze_startup_heap()  # models, plan, caches: never walked by a full collection again
         assigned = self.assigned
         self.consumer.subscribe([s.events_topic], on_assign=lambda c, parts: assigned.set())
         batch = AdaptiveBatch(s.max_batch)
