@@ -132,6 +132,7 @@ class _Group:
     fields: tuple[ir.IRField, ...]
     tiles: tuple[tuple[int, int], ...]  # canonical (resolution, tile_start) order
     cols: np.ndarray  # positions of ``tiles`` in the layout's field list
+    tile_at: Mapping[int, tuple[int, int]]  # position -> (resolution, tile_start), for the scalar path
 
 
 @dataclass(frozen=True)
@@ -178,7 +179,8 @@ def _layout(project: str, view: ViewPlan, names: tuple[str, ...], t: int) -> _La
     union = sorted({k for _, _, tiles in per_group for k in tiles})
     pos = {k: i for i, k in enumerate(union)}
     fields = tuple(keys.tile_field(r, s).encode() for r, s in union)
-    groups = tuple(_Group(feats, _needed(g.fields, feats), tiles, np.array([pos[k] for k in tiles], dtype=np.intp))
+    groups = tuple(_Group(feats, _needed(g.fields, feats), tiles, np.array([pos[k] for k in tiles], dtype=np.intp),
+                          {pos[k]: k for k in tiles})
                    for g, feats, tiles in per_group)
     member = np.zeros((len(groups), len(fields) + 1), dtype=bool)
     for i, g in enumerate(groups):
@@ -356,9 +358,12 @@ def _merge_scalar(lay: _Layout, tiles: _Sparse, n: int, t: int) -> dict[str, Col
     for e, p, v in zip(tiles.ent.tolist(), tiles.pos.tolist(), tiles.vals):
         per_entity[e][p] = v
     cols: dict[str, list[Any]] = {f.name: [] for g in lay.groups for f in g.features}
+    decode = lay.codec.decode
     for row in per_entity:
+        tiles_ir = {p: decode(v)[1] for p, v in row.items()}  # each tile once, whichever groups read it
         for g in lay.groups:
-            found = {k: lay.codec.decode(row[c])[1] for k, c in zip(g.tiles, g.cols.tolist()) if c in row}
+            at = g.tile_at
+            found = {at[p]: x for p, x in tiles_ir.items() if p in at}
             out = ir.finalize(g.features, ir.merge_many(found, g.fields), t_ms=t)
             for f in g.features:
                 cols[f.name].append(out[f.name])

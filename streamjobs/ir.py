@@ -392,8 +392,48 @@ def _kind(key: str) -> tuple[str, str]:
     return column, kind
 
 
-def _opt(fn: Callable[[Any, Any], Any], x: Any, y: Any) -> Any:
-    return y if x is None else x if y is None else fn(x, y)
+@lru_cache(maxsize=1024)
+def _merge_plan(keys: tuple[str, ...]) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
+    """Per key of an IR (m2 excluded): its kind; and the columns whose M2 a merge carries."""
+    kinds = tuple((k, _kind(k)[1]) for k in keys)
+    for k, kind in kinds:
+        if kind not in ("cnt", "sum", "sumsq", "min", "max", "last", "distinct"):
+            raise IRError(f"unknown IR field {k!r}")
+    present = set(keys)
+    stats = tuple(c for c, kind in map(_kind, keys)
+                  if kind == "sumsq" and f"{c}__cnt" in present and f"{c}__sum" in present)
+    return kinds, stats
+
+
+def _merge2(a: IR, b: IR, kinds: tuple[tuple[str, str], ...], stats: tuple[str, ...]) -> dict[str, Any]:
+    """``merge`` once the key sets are known to match: the formulas, and the only copy of them."""
+    out: dict[str, Any] = {}
+    for key, kind in kinds:
+        x, y = a[key], b[key]
+        if kind == "cnt" or kind == "sum" or kind == "sumsq":
+            out[key] = x + y
+        elif kind == "distinct":
+            out[key] = x | y
+        elif x is None:
+            out[key] = y
+        elif y is None:
+            out[key] = x
+        elif kind == "min":
+            out[key] = y if _lt(y, x) else x
+        elif kind == "max":
+            out[key] = y if _lt(x, y) else x
+        else:  # last: the largest key (strings: a total order)
+            out[key] = max(x, y)
+    for column in stats:
+        na, sa, m2a = _stat(a, column)
+        nb, sb, m2b = _stat(b, column)
+        if na == 0 or nb == 0:
+            m2 = m2a if nb == 0 else m2b
+        else:
+            d = sb / nb - sa / na
+            m2 = m2a + m2b + d * d * (na * nb) / (na + nb)  # int product: symmetric bit for bit
+        out[f"{column}__{_M2}"] = m2
+    return out
 
 
 def merge(a: IR, b: IR) -> dict[str, Any]:
@@ -408,34 +448,7 @@ def merge(a: IR, b: IR) -> dict[str, Any]:
     kb = {k for k in b if _kind(k)[1] != _M2}
     if len(ka) != len(kb) or not kb.issuperset(ka):
         raise IRError(f"cannot merge IRs with different fields: {sorted(set(ka) ^ kb)}")
-    out: dict[str, Any] = {}
-    for key in ka:
-        x, y = a[key], b[key]
-        kind = _kind(key)[1]
-        if kind in ("cnt", "sum", "sumsq"):
-            out[key] = x + y
-        elif kind == "min":
-            out[key] = _opt(lambda u, v: v if _lt(v, u) else u, x, y)
-        elif kind == "max":
-            out[key] = _opt(lambda u, v: v if _lt(u, v) else u, x, y)
-        elif kind == "last":
-            out[key] = _opt(max, x, y)  # strings: a total order
-        elif kind == "distinct":
-            out[key] = x | y
-        else:
-            raise IRError(f"unknown IR field {key!r}")
-    for key in ka:
-        column, kind = _kind(key)
-        if kind == "sumsq" and f"{column}__cnt" in ka and f"{column}__sum" in ka:
-            na, sa, m2a = _stat(a, column)
-            nb, sb, m2b = _stat(b, column)
-            if na == 0 or nb == 0:
-                m2 = m2a if nb == 0 else m2b
-            else:
-                d = sb / nb - sa / na
-                m2 = m2a + m2b + d * d * (na * nb) / (na + nb)  # int product: symmetric bit for bit
-            out[f"{column}__{_M2}"] = m2
-    return out
+    return _merge2(a, b, *_merge_plan(tuple(ka)))
 
 
 def merge_many(
@@ -446,7 +459,9 @@ def merge_many(
 
     Canonical order: a left fold from ``empty_ir(fields)`` over tiles sorted by
     ``(resolution, tile_start)``, so the same tiles give bit-identical floats online and offline,
-    whatever order a store returned them in. Missing tiles are simply absent (empty).
+    whatever order a store returned them in. Missing tiles are simply absent (empty). Each step
+    is :func:`merge` of the accumulator and the tile projected onto ``fields``; the key check and
+    the per-key kinds are done once for the fold, not per step.
     """
     items = list(tiles.items() if isinstance(tiles, Mapping) else tiles)
     keys = [k for k, _ in items]
@@ -454,9 +469,12 @@ def merge_many(
         raise IRError("merge_many got the same (resolution, tile_start) twice")
     names = [f.name for f in fields]
     acc: dict[str, Any] = empty_ir(fields)
+    if not items:
+        return acc
+    plan = _merge_plan(tuple(n for n in names if _kind(n)[1] != _M2))
     for _, tile in sorted(items, key=lambda kv: kv[0]):
         try:
-            acc = merge(acc, {n: tile[n] for n in names})
+            acc = _merge2(acc, {n: tile[n] for n in names}, *plan)
         except KeyError as exc:
             raise IRError(f"tile lacks IR field {exc.args[0]!r}; was it written by another plan?") from exc
     return acc
