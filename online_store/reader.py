@@ -130,9 +130,7 @@ class FetchResult:
 class _Group:
     features: tuple[Feature, ...]  # the requested features of this window group
     fields: tuple[ir.IRField, ...]
-    tiles: tuple[tuple[int, int], ...]  # canonical (resolution, tile_start) order
-    cols: np.ndarray  # positions of ``tiles`` in the layout's field list
-    tile_at: Mapping[int, tuple[int, int]]  # position -> (resolution, tile_start), for the scalar path
+    tile_at: Mapping[int, tuple[int, int]]  # layout position -> (resolution, tile_start) of the tiles it reads
 
 
 @dataclass(frozen=True)
@@ -179,12 +177,10 @@ def _layout(project: str, view: ViewPlan, names: tuple[str, ...], t: int) -> _La
     union = sorted({k for _, _, tiles in per_group for k in tiles})
     pos = {k: i for i, k in enumerate(union)}
     fields = tuple(keys.tile_field(r, s).encode() for r, s in union)
-    groups = tuple(_Group(feats, _needed(g.fields, feats), tiles, np.array([pos[k] for k in tiles], dtype=np.intp),
-                          {pos[k]: k for k in tiles})
-                   for g, feats, tiles in per_group)
+    groups = tuple(_Group(feats, _needed(g.fields, feats), {pos[k]: k for k in tiles}) for g, feats, tiles in per_group)
     member = np.zeros((len(groups), len(fields) + 1), dtype=bool)
     for i, g in enumerate(groups):
-        member[i, g.cols] = True
+        member[i, list(g.tile_at)] = True
     types = {f"{view.name}:{f.name}": feature_arrow_type(f) for g in groups for f in g.features}
     lay = _Layout(view, keys.codec_for(view), keys.entity_key_prefix(project, view).encode(), fields,
                   dict(zip(fields, range(len(fields)))), b"".join(_bulk(f) for f in fields), groups, member, types)
