@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from functools import cached_property, lru_cache
 from dataclasses import dataclass
+from functools import cached_property, lru_cache, reduce
+from operator import add, or_
 from types import MappingProxyType
 from typing import Any, Literal, NamedTuple, Protocol
 
@@ -46,7 +47,7 @@ __all__ = [
     "IRField", "Op", "OPS", "SqlInputs", "LastEntry", "FeatureLike",
     "get_op", "fields_for", "ir_fields", "field_sql", "last_key_sql", "DISTINCT_FUNCTION", "DISTINCT_CLASS",
     "value_to_str", "str_to_value", "encode_last", "decode_last",
-    "empty_ir", "tile_from_events", "update", "merge", "merge_many", "finalize", "finalize_op",
+    "empty_ir", "tile_from_events", "update", "merge", "merge_many", "merge_sorted", "finalize", "finalize_op",
     "to_row", "from_row", "vmerge", "vfinalize",
 ]
 
@@ -228,8 +229,13 @@ def _stat(ir: IR, column: str) -> tuple[int, float, float]:
         return 0, s, 0.0
     m2 = ir.get(f"{column}__{_M2}")
     if m2 is None:
-        m2 = max(float(ir[f"{column}__sumsq"]) - s * s / n, 0.0)
+        m2 = _m2_of(n, s, ir[f"{column}__sumsq"])
     return n, s, float(m2)
+
+
+def _m2_of(n: int, s: float, sumsq: Any) -> float:
+    """A tile's M2 from its sums (n > 0), clamped at 0 where rounding makes it negative."""
+    return max(float(sumsq) - s * s / n, 0.0)
 
 
 def _fin_mean(ir: IR, c: str, t: str) -> float | None:
@@ -405,9 +411,46 @@ def _merge_plan(keys: tuple[str, ...]) -> tuple[tuple[tuple[str, str], ...], tup
     return kinds, stats
 
 
+def _min2(x: Any, y: Any) -> Any:
+    """The smaller of two min states (None = no value yet)."""
+    if x is None:
+        return y
+    if y is None:
+        return x
+    return y if _lt(y, x) else x
+
+
+def _max2(x: Any, y: Any) -> Any:
+    if x is None:
+        return y
+    if y is None:
+        return x
+    return y if _lt(x, y) else x
+
+
+def _last2(x: Any, y: Any) -> Any:
+    """The larger of two last keys (strings: a total order)."""
+    if x is None:
+        return y
+    if y is None:
+        return x
+    return max(x, y)
+
+
+_PICK = {"min": _min2, "max": _max2, "last": _last2}
+
+
+def _chan(na: int, sa: float, m2a: float, nb: int, sb: float, m2b: float) -> float:
+    """M2 of two parts: ``M2a + M2b + d^2 * na * nb / n``, ``d = sb/nb - sa/na`` (Chan, Golub & LeVeque)."""
+    if na == 0 or nb == 0:
+        return m2a if nb == 0 else m2b
+    d = sb / nb - sa / na
+    return m2a + m2b + d * d * (na * nb) / (na + nb)  # int product: symmetric bit for bit
+
+
 def _merge2(a: IR, b: IR, kinds: tuple[tuple[str, str], ...], stats: tuple[str, ...]) -> dict[str, Any]:
-    """``merge`` once the key sets are known to match: the scalar formulas, in one place
-    (``vmerge`` is their vectorised twin, property-tested bit-identical)."""
+    """``merge`` once the key sets are known to match (``vmerge`` is the vectorised twin of these
+    formulas and ``merge_many``'s column folds apply the same ones: all property-tested bit-identical)."""
     out: dict[str, Any] = {}
     for key, kind in kinds:
         x, y = a[key], b[key]
@@ -415,25 +458,10 @@ def _merge2(a: IR, b: IR, kinds: tuple[tuple[str, str], ...], stats: tuple[str, 
             out[key] = x + y
         elif kind == "distinct":
             out[key] = x | y
-        elif x is None:
-            out[key] = y
-        elif y is None:
-            out[key] = x
-        elif kind == "min":
-            out[key] = y if _lt(y, x) else x
-        elif kind == "max":
-            out[key] = y if _lt(x, y) else x
-        else:  # last: the largest key (strings: a total order)
-            out[key] = max(x, y)
-    for column in stats:
-        na, sa, m2a = _stat(a, column)
-        nb, sb, m2b = _stat(b, column)
-        if na == 0 or nb == 0:
-            m2 = m2a if nb == 0 else m2b
         else:
-            d = sb / nb - sa / na
-            m2 = m2a + m2b + d * d * (na * nb) / (na + nb)  # int product: symmetric bit for bit
-        out[f"{column}__{_M2}"] = m2
+            out[key] = _PICK[kind](x, y)
+    for column in stats:
+        out[f"{column}__{_M2}"] = _chan(*_stat(a, column), *_stat(b, column))
     return out
 
 
@@ -442,14 +470,17 @@ def merge(a: IR, b: IR) -> dict[str, Any]:
 
     Exact for cnt/min/max/last/distinct. Float sums are commutative but their rounding depends on
     grouping, which is why :func:`merge_many` fixes the order. For columns with cnt+sum+sumsq the
-    result also carries ``<col>__m2``: ``M2 = M2a + M2b + d^2 * na * nb / n`` with
-    ``d = sum_b/nb - sum_a/na`` (Chan, Golub & LeVeque), stable where ``sumsq - sum^2/n`` cancels.
+    result also carries ``<col>__m2`` (:func:`_chan`), stable where ``sumsq - sum^2/n`` cancels.
     """
     ka = [k for k in a if _kind(k)[1] != _M2]
     kb = {k for k in b if _kind(k)[1] != _M2}
     if len(ka) != len(kb) or not kb.issuperset(ka):
         raise IRError(f"cannot merge IRs with different fields: {sorted(set(ka) ^ kb)}")
     return _merge2(a, b, *_merge_plan(tuple(ka)))
+
+
+def _first(kv: tuple[tuple[int, int], Any]) -> tuple[int, int]:
+    return kv[0]
 
 
 def merge_many(
@@ -460,24 +491,43 @@ def merge_many(
 
     Canonical order: a left fold from ``empty_ir(fields)`` over tiles sorted by
     ``(resolution, tile_start)``, so the same tiles give bit-identical floats online and offline,
-    whatever order a store returned them in. Missing tiles are simply absent (empty). Each step
-    is :func:`merge` of the accumulator and the tile projected onto ``fields``; the key check and
-    the per-key kinds are done once for the fold, not per step.
+    whatever order a store returned them in. Missing tiles are simply absent (empty). The fold is
+    :func:`merge` of the accumulator and each tile projected onto ``fields`` (a tile's own M2 comes
+    from its sums); it runs one field at a time (C-level ``reduce`` for the sums) because the fields
+    are independent except M2, which folds ``_chan`` over the tiles with the running count and sum.
     """
     items = list(tiles.items() if isinstance(tiles, Mapping) else tiles)
-    keys = [k for k, _ in items]
-    if len(set(keys)) != len(keys):
+    if len({k for k, _ in items}) != len(items):
         raise IRError("merge_many got the same (resolution, tile_start) twice")
-    names = [f.name for f in fields]
+    return merge_sorted([tile for _, tile in sorted(items, key=_first)], fields)
+
+
+def merge_sorted(ordered: Sequence[IR], fields: Sequence[IRField]) -> dict[str, Any]:
+    """:func:`merge_many` of tiles the caller already holds in canonical order, once each (the online
+    reader's layout positions are that order, so a 1-entity fetch skips the sort and the checks)."""
     acc: dict[str, Any] = empty_ir(fields)
-    if not items:
+    if not ordered:
         return acc
-    plan = _merge_plan(tuple(n for n in names if _kind(n)[1] != _M2))
-    for _, tile in sorted(items, key=lambda kv: kv[0]):
-        try:
-            acc = _merge2(acc, {n: tile[n] for n in names}, *plan)
-        except KeyError as exc:
-            raise IRError(f"tile lacks IR field {exc.args[0]!r}; was it written by another plan?") from exc
+    kinds, stats = _merge_plan(tuple(f.name for f in fields if f.kind != _M2))
+    try:
+        for key, kind in kinds:
+            col = [t[key] for t in ordered]
+            if kind == "cnt" or kind == "sum" or kind == "sumsq":
+                acc[key] = reduce(add, col, acc[key])  # a left fold (``sum`` of floats may compensate)
+            elif kind == "distinct":
+                acc[key] = reduce(or_, col, acc[key])
+            else:
+                acc[key] = reduce(_PICK[kind], col, acc[key])
+        for column in stats:
+            ck, sk, qk = f"{column}__cnt", f"{column}__sum", f"{column}__sumsq"
+            na, sa, m2 = 0, 0.0, 0.0  # _stat of the empty accumulator
+            for t in ordered:
+                nb, sb = int(t[ck]), float(t[sk])
+                m2 = _chan(na, sa, m2, nb, sb, _m2_of(nb, sb, t[qk]) if nb else 0.0)  # _stat of a tile
+                na, sa = na + nb, sa + sb
+            acc[f"{column}__{_M2}"] = m2
+    except KeyError as exc:
+        raise IRError(f"tile lacks IR field {exc.args[0]!r}; was it written by another plan?") from exc
     return acc
 
 

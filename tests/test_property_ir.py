@@ -161,3 +161,23 @@ def test_merge_many_order_does_not_change_bits(batches, seed) -> None:  # type: 
     shuffled = list(tiles)
     random.Random(seed).shuffle(shuffled)
     assert _bits(ir.merge_many(tiles, FIELDS)) == _bits(ir.merge_many(dict(shuffled), FIELDS))
+
+
+special_rows = st.lists(
+    st.tuples(st.one_of(st.none(), st.sampled_from([0.0, -0.0, 1.5, -2.0, math.inf, -math.inf, math.nan]),
+                        st.floats(-1e6, 1e6, allow_nan=False)),
+              st.one_of(st.none(), st.sampled_from("abcd")),
+              st.integers(0, 10**6), st.integers(0, 3), st.integers(0, 10**9)),
+    max_size=6,
+)
+
+
+@given(batches=st.lists(st.one_of(rows, special_rows), max_size=8))
+def test_merge_many_is_the_left_fold_of_merge(batches) -> None:  # type: ignore[no-untyped-def]
+    """merge_many folds one field at a time; it must equal the pairwise fold of ``merge`` bit for bit
+    (signed zeros, infinities and NaN included)."""
+    tiles = [((1_000 * (1 + i % 3), 60_000 * i), tile(b)) for i, b in enumerate(batches)]
+    want = ir.empty_ir(FIELDS)
+    for _, t in sorted(tiles, key=lambda kv: kv[0]):
+        want = ir.merge(want, t)
+    assert _bits(ir.merge_many(tiles, FIELDS)) == _bits(want)
