@@ -336,6 +336,55 @@ class TileCodec:
                                    f"({exc}); rebuild the store with `headwater online rebuild`") from exc
         return (vals[0], vals[1]), out
 
+    def decode_columns(self, values: Sequence[bytes], *, raw_distinct: bool = False) -> dict[str, list[Any]]:
+        """``decode`` of many values as columns: ``out[name][i] == decode(values[i])[1][name]``, same
+        types, keys in ``view.fields`` order. The fixed parts in one ``np.frombuffer``, the var parts
+        in one split (the online reader's per-entity path: 2.5 us per tile decoded one by one).
+
+        ``raw_distinct``: distinct columns hold what :meth:`distinct_items` turns into the set, so a
+        caller builds only the sets it merges (a card's 1 h tiles carry its merchants for a window
+        that does not ask for them: building every set was most of a hot entity's decode)."""
+        table = self.decode_fixed(values)
+        out: dict[str, list[Any]] = {}
+        for sl in self.slots:
+            col = table[sl.field.name].tolist()
+            if sl.nullable:
+                col = [None if z else v for v, z in zip(col, table[sl.field.name + "__null"].tolist())]
+            out[sl.field.name] = col
+        if self.var_fields:
+            parts = self.split_var(values)
+            if parts is None:  # some value in the JSON form (or malformed): one by one, same errors
+                irs = [self.decode(v)[1] for v in values]
+                parts = [[x[f.name] for x in irs] for f in self.var_fields]
+            else:
+                try:
+                    parts = [(col if raw_distinct else list(map(self.distinct_items, col)))
+                             if f.kind == "distinct" else [x.decode() if x else None for x in col]
+                             for f, col in zip(self.var_fields, parts)]
+                except UnicodeDecodeError as exc:
+                    raise self._corrupt_var(exc) from exc
+            out.update(zip((f.name for f in self.var_fields), parts))
+        return {f.name: out[f.name] for f in self.view.fields}
+
+    def distinct_items(self, raw: bytes | frozenset[str]) -> frozenset[str]:
+        """A distinct column entry of ``decode_columns(raw_distinct=True)`` as the IR's set."""
+        return self.distinct_union((raw,))
+
+    def distinct_union(self, raws: Sequence[bytes | frozenset[str]]) -> frozenset[str]:
+        """The union of several such entries with one join and one split (a busy merchant's cards
+        over 60 one-minute tiles: building a set per tile, then their union, cost more than twice)."""
+        joined = b"\x1f".join([r for r in raws if r and not isinstance(r, frozenset)])
+        try:
+            out = frozenset(joined.decode().split("\x1f")) if joined else frozenset()
+        except UnicodeDecodeError as exc:
+            raise self._corrupt_var(exc) from exc
+        decoded = [r for r in raws if isinstance(r, frozenset)]  # JSON-form tiles: decoded already
+        return out.union(*decoded) if decoded else out
+
+    def _corrupt_var(self, exc: Exception) -> CorruptTileError:
+        return CorruptTileError(f"view {self.view.name!r}: a stored tile's var part is not UTF-8 ({exc}); "
+                                "rebuild the store with `headwater online rebuild`")
+
     def decode_fixed(self, values: Sequence[bytes], *, pad: bool = False) -> np.ndarray:
         """The fixed parts of many values as one structured array (one ``np.frombuffer``).
 

@@ -357,20 +357,28 @@ def _sparse(lay: _Layout, rows: list[Any], mode: str) -> _Sparse:
 
 
 def _merge_scalar(lay: _Layout, tiles: _Sparse, n: int, t: int) -> dict[str, Column]:
-    """The DESIGN path, literally: per entity and group, ``ir.merge_many`` (as ``merge_sorted``: the
-    positions are already canonical) then ``ir.finalize``."""
+    """The DESIGN path, literally: per entity and group, ``ir.merge_many`` (as ``merge_columns``:
+    an entity's tiles decoded once into columns in position order, which is the canonical order,
+    each group taking its slice) then ``ir.finalize``."""
     per_entity: list[dict[int, bytes]] = [{} for _ in range(n)]
     for e, p, v in zip(tiles.ent.tolist(), tiles.pos.tolist(), tiles.vals):
         per_entity[e][p] = v
     cols: dict[str, list[Any]] = {f.name: [] for g in lay.groups for f in g.features}
-    decode = lay.codec.decode
+    codec = lay.codec
     for row in per_entity:
-        ps = sorted(row)  # layout positions are canonical (resolution, tile_start) order; one per tile
-        tiles_ir = [decode(row[p])[1] for p in ps]  # each tile once, whichever groups read it
+        ps = sorted(row)
+        dec = codec.decode_columns([row[p] for p in ps], raw_distinct=True)
         for g in lay.groups:
             at = g.positions
-            found = [x for p, x in zip(ps, tiles_ir) if p in at]
-            out = ir.finalize(g.features, ir.merge_sorted(found, g.fields), t_ms=t)
+            take = [i for i, p in enumerate(ps) if p in at]
+            part = {}
+            for fld in g.fields:
+                col = dec[fld.name]
+                if fld.kind == "distinct":  # the group's sets pre-unioned: union is exact in any grouping
+                    part[fld.name] = [codec.distinct_union([col[i] for i in take])] if take else []
+                else:
+                    part[fld.name] = col if len(take) == len(ps) else [col[i] for i in take]
+            out = ir.finalize(g.features, ir.merge_columns(part, g.fields), t_ms=t)
             for f in g.features:
                 cols[f.name].append(out[f.name])
     return _typed(lay.by_dtype, cols)
@@ -409,11 +417,12 @@ def _objects(values: list[Any]) -> Column:
 
 
 #: ``engine="auto"``: a view's replies with at most this many tiles are merged by the scalar
-#: path (numpy's per-call overhead dominates tiny matrices), more by the vector path. Measured per
-#: single-entity view merge (fraud plan, 2026-11-22, after the column-wise ``merge_sorted``):
-#: card 40-47 tiles scalar 203 vs vector 245 us, 56-63 tiles 283 vs 266 us; merchant 48-55 tiles
-#: 114 vs 138 us, 56-63 tiles 182 vs 123 us.
-_SCALAR_TILES = 48
+#: path (numpy's per-call overhead dominates small matrices), more by the vector path. Measured
+#: per view merge (fraud plan, 2026-11-22, scalar over decoded columns with lazily built distinct
+#: sets), median us scalar vs vector: one card of 96-111 tiles 248 vs 362, of 128+ 419 vs 438; one
+#: merchant of 96-111 142 vs 164, of 112+ 234 vs 216; 8 cards holding 128-159 tiles 554 vs 630,
+#: 256-287 tiles 790 vs 757; 8 merchants holding 32-63 tiles 174 vs 142.
+_SCALAR_TILES = 128
 
 #: Entities with at most this many tiles in a view are folded in a narrow matrix, the rest apart:
 #: matrices are (entities x groups x most tiles of one entity), so one hot entity must not widen all.

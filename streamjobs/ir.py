@@ -33,7 +33,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property, lru_cache, reduce
-from operator import add, or_
+from operator import add
 from types import MappingProxyType
 from typing import Any, Literal, NamedTuple, Protocol
 
@@ -47,7 +47,7 @@ __all__ = [
     "IRField", "Op", "OPS", "SqlInputs", "LastEntry", "FeatureLike",
     "get_op", "fields_for", "ir_fields", "field_sql", "last_key_sql", "DISTINCT_FUNCTION", "DISTINCT_CLASS",
     "value_to_str", "str_to_value", "encode_last", "decode_last",
-    "empty_ir", "tile_from_events", "update", "merge", "merge_many", "merge_sorted", "finalize", "finalize_op",
+    "empty_ir", "tile_from_events", "update", "merge", "merge_many", "merge_columns", "finalize", "finalize_op",
     "to_row", "from_row", "vmerge", "vfinalize",
 ]
 
@@ -491,43 +491,47 @@ def merge_many(
 
     Canonical order: a left fold from ``empty_ir(fields)`` over tiles sorted by
     ``(resolution, tile_start)``, so the same tiles give bit-identical floats online and offline,
-    whatever order a store returned them in. Missing tiles are simply absent (empty). The fold is
-    :func:`merge` of the accumulator and each tile projected onto ``fields`` (a tile's own M2 comes
-    from its sums); it runs one field at a time (C-level ``reduce`` for the sums) because the fields
-    are independent except M2, which folds ``_chan`` over the tiles with the running count and sum.
+    whatever order a store returned them in. Missing tiles are simply absent (empty). Each step is
+    :func:`merge` of the accumulator and the tile projected onto ``fields`` (property-tested bit for
+    bit), computed one field at a time by :func:`merge_columns`.
     """
     items = list(tiles.items() if isinstance(tiles, Mapping) else tiles)
     if len({k for k, _ in items}) != len(items):
         raise IRError("merge_many got the same (resolution, tile_start) twice")
-    return merge_sorted([tile for _, tile in sorted(items, key=_first)], fields)
-
-
-def merge_sorted(ordered: Sequence[IR], fields: Sequence[IRField]) -> dict[str, Any]:
-    """:func:`merge_many` of tiles the caller already holds in canonical order, once each (the online
-    reader's layout positions are that order, so a 1-entity fetch skips the sort and the checks)."""
-    acc: dict[str, Any] = empty_ir(fields)
-    if not ordered:
-        return acc
-    kinds, stats = _merge_plan(tuple(f.name for f in fields if f.kind != _M2))
+    ordered = [tile for _, tile in sorted(items, key=_first)]
     try:
-        for key, kind in kinds:
-            col = [t[key] for t in ordered]
-            if kind == "cnt" or kind == "sum" or kind == "sumsq":
-                acc[key] = reduce(add, col, acc[key])  # a left fold (``sum`` of floats may compensate)
-            elif kind == "distinct":
-                acc[key] = reduce(or_, col, acc[key])
-            else:
-                acc[key] = reduce(_PICK[kind], col, acc[key])
-        for column in stats:
-            ck, sk, qk = f"{column}__cnt", f"{column}__sum", f"{column}__sumsq"
-            na, sa, m2 = 0, 0.0, 0.0  # _stat of the empty accumulator
-            for t in ordered:
-                nb, sb = int(t[ck]), float(t[sk])
-                m2 = _chan(na, sa, m2, nb, sb, _m2_of(nb, sb, t[qk]) if nb else 0.0)  # _stat of a tile
-                na, sa = na + nb, sa + sb
-            acc[f"{column}__{_M2}"] = m2
+        return merge_columns({f.name: [t[f.name] for t in ordered] for f in fields if f.kind != _M2}, fields)
     except KeyError as exc:
         raise IRError(f"tile lacks IR field {exc.args[0]!r}; was it written by another plan?") from exc
+
+
+def merge_columns(columns: Mapping[str, Sequence[Any]], fields: Sequence[IRField]) -> dict[str, Any]:
+    """The fold of :func:`merge_many` over tiles given as columns (``columns[name][i]``: field
+    ``name`` of the i-th tile in canonical order). Fields are independent except M2, so the fold
+    runs one field at a time: C-level ``reduce`` for the sums, one union for distinct sets, the
+    None-aware pickers for min/max/last, and M2 by ``_chan`` over the running count and sum (a
+    tile's own M2 from its sums). The online reader decodes an entity's tiles into columns once
+    and passes each window group its slice. A distinct column may hold any partition of the tiles'
+    sets already unioned (the reader passes one set per group): set union is exact in any grouping."""
+    acc: dict[str, Any] = empty_ir(fields)
+    kinds, stats = _merge_plan(tuple(f.name for f in fields if f.kind != _M2))
+    if not kinds or not len(columns[kinds[0][0]]):
+        return acc
+    for key, kind in kinds:
+        col = columns[key]
+        if kind == "cnt" or kind == "sum" or kind == "sumsq":
+            acc[key] = reduce(add, col, acc[key])  # a left fold (``sum`` of floats may compensate)
+        elif kind == "distinct":
+            acc[key] = acc[key].union(*col)  # one pass; a fold of ``|`` copies the growing set per tile
+        else:
+            acc[key] = reduce(_PICK[kind], col, acc[key])
+    for column in stats:
+        na, sa, m2 = 0, 0.0, 0.0  # _stat of the empty accumulator
+        for nb, sb, qb in zip(columns[f"{column}__cnt"], columns[f"{column}__sum"], columns[f"{column}__sumsq"]):
+            nb, sb = int(nb), float(sb)
+            m2 = _chan(na, sa, m2, nb, sb, _m2_of(nb, sb, qb) if nb else 0.0)  # _stat of a tile
+            na, sa = na + nb, sa + sb
+        acc[f"{column}__{_M2}"] = m2
     return acc
 
 
