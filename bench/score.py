@@ -95,8 +95,12 @@ def ceiling(repo, conn, n: int, batch: int) -> float:
 
 def _ceiling(repo, conn, n: int, batch: int) -> float:
     from confluent_kafka import Consumer, Producer, TopicPartition
+    from scoring.consumer import FETCH_QUEUE_BACKOFF_MS
     c = Consumer({"bootstrap.servers": conn.bootstrap_servers, "group.id": f"ceiling-{uuid.uuid4().hex}",
-                  "auto.offset.reset": "earliest", "enable.auto.offset.store": False})
+                  "auto.offset.reset": "earliest", "enable.auto.offset.store": False,
+                  # as the scorer: librdkafka's default (1000 ms) idled this loop 0.5-1 s per run, the
+                  # cause of the ceiling's two modes (135k-141k or 215k-234k events/s)
+                  "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS})
     p = Producer({"bootstrap.servers": conn.bootstrap_servers, "enable.idempotence": True, "linger.ms": 2,
                   "batch.size": 1_000_000, "compression.type": "lz4", "queue.buffering.max.messages": 200_000})
     out = repo.topics.shadow.name + ".ceiling"
