@@ -30,6 +30,7 @@ from headwater.produce import producer_config  # noqa: E402
 from headwater.topics import create_topics  # noqa: E402
 from schemas import AvroCodec  # noqa: E402
 from schemas.columnar import ColumnarCodec  # noqa: E402
+from scoring.consumer import FETCH_QUEUE_BACKOFF_MS  # noqa: E402
 
 
 def _topic(conn, repo, name: str) -> str:
@@ -60,7 +61,8 @@ def produce(conn, topic: str, table, encode) -> tuple[float, float]:
 def read_back(conn, topic: str, n: int, decode) -> float:
     c = Consumer({"bootstrap.servers": conn.bootstrap_servers, "group.id": f"bench-{uuid.uuid4().hex[:6]}",
                   "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                  "fetch.max.bytes": 64 << 20, "max.partition.fetch.bytes": 16 << 20})
+                  "fetch.max.bytes": 64 << 20, "max.partition.fetch.bytes": 16 << 20,
+                  "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS})  # librdkafka's 1 s default idles a fast reader
     c.subscribe([topic])
     seen, t0 = 0, None
     while seen < n:
