@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from online_store import TileWriter, fetch, keys, reader
+from online_store.errors import FetchArgumentError
 from online_store.tiles import tile_value_schema
 from streamjobs import Aggregation, Entity, FeatureView, LatestValue, Source, build_plan, ir, windows
 from streamjobs.plan import FeaturePlan, ViewPlan, build_view_plan
@@ -107,7 +108,7 @@ needs_vectors = pytest.mark.skipif(not CASES, reason=f"conformance vectors not f
 
 @needs_vectors
 @pytest.mark.parametrize("engine,read", [("vector", "hmget"), ("vector", "hgetall"), ("scalar", "hmget"),
-                                         ("auto", "hgetall")])
+                                         ("auto", "hgetall"), ("auto", "auto")])
 @pytest.mark.parametrize("path", CASES, ids=lambda p: p.stem)
 def test_conformance_vectors_through_redis(path: Path, engine: str, read: str, rds: Any, project: str) -> None:
     """Stream replayed in query-time order: before a query at t, every tile starting at or before t
@@ -301,6 +302,39 @@ def test_one_round_trip_per_fetch(stack, project: str) -> None:
     assert CountingConnection.sends - before == 1
     assert res.values["card:amount_count_1m"].to_pylist() == [1] * 50
     client.close()
+
+
+def test_read_auto_mixes_modes_in_one_round_trip(rds: Any, project: str, monkeypatch: Any) -> None:
+    """A view whose entities look hot is read with HMGET, the other with HGETALL, in the same round
+    trip, and the values are those of either mode alone."""
+    plan = build_plan([small_view("card"), small_view("card2")])
+    s = 1_704_067_200_000
+    for v in ("card", "card2"):
+        TileWriter(rds, project, plan).write([_tile(plan.view(v), f"c{i}", 1000, s, 1, s, 1.0 + i) for i in range(5)])
+    ents = [f"c{i}" for i in range(6)]  # c5: no data
+    want = fetch(rds, project, plan, ents, at_ms=s + 1500, read="hgetall").rows()
+    assert fetch(rds, project, plan, ents, at_ms=s + 1500, read="hmget").rows() == want
+    _, by_view = reader._resolve(plan, None)
+    reader._policy(project, plan.view("card"), by_view["card"]).observe(10_000.0)  # as if its hashes were huge
+    seen: list[list[str]] = []
+    real = reader._round_trip
+    monkeypatch.setattr(reader, "_round_trip", lambda *a: seen.append(list(a[4])) or real(*a))
+    assert fetch(rds, project, plan, ents, at_ms=s + 1500).rows() == want
+    assert seen == [["hmget", "hgetall"]]
+    card2 = reader._policy(project, plan.view("card2"), by_view["card2"])
+    assert card2.stored == pytest.approx(5 * 2 / 6)  # two fields (the tile and _n) for 5 of 6 entities
+    with pytest.raises(FetchArgumentError, match="read='hscan'"):
+        fetch(rds, project, plan, ents, at_ms=s + 1500, read="hscan")  # type: ignore[arg-type]
+
+
+def test_read_policy_rule() -> None:
+    pol = reader._ReadPolicy()
+    assert pol.choose(100) == "hgetall"  # nothing seen yet
+    pol.observe(60.0)
+    assert [pol.choose(100) for _ in range(15)] == ["hmget"] * 14 + ["hgetall"]  # fetch 16 probes
+    for _ in range(20):
+        pol.observe(20.0)  # entities got colder: the mean follows
+    assert pol.stored < 50 and pol.choose(100) == "hgetall"
 
 
 def test_as_of_is_min_over_partitions(rds: Any, project: str, card_plan: FeaturePlan) -> None:
