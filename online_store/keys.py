@@ -52,8 +52,8 @@ import operator
 import re
 import struct
 from dataclasses import dataclass
-from itertools import repeat
 from functools import lru_cache
+from itertools import repeat
 from typing import Any, Mapping, Sequence
 
 import numpy as np
