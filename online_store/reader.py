@@ -29,7 +29,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from itertools import chain, compress, repeat
 from typing import Any, Literal
 
@@ -290,17 +290,10 @@ class _ReadPolicy:
         self.stored = stored_per_entity if self.stored is None else 0.875 * self.stored + 0.125 * stored_per_entity
 
 
-_POLICIES: OrderedDict[tuple[Any, ...], _ReadPolicy] = OrderedDict()
-
-
+@lru_cache(maxsize=256)
 def _policy(project: str, view: ViewPlan, names: tuple[str, ...]) -> _ReadPolicy:
-    ck = (project, view.name, view.plan_hash, names)
-    pol = _POLICIES.get(ck)
-    if pol is None:
-        pol = _POLICIES[ck] = _ReadPolicy()
-        if len(_POLICIES) > 256:
-            _POLICIES.popitem(last=False)
-    return pol
+    """One policy per (project, view, requested features), kept across ticks (layouts are per tick)."""
+    return _ReadPolicy()
 
 
 # ---------------------------------------------------------------- fetch
