@@ -1,7 +1,8 @@
 """Model kernel throughput: rows/s of the array executors vs ONNX Runtime, at several batch sizes.
 
     flock /tmp/headwater-bench.lock python bench/models.py [--trees 500] [--depth 6] [--features 20]
-        [--batches 1,64,1024,16384] [--repeat 5] [--chunks 128,256,512,1024,4096]
+        [--batches 1,64,1024,16384] [--gpu-batches 1,64,1024,16384,262144,1048576] [--repeat 5]
+        [--chunks 128,256,512,1024,4096]
 
 Trains on synthetic data (NaN in 10% of cells): an XGBoost GBDT (``--trees`` x depth ``--depth``),
 a logistic regression and an MLP (64, 32) through scikit-learn pipelines (median imputer,
@@ -12,8 +13,9 @@ and ONNX Runtime's TreeEnsemble operator with 1 thread and with its default thre
 logreg and MLP against their ONNX exports. NumPy runs single threaded (``OMP_NUM_THREADS=1``
 is set before import, so GEMMs do not use a second core either). ``--chunks`` sweeps the CPU
 row-chunk size of the tree traversal. On a CUDA GPU with cupy the same executors run on CuPy and
-the table gains a GPU column and the smallest batch where the GPU is faster; without one it
-prints "no GPU".
+the table gains GPU rows (at ``--gpu-batches``, default ``--batches``; the CPU rows run only at
+``--batches``, "-" elsewhere), ONNX Runtime's CUDA provider for logreg and MLP when onnxruntime
+has one, and the smallest common batch where the GPU is faster; without a GPU it prints "no GPU".
 """
 
 from __future__ import annotations
@@ -96,6 +98,7 @@ def main() -> int:
     p.add_argument("--depth", type=int, default=6)
     p.add_argument("--features", type=int, default=20)
     p.add_argument("--batches", default="1,64,1024,16384")
+    p.add_argument("--gpu-batches", default="", help="batch sizes for the GPU rows (default: --batches)")
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--chunks", default="", help="also sweep CHUNK_ROWS of the CPU traversal, e.g. 128,256,1024")
     args = p.parse_args()
@@ -105,7 +108,9 @@ def main() -> int:
 
     forest, gbdt_onnx, dense = build_models(args)
     batches = [int(b) for b in args.batches.split(",")]
-    Xall, _ = _data(max(batches), args.features, seed=1)
+    gpu_batches = [int(b) for b in (args.gpu_batches or args.batches).split(",")]
+    columns = sorted(set(batches) | set(gpu_batches))
+    Xall, _ = _data(max(columns), args.features, seed=1)
     gpu = xpmod.gpu_available()
     cp = None
     if gpu:
@@ -124,31 +129,42 @@ def main() -> int:
     if gpu:
         gpu_execs = {"gbdt": forest.executor(cp), "logreg": dense["logreg"][0].executor(cp),
                      "mlp": dense["mlp"][0].executor(cp)}
+        for name, (_, blob) in dense.items():
+            try:
+                gpu_execs[f"{name} onnxruntime CUDA"] = OnnxExecutor(blob, cp)
+            except Exception as exc:  # no CUDA provider in this onnxruntime: say so, keep going
+                print(f"{name} onnxruntime CUDA: not run ({exc})", file=sys.stderr, flush=True)
 
     print(f"\n## Model kernels, rows/s ({date.today()}, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores shared with other work; NumPy single-threaded; best of {args.repeat})\n")
     print(f"GBDT: {len(forest.trees)} trees, max depth {forest.max_depth}, {args.features} features, "
           f"strategy auto = {forest.executor(np).strategy}\n")
-    head = "| executor | " + " | ".join(f"batch {b:,}" for b in batches) + " |"
-    print(head)
-    print("|" + "---|" * (len(batches) + 1))
-    results: dict[str, list[float]] = {}
+    print("| executor | " + " | ".join(f"batch {b:,}" for b in columns) + " |")
+    print("|" + "---|" * (len(columns) + 1))
+    results: dict[str, dict[int, float]] = {}
+
+    def row(label: str, key: str, fn, sizes, to=lambda a: a, sync=lambda: None) -> None:
+        results[key] = {b: rows_per_s(fn, to(Xall[:b]), args.repeat, sync=sync) for b in sizes}
+        cells = (f"{results[key][b]:,.0f}" if b in results[key] else "-" for b in columns)
+        print(f"| {label} | " + " | ".join(cells) + " |", flush=True)
+
     for name, ex in execs.items():
-        results[name] = [rows_per_s(ex.predict, Xall[:b], args.repeat) for b in batches]
-        print(f"| {name} | " + " | ".join(f"{r:,.0f}" for r in results[name]) + " |", flush=True)
+        row(name, name, ex.predict, batches)
     for name, ex in gpu_execs.items():
-        sync = cp.cuda.Device().synchronize
-        results[f"{name} cupy"] = [rows_per_s(ex.predict, cp.asarray(Xall[:b]), args.repeat, sync=sync) for b in batches]
-        print(f"| {name} cupy (GPU) | " + " | ".join(f"{r:,.0f}" for r in results[f'{name} cupy']) + " |", flush=True)
-    ratio = [a / b for a, b in zip(results["gbdt perfect"], results["gbdt onnxruntime 1 thread"])]
+        row(f"{name} (GPU)" if "CUDA" in name else f"{name} cupy (GPU)", f"{name} cupy", ex.predict, gpu_batches,
+            cp.asarray, cp.cuda.Device().synchronize)
+    ratio = [results["gbdt perfect"][b] / results["gbdt onnxruntime 1 thread"][b] for b in batches]
     print("\ngbdt perfect / onnxruntime (1 thread): " + ", ".join(f"batch {b}: {r:.2f}x" for b, r in zip(batches, ratio)))
     if not gpu:
         print("no GPU")
     else:
-        for name in gpu_execs:
-            cpu = results["gbdt perfect" if name == "gbdt" else f"{name} numpy"]
-            win = next((b for b, g, c in zip(batches, results[f"{name} cupy"], cpu) if g > c), None)
-            print(f"{name}: GPU faster than CPU from batch {win:,}" if win else f"{name}: GPU never faster up to batch {batches[-1]:,}")
+        common = [b for b in batches if b in gpu_batches]
+        for name in ("gbdt", "logreg", "mlp"):
+            cpu, gpu_r = results["gbdt perfect" if name == "gbdt" else f"{name} numpy"], results[f"{name} cupy"]
+            win = next((b for b in common if gpu_r[b] > cpu[b]), None)
+            print(f"{name}: GPU (cupy) faster than CPU (numpy, 1 thread) from batch {win:,}" if win
+                  else f"{name}: GPU never faster up to batch {common[-1]:,}")
+        print(f"gbdt cupy peak: {max(results['gbdt cupy'].values()):,.0f} rows/s")
     if args.chunks:
         b = max(batches)
         print(f"\nCPU traversal chunk sweep (batch {b:,}, rows/s):")

@@ -3,6 +3,8 @@ values one ulp around every threshold), scikit-learn predict_proba, and ONNX Run
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -195,20 +197,55 @@ gpu = pytest.mark.skipif(not xpmod.gpu_available(), reason="needs a CUDA GPU wit
 
 @pytest.mark.gpu
 @gpu
-def test_gpu_forest_and_dense_equal_cpu(data):
+@pytest.mark.parametrize("tile", [True, False])
+def test_gpu_forest_equals_the_libraries_at_every_batch_size(data, monkeypatch, tile):
+    """Batch sizes around the block size cover one tree per thread (many groups) up to all trees
+    per thread; ``tile=False`` takes the kernel's global-memory path for wide inputs."""
+    import cupy
+    import scoring.models.gbdt as gbdt
+    if not tile:
+        monkeypatch.setattr(gbdt, "GPU_TILE_BYTES", 0)
+    X, y = data
+    big = np.concatenate([X] * 40)  # 120,000 rows: one tree group per thread
+    xgbm, lgbm = _xgb(X, y, 6), _lgb(X, y, 12, num_leaves=200)
+    for forest, want in ((from_xgboost(xgbm.save_raw("json")), xgbm.predict(xgb.DMatrix(big, missing=np.nan))),
+                         (from_lightgbm(lgbm.dump_model()), lgbm.predict(big))):
+        ex = forest.executor(cupy)
+        for n in (1, 2, 127, 128, 129, 3000, len(big)):
+            got = ex.predict(cupy.asarray(big[:n]))
+            assert isinstance(got, cupy.ndarray)
+            np.testing.assert_allclose(cupy.asnumpy(got), want[:n], atol=TOL, rtol=0)
+    # single-leaf trees (a root that is a leaf) among deep ones, a tree count not divisible by 4
+    stumps = from_xgboost(_xgb(X, y, 3, rounds=3, gamma=1e6).save_raw("json"))
+    deep = from_xgboost(_xgb(X, y, 6, rounds=6).save_raw("json"))
+    mixed = dataclasses.replace(deep, trees=stumps.trees[:1] + deep.trees + stumps.trees[1:])
+    assert min(t.depth for t in mixed.trees) == 0 and len(mixed.trees) % 4 == 1
+    for n in (1, 129, len(big)):
+        np.testing.assert_allclose(cupy.asnumpy(mixed.executor(cupy).predict(cupy.asarray(big[:n]))),
+                                   mixed.executor(np).predict(big[:n]), atol=TOL, rtol=0)
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_dense_equals_cpu(data):
     import cupy
     X, y = data
-    Xd = cupy.asarray(X)
-    for forest in (from_xgboost(_xgb(X, y, 6).save_raw("json")), from_lightgbm(_lgb(X, y, 9).dump_model())):
-        np.testing.assert_allclose(cupy.asnumpy(forest.executor(cupy).predict(Xd)),
-                                   forest.executor(np).predict(X), atol=TOL, rtol=0)
-    model = _dense_from_pipeline(_sk_pipeline(LogisticRegression(), X, y))
-    np.testing.assert_allclose(cupy.asnumpy(model.executor(cupy).predict(Xd)), model.executor(np).predict(X), atol=TOL)
+    for est in (LogisticRegression(), MLPClassifier((16,), max_iter=300, random_state=0)):
+        model = _dense_from_pipeline(_sk_pipeline(est, X, y))
+        np.testing.assert_allclose(cupy.asnumpy(model.executor(cupy).predict(cupy.asarray(X))),
+                                   model.executor(np).predict(X), atol=TOL, rtol=0)
+
+
+def _onnx_cuda() -> bool:
+    import onnxruntime as ort
+    return "CUDAExecutionProvider" in ort.get_available_providers()
 
 
 @pytest.mark.gpu
 @gpu
 def test_gpu_onnx_io_binding_and_tree_refusal(data):
+    if not _onnx_cuda():
+        pytest.skip("onnxruntime has no CUDA provider: install onnxruntime-gpu (the gpu extra)")
     import cupy
     from scoring.models.errors import DeviceError
     X, y = data

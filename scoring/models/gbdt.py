@@ -20,7 +20,16 @@ single-threaded NumPy, 2 shared cores, noisy): ``perfect`` 72k rows/s vs ``nodes
 chunks of CHUNK_ROWS so the (rows x trees) temporaries stay in cache (1,024-row chunks measured
 about half the speed of 128). Small batches pay NumPy's per-call overhead (~50 calls): at batch
 1, 5.7k rows/s vs ONNX Runtime's 41k.
-On a GPU the ``nodes`` layout runs as one CuPy ElementwiseKernel thread per (row, tree).
+On a GPU the ``nodes`` layout runs in one CuPy RawKernel (``_GPU_SOURCE``): a block of
+GPU_BLOCK rows copies its expanded rows into shared memory (column-major, so a warp's reads hit
+distinct banks); each thread walks its row through a contiguous group of trees, four trees at a
+time so four independent load chains are in flight, with one 8-byte node load per level, and
+sums the leaves in a register. Groups are sized so a batch fills the GPU once (small batches
+split the trees over many threads, large ones give each thread all of them); their float64
+partial sums are added in one reduction. Measured on an H100 (500 trees, depth 6, 20 features,
+margin only): one tree at a time with 16-byte nodes 187M rows/s at 1M rows; four at a time with
+8-byte nodes 505M; reading rows from global memory instead of the tile 44-66M; the previous one
+thread per (row, tree) ElementwiseKernel, which wrote an (n x trees) matrix, 20M.
 """
 
 from __future__ import annotations
@@ -35,6 +44,9 @@ __all__ = ["ForestExecutor", "PERFECT_MAX_DEPTH", "expand_variants"]
 PERFECT_MAX_DEPTH = 8
 SMALL_BATCH = 4  # up to this many rows, the node layout (fewer calls per level) even when perfect is chosen
 CHUNK_ROWS = 128  # rows per step on CPU: (rows x trees) temporaries stay in L2 (bench/models.py --chunks)
+GPU_BLOCK = 128  # rows (threads) per GPU block
+GPU_FILL = 1  # aim for this many times the GPU's resident threads per batch
+GPU_TILE_BYTES = 48 * 1024  # shared memory per block for the row tile; wider inputs read global memory
 
 
 def expand_variants(X, variants: tuple[int, ...], xp, tiny_is_zero: bool = False):
@@ -152,6 +164,20 @@ class ForestExecutor:
                 else:
                     feat.append(self._col(tree, node)), thr.append(tree.threshold[node])
                     first.append(new_id[int(tree.left[node])]), value.append(0.0)
+        if self._gpu:  # 8 bytes per node: threshold bits, column << 16 | (first child - tree root)
+            start = np.repeat(np.asarray(roots, np.int64), np.diff(np.append(roots, len(feat))))
+            rel, col = np.asarray(first, np.int64) - start, np.asarray(feat, np.int64)
+            if rel.max(initial=0) > 32767 or col.max(initial=0) > 65535:
+                raise ModelError("a tree of over 32,767 nodes or an input of over 65,535 expanded columns does not "
+                                 "fit the GPU kernel's 8-byte nodes: use --device cpu for this model")
+            packed = np.empty((len(feat), 2), np.int32)
+            packed[:, 0] = np.asarray(thr, np.float32).view(np.int32)
+            packed[:, 1] = ((col << 16) | (rel & 0xFFFF)).astype(np.uint32).view(np.int32)
+            xp = self.xp
+            self.g_nodes = xp.asarray(packed)
+            self.g_value = xp.asarray(np.asarray(value, np.float64))
+            self.g_roots = xp.asarray(np.asarray(roots, np.int32))
+            return
         xp = self.xp
         self.n_feat = xp.asarray(np.asarray(feat, np.int64))
         self.n_thr = xp.asarray(np.asarray(thr, np.float32))
@@ -163,9 +189,7 @@ class ForestExecutor:
         xp = self.xp
         n = Xe.shape[0]
         if self._gpu:
-            return _gpu_nodes_kernel()(Xe, self.ncol, self.n_trees, self.depth, self.n_feat, self.n_thr,
-                                       self.n_first, self.n_value, self.n_roots,
-                                       xp.empty((n, self.n_trees), xp.float64)).sum(axis=1)
+            return self._margin_gpu(Xe)
         flat = Xe.ravel()
         rowoff = (np.arange(n, dtype=np.int64) * self.ncol)[:, None]
         idx = np.repeat(self.n_roots[None, :], n, axis=0)
@@ -205,25 +229,88 @@ class ForestExecutor:
         return 1.0 / (1.0 + self.xp.exp(-self.forest.sigmoid_scale * m))
 
 
+    def _margin_gpu(self, Xe):
+        """Tree groups sized so blocks x groups x GPU_BLOCK threads cover the GPU GPU_FILL times."""
+        cp = self.xp
+        n, T = Xe.shape[0], self.n_trees
+        if n == 0:
+            return cp.zeros(0, cp.float64)
+        Xe = cp.ascontiguousarray(Xe, dtype=cp.float32)
+        blocks = -(-n // GPU_BLOCK)
+        want = GPU_FILL * _gpu_threads() // GPU_BLOCK
+        per_group = -(-T // max(1, min(T, want // blocks)))
+        groups = -(-T // per_group)
+        tile = GPU_BLOCK * self.ncol * 4
+        use_tile = tile <= GPU_TILE_BYTES
+        out = cp.empty((groups, n), cp.float64)
+        _gpu_kernel()((blocks, groups), (GPU_BLOCK,),
+                      (Xe, self.g_nodes, self.g_value, self.g_roots, np.int32(n), np.int32(self.ncol),
+                       np.int32(T), np.int32(self.depth), np.int32(per_group), np.int32(use_tile), out),
+                      shared_mem=tile if use_tile else 0)
+        return out[0] if groups == 1 else out.sum(axis=0)
+
+
+_GPU_SOURCE = r"""
+#define HW_STEP(b, k) { const int2 nd = __ldg(nodes + (b) + (k)); \
+    k = (int)(short)(nd.y & 0xffff) + (x[(((unsigned)nd.y) >> 16) * stride] >= __int_as_float(nd.x) ? 1 : 0); }
+
+extern "C" __global__ void headwater_forest(
+        const float* __restrict__ xe, const int2* __restrict__ nodes, const double* __restrict__ value,
+        const int* __restrict__ roots, const int n, const int ncol, const int ntrees, const int depth,
+        const int per_group, const int use_tile, double* __restrict__ out) {
+    extern __shared__ float tile[];  // [ncol][blockDim.x]: column-major, one bank per thread
+    const int r0 = blockIdx.x * blockDim.x;
+    const int rows = min((int)blockDim.x, n - r0);
+    if (use_tile) {
+        for (int k = threadIdx.x; k < rows * ncol; k += blockDim.x) {  // coalesced global reads
+            const int r = k / ncol;
+            tile[(k - r * ncol) * blockDim.x + r] = xe[(long long)r0 * ncol + k];
+        }
+        __syncthreads();
+    }
+    const int r = threadIdx.x;
+    if (r >= rows) return;
+    const float* x = use_tile ? tile + r : xe + (long long)(r0 + r) * ncol;
+    const int stride = use_tile ? blockDim.x : 1;
+    const int t0 = blockIdx.y * per_group, t1 = min(ntrees, t0 + per_group);
+    double acc = 0.0;
+    int t = t0;
+    for (; t + 4 <= t1; t += 4) {  // four independent walks in flight hide the load latency
+        const int b0 = roots[t], b1 = roots[t + 1], b2 = roots[t + 2], b3 = roots[t + 3];
+        int k0 = 0, k1 = 0, k2 = 0, k3 = 0;
+        for (int d = 0; d < depth; ++d) {  // leaves point at themselves: extra levels are no-ops
+            HW_STEP(b0, k0) HW_STEP(b1, k1) HW_STEP(b2, k2) HW_STEP(b3, k3)
+        }
+        acc += value[b0 + k0]; acc += value[b1 + k1]; acc += value[b2 + k2]; acc += value[b3 + k3];
+    }
+    for (; t < t1; ++t) {
+        const int b0 = roots[t];
+        int k0 = 0;
+        for (int d = 0; d < depth; ++d) HW_STEP(b0, k0)
+        acc += value[b0 + k0];
+    }
+    out[(long long)blockIdx.y * n + r0 + r] = acc;
+}
+"""
+
 _KERNEL = None
+_THREADS = None
 
 
-def _gpu_nodes_kernel():
-    """One thread per (row, tree): the ``nodes`` step loop in CUDA (compiled once per process)."""
+def _gpu_kernel():
+    """Compiled once per process (NVRTC through CuPy)."""
     global _KERNEL
     if _KERNEL is None:
         import cupy
-        _KERNEL = cupy.ElementwiseKernel(
-            "raw float32 xe, int64 ncol, int64 ntrees, int64 depth, raw int64 feat, raw float32 thr, "
-            "raw int64 first, raw float64 value, raw int64 roots",
-            "float64 out",
-            """
-            const long long row = i / ntrees, t = i % ntrees;
-            long long k = roots[t];
-            for (long long d = 0; d < depth; ++d) {
-                k = first[k] + (xe[row * ncol + feat[k]] >= thr[k] ? 1 : 0);
-            }
-            out = value[k];
-            """,
-            "headwater_gbdt_nodes")
+        _KERNEL = cupy.RawKernel(_GPU_SOURCE, "headwater_forest")
     return _KERNEL
+
+
+def _gpu_threads() -> int:
+    """Resident threads the current GPU can hold (multiprocessors x max threads per SM)."""
+    global _THREADS
+    if _THREADS is None:
+        import cupy
+        attrs = cupy.cuda.Device().attributes
+        _THREADS = attrs["MultiProcessorCount"] * attrs["MaxThreadsPerMultiProcessor"]
+    return _THREADS
