@@ -205,6 +205,26 @@ class ForestExecutor:
             np.add(idx, bit, out=idx)
         return self.n_value.take(idx, mode="clip").sum(axis=1)
 
+    def _margin_gpu(self, Xe):
+        """Tree groups sized so blocks x groups x GPU_BLOCK threads cover the GPU GPU_FILL times."""
+        cp = self.xp
+        n, T = Xe.shape[0], self.n_trees
+        if n == 0:
+            return cp.zeros(0, cp.float64)
+        Xe = cp.ascontiguousarray(Xe, dtype=cp.float32)
+        blocks = -(-n // GPU_BLOCK)
+        want = GPU_FILL * _gpu_threads() // GPU_BLOCK
+        per_group = -(-T // max(1, min(T, want // blocks)))
+        groups = -(-T // per_group)
+        tile = GPU_BLOCK * self.ncol * 4
+        use_tile = tile <= GPU_TILE_BYTES
+        out = cp.empty((groups, n), cp.float64)
+        _gpu_kernel()((blocks, groups), (GPU_BLOCK,),
+                      (Xe, self.g_nodes, self.g_value, self.g_roots, np.int32(n), np.int32(self.ncol),
+                       np.int32(T), np.int32(self.depth), np.int32(per_group), np.int32(use_tile), out),
+                      shared_mem=tile if use_tile else 0)
+        return out[0] if groups == 1 else out.sum(axis=0)
+
     # ---- public --------------------------------------------------------------------------------
     def margin(self, X):
         xp = self.xp
@@ -227,27 +247,6 @@ class ForestExecutor:
         if self.forest.link == "identity":
             return m
         return 1.0 / (1.0 + self.xp.exp(-self.forest.sigmoid_scale * m))
-
-
-    def _margin_gpu(self, Xe):
-        """Tree groups sized so blocks x groups x GPU_BLOCK threads cover the GPU GPU_FILL times."""
-        cp = self.xp
-        n, T = Xe.shape[0], self.n_trees
-        if n == 0:
-            return cp.zeros(0, cp.float64)
-        Xe = cp.ascontiguousarray(Xe, dtype=cp.float32)
-        blocks = -(-n // GPU_BLOCK)
-        want = GPU_FILL * _gpu_threads() // GPU_BLOCK
-        per_group = -(-T // max(1, min(T, want // blocks)))
-        groups = -(-T // per_group)
-        tile = GPU_BLOCK * self.ncol * 4
-        use_tile = tile <= GPU_TILE_BYTES
-        out = cp.empty((groups, n), cp.float64)
-        _gpu_kernel()((blocks, groups), (GPU_BLOCK,),
-                      (Xe, self.g_nodes, self.g_value, self.g_roots, np.int32(n), np.int32(self.ncol),
-                       np.int32(T), np.int32(self.depth), np.int32(per_group), np.int32(use_tile), out),
-                      shared_mem=tile if use_tile else 0)
-        return out[0] if groups == 1 else out.sum(axis=0)
 
 
 _GPU_SOURCE = r"""
