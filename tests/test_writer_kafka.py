@@ -133,3 +133,23 @@ def test_as_of_waits_for_the_settle_rule(stack, setup, unique) -> None:
         stop.set()
         thread.join(30)
     assert out["stats"].written >= 1 and out["stats"].progress == 3
+
+
+def test_end_offsets_equal_the_brokers_watermarks(stack, setup, unique) -> None:
+    """The settle rule's end offsets (an AdminClient's ListOffsets, not the consumer's) equal the
+    consumer's own watermark query per partition, empty partitions included; an unknown topic is
+    None (as_of waits), not an exception."""
+    from confluent_kafka import Consumer, TopicPartition
+    from online_store.writer import _EndOffsets
+    repo, case, vp, plan, client, send = setup
+    send(tile_records(vp, case["events"])[:7])
+    topic = repo.topics.tiles.name
+    c = Consumer({"bootstrap.servers": stack.bootstrap_servers, "group.id": f"eo-{unique}"})
+    try:
+        parts = sorted(c.list_topics(topic, timeout=10).topics[topic].partitions)
+        want = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in parts}
+    finally:
+        c.close()
+    got = _EndOffsets(stack, topic)(parts)
+    assert got == want and sum(hi - lo for lo, hi in got.values()) == 7
+    assert _EndOffsets(stack, f"no-such-topic-{unique}")([0]) is None
