@@ -227,6 +227,34 @@ def test_gpu_forest_equals_the_libraries_at_every_batch_size(data, monkeypatch, 
 
 @pytest.mark.gpu
 @gpu
+@pytest.mark.parametrize("tile", [True, False])
+def test_gpu_threshold_edges_and_specials_match_libraries(edge_models, data, monkeypatch, tile):
+    """The kernel's own input rewrite (per missing variant, in the shared-memory tile) against the
+    libraries: thresholds and one ulp either side, NaN, +-0, denormals, |x| <= 1e-35, +-inf, for
+    every variant (XGBoost 0/1, LightGBM NaN 0/1, zero_as_missing 2/3, use_missing=False 4)."""
+    import cupy
+    import scoring.models.gbdt as gbdt
+    if not tile:
+        monkeypatch.setattr(gbdt, "GPU_TILE_BYTES", 0)
+    X, y = data
+    lbn = _lgb(X, y, 5, rounds=20, use_missing=False)
+    forest = from_lightgbm(lbn.dump_model())
+    thr = np.concatenate([t.threshold[t.left >= 0] for t in forest.trees])
+    pool = np.concatenate([_edge_values(thr), np.float32([0.0, -0.0, np.nan, 1e-38, -1e-38, 1e-45, np.inf, -np.inf])])
+    cases = list(edge_models) + [("lgb", lbn, forest, pool)]
+    assert {v for *_, f, _ in cases for v in f.variants} == {0, 1, 2, 3, 4}
+    for lib, booster, forest, pool in cases:
+        for seed in range(4):
+            Xs = pool[np.random.default_rng(seed).integers(0, len(pool), (300, F))].astype(np.float32)
+            want = booster.predict(xgb.DMatrix(Xs, missing=np.nan)) if lib == "xgb" else booster.predict(Xs)
+            ex = forest.executor(cupy)
+            np.testing.assert_allclose(cupy.asnumpy(ex.predict(cupy.asarray(Xs))), want, atol=TOL, rtol=0)
+            np.testing.assert_allclose(cupy.asnumpy(ex.margin(cupy.asarray(Xs))), forest.executor(np).margin(Xs),
+                                       atol=TOL, rtol=0)
+
+
+@pytest.mark.gpu
+@gpu
 def test_gpu_dense_equals_cpu(data):
     import cupy
     X, y = data
