@@ -33,9 +33,9 @@ adds their float64 partial sums in order. So a predict is one launch once a batc
 by itself (on an H100 from ~135k rows) and two below. Measured on an H100 (500 trees, depth 6,
 20 features, margin only): one tree at a time with 16-byte nodes 187M rows/s at 1M rows; four at
 a time with 8-byte nodes 505M; reading rows from global memory instead of the tile 44-66M; the
-first, one thread per (row, tree) ElementwiseKernel writing an (n x trees) matrix, 20M. Whole predict, batch 1 / 1,024 / 1M:
-3.1k / 4.7M / 246M rows/s with the rewrite and the sigmoid as separate CuPy calls, 18.9k / 12.0M
-/ 331M fused.
+first, one thread per (row, tree) ElementwiseKernel writing an (n x trees) matrix, 20M. Whole
+predict, batch 1 / 1,024 / 1M: 3.1k / 4.7M / 246M rows/s with the rewrite and the sigmoid as
+separate CuPy calls, 18.9k / 12.0M / 331M fused.
 """
 
 from __future__ import annotations
