@@ -229,8 +229,8 @@ def test_gpu_forest_equals_the_libraries_at_every_batch_size(data, monkeypatch, 
 @gpu
 @pytest.mark.parametrize("tile", [True, False])
 def test_gpu_threshold_edges_and_specials_match_libraries(edge_models, data, monkeypatch, tile):
-    """The kernel's own input rewrite (per missing variant, in the shared-memory tile) against the
-    libraries: thresholds and one ulp either side, NaN, +-0, denormals, |x| <= 1e-35, +-inf, for
+    """The kernel's own input rewrite (per missing variant, in the shared-memory tile or, for wide
+    rows, the keys launch) against the libraries: thresholds and one ulp either side, NaN, +-0, denormals, |x| <= 1e-35, +-inf, for
     every variant (XGBoost 0/1, LightGBM NaN 0/1, zero_as_missing 2/3, use_missing=False 4)."""
     import cupy
     import scoring.models.gbdt as gbdt
@@ -244,10 +244,10 @@ def test_gpu_threshold_edges_and_specials_match_libraries(edge_models, data, mon
     cases = list(edge_models) + [("lgb", lbn, forest, pool)]
     assert {v for *_, f, _ in cases for v in f.variants} == {0, 1, 2, 3, 4}
     for lib, booster, forest, pool in cases:
+        ex = forest.executor(cupy)
         for seed in range(4):
             Xs = pool[np.random.default_rng(seed).integers(0, len(pool), (300, F))].astype(np.float32)
             want = booster.predict(xgb.DMatrix(Xs, missing=np.nan)) if lib == "xgb" else booster.predict(Xs)
-            ex = forest.executor(cupy)
             np.testing.assert_allclose(cupy.asnumpy(ex.predict(cupy.asarray(Xs))), want, atol=TOL, rtol=0)
             np.testing.assert_allclose(cupy.asnumpy(ex.margin(cupy.asarray(Xs))), forest.executor(np).margin(Xs),
                                        atol=TOL, rtol=0)

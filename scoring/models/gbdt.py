@@ -263,10 +263,13 @@ class ForestExecutor:
         return scores
 
     # ---- public --------------------------------------------------------------------------------
-    def margin(self, X):
-        xp = self.xp
+    def _check_width(self, X) -> None:
         if X.shape[1] < self.forest.n_features:
             raise ModelError(f"tree model reads {self.forest.n_features} feature columns; the matrix has {X.shape[1]}")
+
+    def margin(self, X):
+        xp = self.xp
+        self._check_width(X)
         if self._gpu:
             return self._gpu_scores(X, link=False)
         Xe = expand_variants(X[:, :self.forest.n_features], self.variants, xp, self.forest.tiny_is_zero)
@@ -283,8 +286,7 @@ class ForestExecutor:
 
     def predict(self, X, xp=None):
         if self._gpu:
-            if X.shape[1] < self.forest.n_features:
-                return self.margin(X)  # raises the one-line ModelError
+            self._check_width(X)
             return self._gpu_scores(X, link=True)
         m = self.margin(X)
         if self.forest.link == "identity":
