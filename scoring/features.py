@@ -71,7 +71,7 @@ def assemble(result: FetchResult, spec: MatrixSpec, xp: types.ModuleType) -> tup
     empty = np.ones(n, bool)
     for j, (ref, nd) in enumerate(zip(spec.refs, spec.nodata)):
         v, null = result.numpy(ref)
-        if v.dtype == object:  # distinct counts come from the per-entity merge as Python ints
+        if v.dtype == object:  # last/latest of a numeric column: Python values
             try:  # probe() checked the Arrow type is numeric; nulls are masked below
                 v = np.where(null, 0, v).astype(np.float64)
             except (TypeError, ValueError) as exc:

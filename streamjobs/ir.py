@@ -668,8 +668,12 @@ def vmerge(fields: Sequence[IRField], tiles: Mapping[str, np.ndarray]) -> dict[s
 
 
 def vfinalize(f: FeatureLike, m: Mapping[str, Any], g: int) -> tuple[np.ndarray, np.ndarray]:
-    """(values, null mask) of a numeric op from ``vmerge`` output (window group ``g`` on axis 1)."""
+    """(values, null mask) of a numeric op from ``vmerge`` output (window group ``g`` on axis 1);
+    ``distinct_count`` from ``m["<col>__distinct"]``, the sizes of the merged sets."""
     c = f.column
+    if f.op == "distinct_count":  # OPS["distinct_count"]: len(set) or None
+        v = m[f"{c}__distinct"][:, g]
+        return v, v == 0
     if f.op in ("count", "sum"):
         v = m[f"{c}__{'cnt' if f.op == 'count' else 'sum'}"][:, g]
         return v, np.zeros(len(v), bool)
