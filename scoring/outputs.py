@@ -5,6 +5,11 @@ per-stage ``latency`` map and ``produced_ms``). Avro writes a record as its fiel
 so a message is ``ColumnarCodec(flat prefix)`` bytes followed by one tail encoded once per batch
 with fastavro: no per-record dict, byte-identical to ``AvroCodec.encode`` (tested).
 ``ShadowPrediction`` is flat: ``ColumnarCodec`` alone. Dead letters are rare: ``AvroCodec``.
+
+Small batches (at most ``ROWWISE_MAX`` rows) skip the columnar encoder: its fixed cost (Arrow
+table, per-field NumPy passes) is ~0.45-0.55 ms whatever the size, fastavro's ~15 us a row, so at
+the batch sizes of a lightly loaded consumer the two outputs of a one-event batch cost ~30 us
+instead of ~1 ms. The same bytes either way (tested for both paths).
 """
 
 from __future__ import annotations
@@ -15,12 +20,18 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import fastavro
+import numpy as np
 import pyarrow as pa
 
 from schemas import AvroCodec, ColumnarCodec, ColumnarUnsupported
 from scoring.errors import ScoreConfigError
 
-__all__ = ["SplitEncoder", "dead_letter"]
+__all__ = ["SplitEncoder", "dead_letter", "ROWWISE_MAX"]
+
+#: Batches up to this many rows are encoded row by row with fastavro (measured 2026-11-22 on the
+#: prediction schema, CPU time: 1 / 8 / 32 rows 16 / 124 / 512 us row by row vs 458 / 403 / 521 us
+#: columnar; break-even near 32, so half that).
+ROWWISE_MAX = 16
 
 
 class SplitEncoder:
@@ -41,9 +52,13 @@ class SplitEncoder:
         self._tail = fastavro.parse_schema(
             {"type": "record", "name": f"_{schema['name']}Tail", "fields": schema["fields"][k:]}) if constant_fields else None
         self.schema_id = codec.schema_id
+        self._codec = codec
+        self._names = [f.name for f in self._prefix.arrow_schema]
 
     def encode(self, columns: Mapping[str, Any], constants: Mapping[str, Any] | None = None) -> list[bytes]:
         """One message per row; ``columns``: field -> Arrow/NumPy/list column (prefix fields)."""
+        if len(columns[self._names[0]]) <= ROWWISE_MAX:
+            return self._encode_rows(columns, constants)
         # explicit types from the schema: no type inference per batch, and a wrong column fails here
         table = pa.table({f.name: v if isinstance(v := columns[f.name], (pa.Array, pa.ChunkedArray))
                           else pa.array(v, f.type) for f in self._prefix.arrow_schema})
@@ -54,6 +69,19 @@ class SplitEncoder:
         fastavro.schemaless_writer(buf, self._tail, dict(constants or {}))
         tail = buf.getvalue()
         return [m + tail for m in msgs]
+
+    def _encode_rows(self, columns: Mapping[str, Any], constants: Mapping[str, Any] | None) -> list[bytes]:
+        """Small batches: one fastavro record per row (the codec validates each)."""
+        lists = [_pylist(columns[name]) for name in self._names]
+        tail = dict(constants or {})
+        encode, names = self._codec.encode, self._names
+        return [encode({**dict(zip(names, row)), **tail}) for row in zip(*lists)]
+
+
+def _pylist(col: Any) -> list[Any]:
+    if isinstance(col, (pa.Array, pa.ChunkedArray)):
+        return col.to_pylist()
+    return col.tolist() if isinstance(col, np.ndarray) else list(col)
 
 
 def dead_letter(codec: AvroCodec, msg: Any, reason: str, error: str, stage: str) -> bytes:

@@ -3,7 +3,10 @@ canary routing, adaptive batching, bulk histogram observation. No Kafka, no Redi
 
 from __future__ import annotations
 
+from unittest.mock import patch
+
 import numpy as np
+import pyarrow as pa
 import pytest
 from confluent_kafka import KafkaError, Message
 from hypothesis import given, settings
@@ -14,6 +17,7 @@ from schemas import AvroCodec, load_schema
 from scoring.consumer import AdaptiveBatch, ConsumerSettings
 from scoring.decode import BatchDecoder
 from scoring.errors import DLQ_REASONS, ScoreConfigError
+from scoring import outputs
 from scoring.metrics import observe_many
 from scoring.outputs import SplitEncoder
 from scoring.scorer import canary_mask
@@ -27,29 +31,40 @@ text = st.text(max_size=12)
 
 @settings(max_examples=60, deadline=None)
 @given(rows=st.lists(st.tuples(text, text, st.floats(allow_nan=False), st.one_of(st.none(), st.booleans()),
-                               text, st.integers(0, 2**62), st.booleans()), min_size=1, max_size=20),
+                               text, st.integers(0, 2**62), st.booleans()), min_size=1, max_size=40),
        latency=st.dictionaries(st.sampled_from(["decode", "fetch", "score"]), st.floats(0, 1e4)),
-       produced=st.integers(0, 2**62))
-def test_prediction_encoder_is_byte_identical_to_fastavro(rows, latency, produced) -> None:
+       produced=st.integers(0, 2**62), rowwise=st.sampled_from([0, outputs.ROWWISE_MAX]),
+       arrow=st.booleans())
+def test_prediction_encoder_is_byte_identical_to_fastavro(rows, latency, produced, rowwise, arrow) -> None:
+    """Both paths (columnar; row by row up to ``ROWWISE_MAX``), from lists or Arrow/NumPy columns."""
     codec = AvroCodec(load_schema("prediction"), 7)
     enc = SplitEncoder(codec, ("latency", "produced_ms"))
     cols = {"event_id": [r[0] for r in rows], "entity": [r[1] for r in rows], "score": [r[2] for r in rows],
             "decision": [r[3] for r in rows], "model_name": [r[4] for r in rows],
             "model_version": ["3"] * len(rows), "features_as_of_ms": [r[5] for r in rows],
             "no_features": [r[6] for r in rows]}
-    got = enc.encode(cols, {"latency": latency, "produced_ms": produced})
+    given_cols: dict = cols
+    if arrow:  # what the scorer passes: Arrow strings and nullable bools, NumPy numbers
+        given_cols = {**{k: pa.array(cols[k], pa.string()) for k in ("event_id", "entity", "model_name", "model_version")},
+                      "decision": pa.array(cols["decision"], pa.bool_()), "score": np.array(cols["score"]),
+                      "features_as_of_ms": np.array(cols["features_as_of_ms"], np.int64),
+                      "no_features": np.array(cols["no_features"], bool)}
+    with patch.object(outputs, "ROWWISE_MAX", rowwise):
+        got = enc.encode(given_cols, {"latency": latency, "produced_ms": produced})
     want = [codec.encode({**{k: v[i] for k, v in cols.items()}, "latency": latency, "produced_ms": produced})
             for i in range(len(rows))]
     assert got == want
     assert [codec.decode(m)["score"] for m in got] == cols["score"]
 
 
-def test_shadow_encoder_is_byte_identical_to_fastavro() -> None:
+@pytest.mark.parametrize("rowwise", [0, outputs.ROWWISE_MAX])
+def test_shadow_encoder_is_byte_identical_to_fastavro(rowwise: int) -> None:
     codec = AvroCodec(load_schema("shadow"), 9)
     cols = {"event_id": ["e1", "e2"], "entity": ["c1", "c2"], "model_name": ["s"] * 2, "model_version": ["1"] * 2,
             "score": np.array([0.1, 0.2]), "production_model": ["p"] * 2, "production_version": ["4"] * 2,
             "production_score": np.array([0.3, 0.4]), "latency_ms": np.array([1.5, 1.5])}
-    got = SplitEncoder(codec).encode(cols)
+    with patch.object(outputs, "ROWWISE_MAX", rowwise):
+        got = SplitEncoder(codec).encode(cols)
     assert got == [codec.encode({k: (v[i].item() if isinstance(v, np.ndarray) else v[i]) for k, v in cols.items()})
                    for i in range(2)]
 
