@@ -29,7 +29,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import cached_property, lru_cache
+from functools import cached_property
 from itertools import chain, compress, repeat
 from typing import Any, Literal
 
@@ -501,7 +501,7 @@ def _merge_vector(lay: _Layout, tiles: _Sparse, n: int, t: int) -> dict[str, Col
     rank = seen - 1 - before[:, ent] if n_tiles else seen  # (groups, tiles): place in its row
     widest = counts.max(axis=0, initial=0)
     table = lay.codec.decode_fixed(vals, pad=True)  # row n_tiles: the empty tile
-    var: dict[Any, Any] = {}  # var parts and their ranks / codes, built on first use by a group that needs them
+    var: dict[str, Any] = {}  # var parts per var field, split on first use by a group that needs them
     out: dict[str, Column] = {}
     narrow = widest <= _NARROW
     for members in (np.flatnonzero(narrow), np.flatnonzero(~narrow)):
