@@ -129,6 +129,11 @@ class AvroCodec:
         self._writers: dict[int, Any] = {schema_id: None}
         self._unknown: dict[int, float] = {}
 
+    @property
+    def header(self) -> bytes:
+        """The 5-byte Confluent frame every record of this schema id starts with."""
+        return self._header
+
     @classmethod
     def for_subject(
         cls, store: SchemaStore, subject: str, schema: dict | str | Path

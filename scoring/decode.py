@@ -6,6 +6,13 @@ through ``AvroCodec`` with the schema store (an evolved producer's records resol
 reader schema); only rows neither can read are dead letters. Validation is vectorised too: an
 empty or null entity key (``missing_entity_key``) or a null / non-positive event time
 (``bad_event_time``) sends the row to the DLQ with stage ``validate``.
+
+Small batches (at most ``ROWWISE_MAX`` messages, what a consumer sees at low rates) skip the
+columnar decoder's fixed cost (~0.4 ms of numpy calls whatever the size, against ~10 us a row
+for fastavro): each message is read with fastavro and accepted only if re-encoding the record
+(validated, so an Avro ``int`` out of range fails) gives back exactly its bytes. Any message that
+is not such a canonical encoding of a valid record sends the whole batch to the columnar path,
+so which rows reach the DLQ, and with what reason, never depends on the path.
 """
 
 from __future__ import annotations
@@ -17,10 +24,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from schemas import AvroCodec, ColumnarCodec, DecodeError
+from schemas import AvroCodec, ColumnarCodec, DecodeError, EncodeError
 from scoring.errors import ScoreConfigError
 
-__all__ = ["BatchDecoder", "Decoded", "Rejected"]
+__all__ = ["BatchDecoder", "Decoded", "Rejected", "ROWWISE_MAX"]
+
+#: Batches of at most this many messages try the row path first (module docstring). Measured per
+#: batch (CPU, fraud transactions): columnar 380-410 us at 1-64 rows; rows 57 / 126 / 203 / 360 us
+#: at 1 / 8 / 16 / 32.
+ROWWISE_MAX = 16
 
 
 @dataclass(frozen=True)
@@ -57,10 +69,18 @@ class BatchDecoder:
         self.key_fields = tuple(key_fields)
         self.event_time_field = event_time_field
         self.event_id_field = event_id_field
+        # validate=True: the round-trip check must reject what the columnar decoder rejects
+        self._strict = AvroCodec(codec.schema, codec.schema_id, validate=True)
+        self._header = self._strict.header
 
     def decode(self, values: Sequence[bytes | None]) -> Decoded:
+        table = self._rows(values) if len(values) <= ROWWISE_MAX else None
+        if table is not None:
+            rejected: list[Rejected] = []
+            table, index = self._validate(table, np.arange(len(values)), rejected)
+            return Decoded(table, index, rejected)
         table, ok, errors = self.columnar.decode_batch(values)
-        rejected: list[Rejected] = []
+        rejected = []
         index = np.flatnonzero(ok)
         if not ok.all():
             table = table.filter(pa.array(ok))
@@ -76,6 +96,23 @@ class BatchDecoder:
                 table, index = self._resolve(values, retry, table, index, rejected)
         table, index = self._validate(table, index, rejected)
         return Decoded(table, index, rejected)
+
+    def _rows(self, values: Sequence[bytes | None]) -> pa.Table | None:
+        """The batch decoded row by row, or None unless every message is the canonical encoding
+        of a valid record under this codec's own schema id (module docstring)."""
+        recs = []
+        strict, header = self._strict, self._header
+        for v in values:
+            if not v or v[:5] != header:
+                return None
+            try:
+                rec = strict.decode(v)
+                if strict.encode(rec) != v:
+                    return None
+            except (DecodeError, EncodeError):
+                return None
+            recs.append(rec)
+        return pa.Table.from_pylist(recs, schema=self.columnar.arrow_schema)
 
     def _resolve(self, values: Sequence[bytes | None], retry: list[int], table: pa.Table, index: np.ndarray,
                  rejected: list[Rejected]) -> tuple[pa.Table, np.ndarray]:

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Histogram
 
 from schemas import AvroCodec, load_schema
 from scoring.consumer import AdaptiveBatch, ConsumerSettings
+from scoring import decode as decode_mod
 from scoring.decode import BatchDecoder
 from scoring.errors import DLQ_REASONS, ScoreConfigError
 from scoring import outputs
@@ -92,6 +93,72 @@ def test_decode_and_validate_reasons() -> None:
                        6: "missing_entity_key", 7: "bad_event_time", 8: "empty"}
     assert set(reasons.values()) | {"model_error"} == set(DLQ_REASONS)
     assert all(r.stage == ("validate" if r.index in (6, 7) else "decode") for r in d.rejected)
+
+
+WIDE = {"type": "record", "name": "Wide", "fields": [
+    {"name": "event_id", "type": "string"}, {"name": "card_id", "type": ["null", "string"]},
+    {"name": "n", "type": "int"}, {"name": "m", "type": ["long", "null"]}, {"name": "x", "type": "double"},
+    {"name": "y", "type": ["null", "float"]}, {"name": "ok", "type": "boolean"}, {"name": "b", "type": "bytes"},
+    {"name": "event_time", "type": "long"}]}
+
+wide_rows = st.fixed_dictionaries({
+    "event_id": st.text(max_size=6), "card_id": st.one_of(st.none(), st.text(max_size=4)),
+    "n": st.integers(-(2**31), 2**31 - 1), "m": st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1)),
+    "x": st.floats(allow_nan=False), "y": st.one_of(st.none(), st.floats(width=32, allow_nan=False)),
+    "ok": st.booleans(), "b": st.binary(max_size=5), "event_time": st.integers(-5, 2**41)})
+
+
+def _garble(codec: AvroCodec, rec: dict, how: int, at: int) -> bytes:
+    """A message the row path must not accept on its own: each kind the columnar decoder rejects
+    or reads differently from fastavro, plus arbitrary byte flips."""
+    good = codec.encode(rec)
+    if how == 0:  # int out of range: fastavro's reader takes it, the columnar decoder does not
+        return AvroCodec(codec.schema, codec.schema_id, validate=False).encode({**rec, "n": 2**31 + at})
+    if how == 1:
+        return good + bytes([at % 256])  # trailing bytes
+    if how == 2:
+        return good[:max(0, len(good) - 1 - at % len(good))]  # truncated
+    if how == 3:  # a non-canonical (overlong) varint for event_id's length
+        return good[:5] + bytes([good[5] | 0x80, 0x00]) + good[6:]
+    if how == 4:  # union branch 2
+        body = bytearray(good)
+        body[5 + 1 + len(rec["event_id"].encode())] = 4
+        return bytes(body)
+    body = bytearray(good)  # flip a byte anywhere
+    body[at % len(body)] ^= 1 + at % 255
+    return bytes(body)
+
+
+@settings(max_examples=150, deadline=None)
+@given(rows=st.lists(wide_rows, min_size=1, max_size=decode_mod.ROWWISE_MAX),
+       bad=st.lists(st.tuples(st.integers(0, 40), st.integers(0, 5), st.integers(0, 10**6)), max_size=3))
+def test_rowwise_decode_equals_the_columnar_path(rows, bad) -> None:
+    """Small batches decode row by row only when every message is canonical; either way the table,
+    the row index and every dead letter (reason, message, stage) equal the columnar path's."""
+    codec = AvroCodec(WIDE, 21)
+    msgs = [codec.encode(r) for r in rows]
+    dec = BatchDecoder(codec, ["card_id"], "event_time")
+    assert dec._rows(msgs) is not None  # canonical batches take the row path (or this test tests nothing)
+    for i, how, at in bad:
+        msgs[i % len(msgs)] = _garble(codec, rows[i % len(rows)], how, at)
+    got = dec.decode(msgs)
+    with patch.object(decode_mod, "ROWWISE_MAX", 0):
+        want = dec.decode(msgs)
+    assert got.table.equals(want.table) and got.table.schema == want.table.schema
+    assert got.index.tolist() == want.index.tolist()
+    key = lambda r: (r.index, r.reason, r.error, r.stage)  # noqa: E731
+    assert sorted(map(key, got.rejected)) == sorted(map(key, want.rejected))
+
+
+def test_rowwise_decode_rejects_an_out_of_range_int() -> None:
+    codec = AvroCodec(WIDE, 21)
+    rec = {"event_id": "e", "card_id": "c", "n": 1, "m": None, "x": 0.0, "y": None, "ok": True, "b": b"",
+           "event_time": 5}
+    big = _garble(codec, rec, 0, 0)
+    assert AvroCodec(WIDE, 21).decode(big)["n"] == 2**31  # fastavro alone would let it through
+    dec = BatchDecoder(codec, ["card_id"], "event_time")
+    assert dec._rows([big]) is None
+    assert [(r.reason, r.index) for r in dec.decode([codec.encode(rec), big]).rejected] == [("avro_error", 1)]
 
 
 def test_decoder_refuses_a_schema_without_the_key_field() -> None:
