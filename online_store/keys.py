@@ -64,7 +64,7 @@ from streamjobs.plan import ViewPlan
 __all__ = [
     "PREFIX", "NEWEST_FIELD", "AS_OF_FIELD", "VERSION", "check_project", "entity_key", "entity_key_prefix",
     "progress_key", "project_pattern", "tile_field", "parse_tile_field", "retention_ms",
-    "key_ttl_ms", "lookback_ms", "TileCodec", "codec_for", "WRITE_LUA", "PROGRESS_LUA",
+    "key_ttl_ms", "lookback_ms", "TileCodec", "codec_for", "WRITE_LUA", "PROGRESS_LUA", "IDLE_LUA",
 ]
 
 #: Key prefix: "hw" + the layout version.
@@ -214,13 +214,8 @@ end
 return {written, stale, too_old, deleted}
 """
 
-PROGRESS_LUA = """
--- KEYS[1]: progress hash. ARGV: expected source partitions (0 = unknown), then (partition, append_ms) pairs.
-for i = 2, #ARGV, 2 do
-  local f = 'p:' .. ARGV[i]
-  local cur = tonumber(redis.call('HGET', KEYS[1], f))
-  if cur == nil or tonumber(ARGV[i + 1]) > cur then redis.call('HSET', KEYS[1], f, ARGV[i + 1]) end
-end
+# as_of = min over the source partitions' 'p:' values, once all expected partitions have one.
+_AS_OF_LUA = """
 local all, m, n = redis.call('HGETALL', KEYS[1]), nil, 0
 for i = 1, #all, 2 do
   if string.sub(all[i], 1, 2) == 'p:' then
@@ -235,6 +230,36 @@ if m ~= nil and n >= tonumber(ARGV[1]) then
 end
 return false
 """
+
+PROGRESS_LUA = """
+-- KEYS[1]: progress hash. ARGV: expected source partitions (0 = unknown), then per partition
+-- (partition, append_ms, next_offset): 'p:' complete-through ms and 'o:' next offset, both max.
+local function raise(f, v)
+  local cur = tonumber(redis.call('HGET', KEYS[1], f))
+  if cur == nil or tonumber(v) > cur then redis.call('HSET', KEYS[1], f, v) end
+end
+for i = 2, #ARGV, 3 do
+  raise('p:' .. ARGV[i], ARGV[i + 1])
+  raise('o:' .. ARGV[i], ARGV[i + 2])
+end
+""" + _AS_OF_LUA
+
+IDLE_LUA = """
+-- KEYS[1]: progress hash. ARGV: expected source partitions, now_ms (taken before the end offsets
+-- were read), then per source partition (partition, low, high). A partition whose settled
+-- progress reached its end offset (or that is empty and never reported) holds no event appended
+-- before now_ms that is not in Redis: 'p:' rises to now_ms.
+local now = ARGV[2]
+for i = 3, #ARGV, 3 do
+  local f = 'p:' .. ARGV[i]
+  local o = tonumber(redis.call('HGET', KEYS[1], 'o:' .. ARGV[i]))
+  local low, high = tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+  if (o ~= nil and o >= high) or (o == nil and high <= low) then
+    local cur = tonumber(redis.call('HGET', KEYS[1], f))
+    if cur == nil or tonumber(now) > cur then redis.call('HSET', KEYS[1], f, now) end
+  end
+end
+""" + _AS_OF_LUA
 
 
 

@@ -14,9 +14,11 @@ Value fields, in order::
     max_append_ms                              newest broker append time among them
     <column>__<kind> ...                       the IR fields of ViewPlan.fields (nullable)
 
-``resolution_ms == 0`` marks a *progress* record: ``tile_start`` holds a source partition and
-``max_append_ms`` the newest append time the job has aggregated from it (``n_events`` counts
-its events). The writer turns progress into the ``as_of`` that fetches report.
+``resolution_ms == 0`` marks a *progress* record: ``tile_start`` holds a source partition,
+``max_append_ms`` the newest append time the job has aggregated from it and ``n_events`` the
+partition's next offset (``MAX(offset) + 1``: the writer compares it with the partition's end
+offset to tell a fully aggregated, idle partition). The writer turns progress into the ``as_of``
+that fetches report.
 
 Version (monotonic writes): ``(n_events, max_append_ms)``. A tile only ever gains events, so a
 newer version of a tile has strictly more of them; a replayed or duplicated tile carries the

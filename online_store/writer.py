@@ -21,6 +21,15 @@ tiles-topic partition it consumes, everything up to the end offsets it observed 
 hold as_of back unless the source partition count is known (``source_partitions``; ``run_writer``
 reads it from the broker when the source topic exists); and a writer that owns only some tiles
 partitions (several writers in one group) can vouch only for those: run one writer per tiles topic.
+
+**Idle source partitions.** A progress record also carries the partition's next offset (``n_events``
+of a progress record is ``MAX(offset) + 1``), stored with it once settled. About once a second
+``run_writer`` reads each source topic's end offsets; a partition whose settled next offset has
+reached its end offset (or that is empty and never reported) has nothing appended before the time
+taken just before that read which is not already in Redis, so its value rises to that time
+(``keys.IDLE_LUA``). Without this a partition that stops receiving events would hold as_of at its
+last event forever. It assumes the writer's clock and the brokers' agree (NTP), as freshness
+itself does; a partition whose last record is a transaction marker never looks idle (as before).
 """
 
 from __future__ import annotations
@@ -111,6 +120,7 @@ class TileWriter:
         try:
             self._write_sha = self.redis.script_load(keys.WRITE_LUA)
             self._progress_sha = self.redis.script_load(keys.PROGRESS_LUA)
+            self._idle_sha = self.redis.script_load(keys.IDLE_LUA)
         except Exception as exc:  # redis-py raises ConnectionError/ResponseError/...
             raise StoreUnavailableError(f"cannot load the writer scripts into Redis: {exc}; is redis-server up "
                                         "(`headwater stack up`)?") from exc
@@ -211,18 +221,29 @@ class TileWriter:
         raise AssertionError("unreachable")
 
     def publish_progress(self, records: Sequence[Mapping[str, Any]]) -> dict[str, int | None]:
-        """Store per-partition progress (max) and recompute as_of per view; returns the new as_of."""
-        per_view: dict[str, dict[int, int]] = {}
+        """Store per-partition progress (append time and next offset, each a max) and recompute as_of
+        per view; returns the new as_of."""
+        per_view: dict[str, dict[int, tuple[int, int]]] = {}
         for rec in records:
             view = self._check(rec, WriteStats())
             if view is None:
                 continue
             parts = per_view.setdefault(view.name, {})
-            p, a = int(rec["tile_start"]), int(rec["max_append_ms"])
-            parts[p] = max(parts.get(p, a), a)
-        names = list(per_view)
-        calls = [[self._progress_sha, 1, keys.progress_key(self.project, self._views[n]),
-                  self.source_partitions.get(n, 0), *(x for p in sorted(per_view[n]) for x in (p, per_view[n][p]))]
+            p, a, o = int(rec["tile_start"]), int(rec["max_append_ms"]), int(rec["n_events"])
+            a0, o0 = parts.get(p, (a, o))
+            parts[p] = (max(a0, a), max(o0, o))
+        return self._as_of(self._progress_sha, {n: [x for p in sorted(parts) for x in (p, *parts[p])]
+                                                for n, parts in per_view.items()})
+
+    def publish_idle(self, ends: Mapping[str, Mapping[int, tuple[int, int]]], now_ms: int) -> dict[str, int | None]:
+        """Raise idle source partitions to ``now_ms`` (module docstring); ``ends``: per view, the
+        source topic's ``(low, high)`` offsets per partition, read after ``now_ms`` was taken."""
+        return self._as_of(self._idle_sha, {n: [int(now_ms), *(x for p in sorted(e) for x in (p, *e[p]))]
+                                            for n, e in ends.items() if n in self._views and e})
+
+    def _as_of(self, sha: str, args: Mapping[str, list[int]]) -> dict[str, int | None]:
+        names = list(args)
+        calls = [[sha, 1, keys.progress_key(self.project, self._views[n]), self.source_partitions.get(n, 0), *args[n]]
                  for n in names]
         out: dict[str, int | None] = {}
         for n, res in zip(names, self._execute(calls) if calls else []):
@@ -312,7 +333,9 @@ def _consumer_conf(conn: Connection, group_id: str, commit: bool) -> dict[str, A
 
 
 class _EndOffsets:
-    """``(low, high)`` per tiles partition, read committed, through an AdminClient of its own.
+    """``(low, high)`` per partition of ``topic``, through an AdminClient of its own; read committed
+    for the tiles topic (the settle rule), uncommitted for a source topic (idleness: every record
+    Flink may still read counts).
 
     Not the consumer's ``get_watermark_offsets(cached=False)``: that ListOffsets request queues on
     the consumer's broker connection behind its outstanding fetch long-poll (``fetch.wait.max.ms``,
@@ -320,10 +343,11 @@ class _EndOffsets:
     topic against 1-3 ms here, and at 1k events/s 36 % of the writer loop's time, during which it
     read no tiles, so as_of lagged."""
 
-    def __init__(self, conn: Connection, topic: str) -> None:
+    def __init__(self, conn: Connection, topic: str, committed: bool = True) -> None:
         from confluent_kafka.admin import AdminClient
 
         self.topic = topic
+        self.committed = committed
         self._admin = AdminClient({"bootstrap.servers": conn.bootstrap_servers, "log_level": 3})
 
     def __call__(self, partitions: Sequence[int]) -> dict[int, tuple[int, int]] | None:
@@ -333,7 +357,8 @@ class _EndOffsets:
         tps = [TopicPartition(self.topic, p) for p in partitions]
         try:  # both requests in flight before either is awaited
             low, high = (self._admin.list_offsets({tp: spec for tp in tps}, request_timeout=5.0,
-                                                  isolation_level=IsolationLevel.READ_COMMITTED)
+                                                  isolation_level=IsolationLevel.READ_COMMITTED if self.committed
+                                                  else IsolationLevel.READ_UNCOMMITTED)
                          for spec in (OffsetSpec.earliest(), OffsetSpec.latest()))
             return {tp.partition: (low[tp].result().offset, high[tp].result().offset) for tp in tps}
         except KafkaException as exc:
@@ -341,25 +366,50 @@ class _EndOffsets:
             return None
 
 
-def _source_partitions(consumer: Any, plan: FeaturePlan, repo_cfg: RepoConfig) -> dict[str, int]:
-    """Partitions of each view's source topic (a topic role of headwater.yaml or a literal name)."""
+def _sources(consumer: Any, plan: FeaturePlan, repo_cfg: RepoConfig) -> dict[str, tuple[str, int]]:
+    """``(topic, partitions)`` of each view's source (a topic role of headwater.yaml or a literal
+    name), for the views whose topic exists."""
     roles = {role: spec.name for role, spec in repo_cfg.topics.all().items()}
     try:
         topics = consumer.list_topics(timeout=10).topics
     except Exception:  # metadata is an optimisation of as_of, never a reason to stop
         return {}
     names = {v.name: roles.get(v.topic, v.topic) for v in plan.views}
-    return {v: len(topics[t].partitions) for v, t in names.items() if t in topics}
+    return {v: (t, len(topics[t].partitions)) for v, t in names.items() if t in topics}
+
+
+class _Idleness:
+    """At most every ``every_s``: each source topic's offsets -> ``TileWriter.publish_idle``."""
+
+    def __init__(self, conn: Connection, sources: Mapping[str, tuple[str, int]], every_s: float = 1.0) -> None:
+        self.sources = dict(sources)
+        self.every_s = every_s
+        self._ends = {t: _EndOffsets(conn, t, committed=False) for t, _ in self.sources.values()}
+        self._last = float("-inf")
+
+    def __call__(self, writer: TileWriter, now: float) -> dict[str, int | None]:
+        if not self.sources or now - self._last < self.every_s:
+            return {}
+        self._last = now
+        t_ms = int(writer._clock() * 1000)  # taken before the offsets are read: see IDLE_LUA
+        seen: dict[str, dict[int, tuple[int, int]] | None] = {}
+        for topic, n in self.sources.values():
+            if topic not in seen:
+                seen[topic] = self._ends[topic](range(n))
+        ends = {v: seen[t] for v, (t, _) in self.sources.items() if seen[t]}
+        return writer.publish_idle(ends, t_ms) if ends else {}
 
 
 def _loop(consumer: Any, ends: _EndOffsets, writer: TileWriter, decoder: _Decoder, settle_ms: int,
-          done: Callable[[dict[int, int], float, bool], bool], verbose: bool) -> WriteStats:
+          done: Callable[[dict[int, int], float, bool], bool], verbose: bool,
+          idle: _Idleness | None = None) -> WriteStats:
     with frozen_heap():  # the process's modules (PyFlink's too, in `features run`): not walked while it runs
-        return _write_loop(consumer, ends, writer, decoder, settle_ms, done, verbose)
+        return _write_loop(consumer, ends, writer, decoder, settle_ms, done, verbose, idle)
 
 
 def _write_loop(consumer: Any, ends: _EndOffsets, writer: TileWriter, decoder: _Decoder, settle_ms: int,
-                done: Callable[[dict[int, int], float, bool], bool], verbose: bool) -> WriteStats:
+                done: Callable[[dict[int, int], float, bool], bool], verbose: bool,
+                idle: _Idleness | None) -> WriteStats:
     from confluent_kafka import KafkaError, TopicPartition
 
     topic = ends.topic
@@ -412,6 +462,8 @@ def _write_loop(consumer: Any, ends: _EndOffsets, writer: TileWriter, decoder: _
         ready = settler.poll(now, pos, lambda: ends(parts) if parts else None)
         if ready:
             as_of.update(writer.publish_progress(ready))
+        if idle is not None:
+            as_of.update({v: a for v, a in idle(writer, now).items() if a is not None})
         if (verbose or writer.metrics is not None) and now - last_status >= 5.0:
             last_status = now
             lag = sum(max(0, consumer.get_watermark_offsets(TopicPartition(topic, p), cached=True)[1] - pos.get(p, 0))
@@ -447,8 +499,9 @@ def run_writer(conn: Connection, repo_cfg: RepoConfig, plan: FeaturePlan, group_
     client, decoder = _open(conn, repo_cfg, redis_client)
     consumer = Consumer(_consumer_conf(conn, group_id or f"headwater-online-writer.{repo_cfg.project}", True))
     try:
+        sources = _sources(consumer, plan, repo_cfg)
         writer = TileWriter(client, repo_cfg.project, plan, metrics=metrics, history_ms=history_ms,
-                            source_partitions=_source_partitions(consumer, plan, repo_cfg))
+                            source_partitions={v: n for v, (_, n) in sources.items()})
         consumer.subscribe([topic])
 
         def done(pos: dict[int, int], idle_s: float, busy: bool) -> bool:
@@ -456,7 +509,8 @@ def run_writer(conn: Connection, repo_cfg: RepoConfig, plan: FeaturePlan, group_
                 return True
             return idle_exit_s is not None and idle_s >= idle_exit_s and not busy
 
-        return _loop(consumer, _EndOffsets(conn, topic), writer, decoder, settle_ms, done, verbose)
+        return _loop(consumer, _EndOffsets(conn, topic), writer, decoder, settle_ms, done, verbose,
+                     _Idleness(conn, sources))
     finally:
         consumer.close()  # commits the stored offsets and leaves the group
 
@@ -475,7 +529,7 @@ def rebuild(conn: Connection, repo_cfg: RepoConfig, plan: FeaturePlan, *, settle
     consumer = Consumer(_consumer_conf(conn, f"headwater-rebuild.{uuid.uuid4().hex[:12]}", False))
     try:
         writer = TileWriter(client, repo_cfg.project, plan, metrics=metrics,
-                            source_partitions=_source_partitions(consumer, plan, repo_cfg))
+                            source_partitions={v: n for v, (_, n) in _sources(consumer, plan, repo_cfg).items()})
         meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
         if meta is None or meta.error is not None or not meta.partitions:
             raise StoreUnavailableError(f"tiles topic {topic!r} not found; run `headwater topics create` first")

@@ -169,7 +169,7 @@ def tile_selects(view: ViewPlan, src: SourceBinding) -> list[tuple[int, str]]:
     out.append((PROGRESS_RESOLUTION,
         f"SELECT {name}, CAST('' AS STRING) AS {q('entity')}, CAST({PROGRESS_RESOLUTION} AS BIGINT) AS "
         f"{q('resolution_ms')}, {part} AS {q('tile_start')},\n"
-        f"    '{view.plan_hash}' AS {q('plan_hash')}, COUNT(*) AS {q('n_events')}, "
+        f"    '{view.plan_hash}' AS {q('plan_hash')}, COALESCE(MAX({q(OFFSET)}) + 1, CAST(0 AS BIGINT)) AS {q('n_events')}, "
         f"MAX({q(APPEND_MS)}) AS {q('max_append_ms')},\n    {nulls}\n"
         f"  FROM {q(src.events_view)} AS e\n"
         f"  GROUP BY {part}"))

@@ -348,6 +348,21 @@ def test_as_of_is_min_over_partitions(rds: Any, project: str, card_plan: Feature
     assert fetch(rds, project, card_plan, ["x"]).min_as_of_ms == 6000
 
 
+def test_idle_source_partitions_raise_as_of(rds: Any, project: str, card_plan: FeaturePlan) -> None:
+    vp = card_plan.views[0]
+    w = TileWriter(rds, project, card_plan, source_partitions={"card": 3})
+    w.write([progress_record(vp, 0, 5000, n=10), progress_record(vp, 1, 7000, n=4)])
+    ends = {0: (0, 12), 1: (0, 4), 2: (3, 3)}  # 0 has records past its progress; 1 caught up; 2 empty, unreported
+    assert w.publish_idle({"card": ends}, 9000) == {"card": 5000}
+    w.write([progress_record(vp, 0, 8000, n=12)])  # partition 0 caught up too
+    assert fetch(rds, project, card_plan, ["x"]).as_of_ms["card"] == 8000
+    assert w.publish_idle({"card": ends}, 9500) == {"card": 9500}
+    assert w.publish_idle({"card": ends}, 9100) == {"card": 9500}  # never backwards
+    assert w.publish_idle({"card": {**ends, 0: (0, 13), 2: (3, 4)}}, 9900) == {"card": 9500}  # new records: held
+    raw = rds.hgetall(keys.progress_key(project, vp))
+    assert (int(raw[b"p:1"]), int(raw[b"p:2"]), int(raw[b"o:0"])) == (9900, 9500, 12)
+
+
 # ---------------------------------------------------------------- vector engine == ir.merge_many + finalize
 
 _FLOATS = st.one_of(st.sampled_from([0.0, -0.0, 1.0, -1.0, 1e-300, 1e300, 0.1, 1 / 3]),

@@ -49,6 +49,13 @@ def setup(stack, temp_repo) -> Any:
     key_codec = AvroCodec.for_subject(store, key_subject(topic), TILE_KEY_SCHEMA)
     client = redis_lib.Redis.from_url(stack.redis_url)
     producer = Producer({"bootstrap.servers": stack.bootstrap_servers, "linger.ms": 5})
+    # the source topic holds 5 records per partition (the writer never reads them, only their end
+    # offsets): progress records below that next offset leave a partition busy, not idle
+    source = {role: spec.name for role, spec in repo.topics.all().items()}.get(vp.topic, vp.topic)
+    for part in range(3):
+        for i in range(5):
+            producer.produce(source, b"event", partition=part)
+    assert producer.flush(30) == 0
 
     def send(records: list[dict[str, Any]], raw: list[tuple[bytes, bytes | None]] = ()) -> None:
         for r in records:
@@ -58,6 +65,8 @@ def setup(stack, temp_repo) -> Any:
             producer.produce(topic, v, k)
         assert producer.flush(30) == 0
 
+    send.source = source  # type: ignore[attr-defined]
+    send.producer = producer  # type: ignore[attr-defined]
     yield repo, case, vp, plan, client, send
     drop_project(client, repo.project)
     client.close()
@@ -133,6 +142,27 @@ def test_as_of_waits_for_the_settle_rule(stack, setup, unique) -> None:
         stop.set()
         thread.join(30)
     assert out["stats"].written >= 1 and out["stats"].progress == 3
+
+
+def test_idle_source_partitions_raise_as_of(stack, setup, unique) -> None:
+    """A source partition whose settled progress reached its end offset holds as_of no longer:
+    as_of rises to a time taken before the writer read the end offsets; a record appended to a
+    partition after its progress keeps it where it was."""
+    repo, case, vp, plan, client, send = setup
+    send([progress_record(vp, 0, 1000, n=5), progress_record(vp, 1, 1500, n=4), progress_record(vp, 2, 1200, n=5)])
+    before = int(time.time() * 1000)
+    run_writer(stack, repo, plan, group_id=f"i-{unique}", idle_exit_s=3, settle_ms=300)
+    assert fetch(client, repo.project, plan, ["x"]).as_of_ms[vp.name] == 1500  # partition 1 has a 5th record
+    send([progress_record(vp, 1, 1600, n=5)])
+    run_writer(stack, repo, plan, group_id=f"i-{unique}", idle_exit_s=3, settle_ms=300)
+    caught_up = fetch(client, repo.project, plan, ["x"]).as_of_ms[vp.name]
+    assert caught_up is not None and before <= caught_up <= int(time.time() * 1000)
+    send.producer.produce(send.source, b"late", partition=2)  # type: ignore[attr-defined]
+    assert send.producer.flush(30) == 0  # type: ignore[attr-defined]
+    run_writer(stack, repo, plan, group_id=f"i-{unique}", idle_exit_s=3, settle_ms=300)
+    raised = client.hgetall(keys.progress_key(repo.project, vp))
+    assert int(raised[b"p:2"]) < int(raised[b"p:0"]) and int(raised[b"as_of"]) == int(raised[b"p:2"])
+    assert int(raised[b"p:2"]) >= caught_up
 
 
 def test_end_offsets_equal_the_brokers_watermarks(stack, setup, unique) -> None:
