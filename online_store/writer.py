@@ -28,8 +28,10 @@ of a progress record is ``MAX(offset) + 1``), stored with it once settled. About
 reached its end offset (or that is empty and never reported) has nothing appended before the time
 taken just before that read which is not already in Redis, so its value rises to that time
 (``keys.IDLE_LUA``). Without this a partition that stops receiving events would hold as_of at its
-last event forever. It assumes the writer's clock and the brokers' agree (NTP), as freshness
-itself does; a partition whose last record is a transaction marker never looks idle (as before).
+last event forever. It needs broker timestamps (``message.timestamp.type=LogAppendTime``, as
+``headwater topics create`` makes the events topic; CreateTime topics keep the old behaviour) and
+assumes the writer's clock and the brokers' agree (NTP), as freshness itself does; a partition
+whose last record is a transaction marker never looks idle (as before).
 """
 
 from __future__ import annotations
@@ -378,11 +380,38 @@ def _sources(consumer: Any, plan: FeaturePlan, repo_cfg: RepoConfig) -> dict[str
     return {v: (t, len(topics[t].partitions)) for v, t in names.items() if t in topics}
 
 
+def _log_append_time(conn: Connection, topics: set[str]) -> set[str]:
+    """The topics whose records carry the broker's append time (``message.timestamp.type``)."""
+    from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
+
+    if not topics:
+        return set()
+    admin = AdminClient({"bootstrap.servers": conn.bootstrap_servers, "log_level": 3})
+    futures = admin.describe_configs([ConfigResource(ResourceType.TOPIC, t) for t in sorted(topics)],
+                                     request_timeout=10.0)
+    out = set()
+    for res, fut in futures.items():
+        try:
+            entry = fut.result().get("message.timestamp.type")
+        except Exception as exc:  # an optimisation of as_of, never a reason to stop
+            log.warning("cannot read the timestamp type of %s (%s): no idleness rule for it", res.name, exc)
+            continue
+        if entry is not None and entry.value == "LogAppendTime":
+            out.add(res.name)
+    return out
+
+
 class _Idleness:
-    """At most every ``every_s``: each source topic's offsets -> ``TileWriter.publish_idle``."""
+    """At most every ``every_s``: each source topic's offsets -> ``TileWriter.publish_idle``.
+
+    Only for LogAppendTime topics: with CreateTime a producer sets the timestamps, so a record
+    appended after the offsets were read may carry any earlier time (the rule would be unsound)."""
 
     def __init__(self, conn: Connection, sources: Mapping[str, tuple[str, int]], every_s: float = 1.0) -> None:
-        self.sources = dict(sources)
+        broker_time = _log_append_time(conn, {t for t, _ in sources.values()})
+        for t in sorted({t for t, _ in sources.values()} - broker_time):
+            log.info("source topic %s does not use LogAppendTime: its idle partitions hold as_of", t)
+        self.sources = {v: tn for v, tn in sources.items() if tn[0] in broker_time}
         self.every_s = every_s
         self._ends = {t: _EndOffsets(conn, t, committed=False) for t, _ in self.sources.values()}
         self._last = float("-inf")
