@@ -341,7 +341,10 @@ class ScoreLoop:
         produce = self.producer.produce
         for key, value, headers in triples:
             try:  # the common case inline: one C call per output, no Python frame
-                produce(topic, value, key, headers=headers)
+                if headers is None:  # shadows: positional only (any keyword, even headers=None, costs
+                    produce(topic, value, key)  # ~0.3-0.8 us more a call: 0.6-1.0 vs 0.9-1.7 us measured)
+                else:
+                    produce(topic, value, key, headers=headers)
             except BufferError:
                 self._produce(topic, key, value, headers)
 
