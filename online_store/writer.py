@@ -387,8 +387,12 @@ def _log_append_time(conn: Connection, topics: set[str]) -> set[str]:
     if not topics:
         return set()
     admin = AdminClient({"bootstrap.servers": conn.bootstrap_servers, "log_level": 3})
-    futures = admin.describe_configs([ConfigResource(ResourceType.TOPIC, t) for t in sorted(topics)],
-                                     request_timeout=10.0)
+    try:
+        futures = admin.describe_configs([ConfigResource(ResourceType.TOPIC, t) for t in sorted(topics)],
+                                         request_timeout=10.0)
+    except Exception as exc:  # an optimisation of as_of, never a reason to stop
+        log.warning("cannot read the timestamp type of %s (%s): no idleness rule", ", ".join(sorted(topics)), exc)
+        return set()
     out = set()
     for res, fut in futures.items():
         try:
