@@ -17,7 +17,9 @@ regression production model and one shadow (5 features, card + merchant views) i
    the batch's outputs acknowledged by Kafka (flush returned). Batches settled in the first
    ``--warmup`` seconds (1 s) of each rate are not counted: the consumer's first batches pay cold
    caches (read layouts, first Arrow/NumPy calls) while its batch target adapts, 60-100 ms once
-   per process, which at 10 % of max would otherwise be the whole p99.
+   per process, which at 10 % of max would otherwise be the whole p99. Per rate it also prints the
+   mean stage times per batch and append -> batch start (the consumer's fetch, and waiting for the
+   batch before to finish), the part of the latency outside the stages.
 """
 
 from __future__ import annotations
@@ -134,7 +136,7 @@ def _ceiling(repo, conn, n: int, batch: int) -> float:
 
 
 def headwater_loop(path: Path, rds, group: str, lat: list | None = None, batches: list | None = None,
-                   warmup_s: float = 0.0):
+                   warmup_s: float = 0.0, waits: list | None = None):
     from scoring.service import ScoreOptions, build
     first: list[float] = []
 
@@ -142,6 +144,8 @@ def headwater_loop(path: Path, rds, group: str, lat: list | None = None, batches
         first[:] = first or [time.monotonic()]
         if lat is not None and out.e2e_ms is not None and time.monotonic() - first[0] >= warmup_s:
             lat.append(out.e2e_ms)
+            if waits is not None:  # append -> the batch's start: the consumer's fetch and a busy loop
+                waits.append(out.e2e_ms - out.latency_ms["batch"])
         if batches is not None:
             batches.append(len(out.e2e_ms) if out.e2e_ms is not None else 0)
 
@@ -180,7 +184,8 @@ def saturation(path: Path, rds, n: int) -> float:
 def offered(path: Path, rds, rate: float, duration: float, entities: int,
             warmup_s: float) -> tuple[float, float, int]:
     lat: list[np.ndarray] = []
-    loop = headwater_loop(path, rds, f"rate-{uuid.uuid4().hex}", lat=lat, warmup_s=warmup_s)
+    waits: list[np.ndarray] = []
+    loop = headwater_loop(path, rds, f"rate-{uuid.uuid4().hex}", lat=lat, warmup_s=warmup_s, waits=waits)
     # start at the end of the topic: only the paced events count
     loop.s = type(loop.s)(**{**loop.s.__dict__, "auto_offset_reset": "latest"})
     from confluent_kafka import Consumer
@@ -200,8 +205,11 @@ def offered(path: Path, rds, rate: float, duration: float, entities: int,
         for smp in metric.samples:
             if smp.name.endswith("_sum"):
                 stages[smp.labels["stage"]] = smp.value * 1e3 / max(1, loop.stats.batches)
+    wait = np.concatenate(waits) if waits else np.zeros(1)
     print(f"    {loop.stats.batches} batches, mean {allv.size / max(1, loop.stats.batches):.0f} events; mean ms per "
-          "batch: " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(stages.items(), key=lambda kv: -kv[1])), flush=True)
+          "batch: " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(stages.items(), key=lambda kv: -kv[1]))
+          + f"; append -> batch start p50 {np.percentile(wait, 50):.1f}, p99 {np.percentile(wait, 99):.1f} ms",
+          flush=True)
     return float(np.percentile(allv, 50)), float(np.percentile(allv, 99)), int(allv.size)
 
 
