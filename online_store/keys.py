@@ -245,16 +245,17 @@ end
 """ + _AS_OF_LUA
 
 IDLE_LUA = """
--- KEYS[1]: progress hash. ARGV: expected source partitions, now_ms (taken before the end offsets
--- were read), then per source partition (partition, low, high). A partition whose settled
--- progress reached its end offset (or that is empty and never reported) holds no event appended
--- before now_ms that is not in Redis: 'p:' rises to now_ms.
+-- KEYS[1]: progress hash. ARGV: expected source partitions, until_ms (a time before the end
+-- offsets were read, less a margin), then per source partition (partition, low, high). A
+-- partition whose settled progress is exactly at its end offset (or that is empty and never
+-- reported) holds no event appended up to until_ms that is not in Redis: 'p:' rises to until_ms.
+-- Equality, not >=: a next offset past the end means the topic was recreated or truncated.
 local now = ARGV[2]
 for i = 3, #ARGV, 3 do
   local f = 'p:' .. ARGV[i]
   local o = tonumber(redis.call('HGET', KEYS[1], 'o:' .. ARGV[i]))
   local low, high = tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
-  if (o ~= nil and o >= high) or (o == nil and high <= low) then
+  if (o ~= nil and o == high) or (o == nil and high <= low) then
     local cur = tonumber(redis.call('HGET', KEYS[1], f))
     if cur == nil or tonumber(now) > cur then redis.call('HSET', KEYS[1], f, now) end
   end

@@ -24,14 +24,17 @@ partitions (several writers in one group) can vouch only for those: run one writ
 
 **Idle source partitions.** A progress record also carries the partition's next offset (``n_events``
 of a progress record is ``MAX(offset) + 1``), stored with it once settled. About once a second
-``run_writer`` reads each source topic's end offsets; a partition whose settled next offset has
-reached its end offset (or that is empty and never reported) has nothing appended before the time
-taken just before that read which is not already in Redis, so its value rises to that time
-(``keys.IDLE_LUA``). Without this a partition that stops receiving events would hold as_of at its
-last event forever. It needs broker timestamps (``message.timestamp.type=LogAppendTime``, as
-``headwater topics create`` makes the events topic; CreateTime topics keep the old behaviour) and
-assumes the writer's clock and the brokers' agree (NTP), as freshness itself does; a partition
-whose last record is a transaction marker never looks idle (as before).
+``run_writer`` reads each source topic's partitions and end offsets (high watermarks); a partition
+whose settled next offset equals its end offset (or that is empty and never reported) has nothing
+appended up to T - ``idle_margin_ms`` which is not already in Redis, T being the time taken just
+before that read, so its value rises to that (``keys.IDLE_LUA``). Without this a partition that
+stops receiving events would hold as_of at its last event forever. It needs broker timestamps
+(``message.timestamp.type=LogAppendTime``, as ``headwater topics create`` makes the events topic;
+CreateTime topics keep the old behaviour). The margin (1 s) must cover the skew between the
+writer's and the brokers' clocks and the replication delay (a record is stamped when the leader
+appends it, but the high watermark passes it only once the in-sync replicas have it). A partition
+whose last record is a transaction marker never looks idle. Offsets are stored (committed) only
+below the oldest progress record still settling, so a restart reads it again rather than losing it.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from itertools import chain
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
@@ -258,6 +262,9 @@ class TileWriter:
 # ---------------------------------------------------------------- the Kafka loop
 
 
+_AT = "_tiles_at"  # (partition, offset) of a progress record in the tiles topic, added on read
+
+
 class _Settler:
     """Holds progress records until the settle rule is met (module docstring)."""
 
@@ -273,6 +280,14 @@ class _Settler:
 
     def add(self, records: Sequence[Mapping[str, Any]], now: float) -> None:
         self._pending.extend((now, r) for r in records)
+
+    def held(self) -> dict[int, int]:
+        """Per tiles partition, the offset of the oldest progress record not yet published."""
+        out: dict[int, int] = {}
+        for r in chain((r for _, r in self._pending), self._batch):
+            p, o = r[_AT]
+            out[p] = min(out.get(p, o), o)
+        return out
 
     def _caught_up(self, pos: Mapping[int, int]) -> bool:
         assert self._snapshot is not None
@@ -352,6 +367,15 @@ class _EndOffsets:
         self.committed = committed
         self._admin = AdminClient({"bootstrap.servers": conn.bootstrap_servers, "log_level": 3})
 
+    def partitions(self) -> int | None:
+        """How many partitions the topic has now (None: unknown)."""
+        try:
+            meta = self._admin.list_topics(self.topic, timeout=5.0).topics.get(self.topic)
+        except Exception as exc:  # KafkaException and timeouts: as_of waits, the loop goes on
+            log.warning("cannot read the metadata of %s (%s); as_of waits", self.topic, exc)
+            return None
+        return None if meta is None or meta.error is not None else len(meta.partitions)
+
     def __call__(self, partitions: Sequence[int]) -> dict[int, tuple[int, int]] | None:
         from confluent_kafka import IsolationLevel, KafkaException, TopicPartition
         from confluent_kafka.admin import OffsetSpec
@@ -411,25 +435,32 @@ class _Idleness:
     Only for LogAppendTime topics: with CreateTime a producer sets the timestamps, so a record
     appended after the offsets were read may carry any earlier time (the rule would be unsound)."""
 
-    def __init__(self, conn: Connection, sources: Mapping[str, tuple[str, int]], every_s: float = 1.0) -> None:
+    def __init__(self, conn: Connection, sources: Mapping[str, tuple[str, int]], every_s: float = 1.0,
+                 margin_ms: int = 1000) -> None:
         broker_time = _log_append_time(conn, {t for t, _ in sources.values()})
         for t in sorted({t for t, _ in sources.values()} - broker_time):
             log.info("source topic %s does not use LogAppendTime: its idle partitions hold as_of", t)
-        self.sources = {v: tn for v, tn in sources.items() if tn[0] in broker_time}
+        self.topics = {v: t for v, (t, _) in sources.items() if t in broker_time}
         self.every_s = every_s
-        self._ends = {t: _EndOffsets(conn, t, committed=False) for t, _ in self.sources.values()}
+        self.margin_ms = margin_ms
+        self._ends = {t: _EndOffsets(conn, t, committed=False) for t in self.topics.values()}
         self._last = float("-inf")
 
     def __call__(self, writer: TileWriter, now: float) -> dict[str, int | None]:
-        if not self.sources or now - self._last < self.every_s:
+        if not self.topics or now - self._last < self.every_s:
             return {}
         self._last = now
-        t_ms = int(writer._clock() * 1000)  # taken before the offsets are read: see IDLE_LUA
+        t_ms = int(writer._clock() * 1000) - self.margin_ms  # taken before the offsets are read: see IDLE_LUA
         seen: dict[str, dict[int, tuple[int, int]] | None] = {}
-        for topic, n in self.sources.values():
-            if topic not in seen:
-                seen[topic] = self._ends[topic](range(n))
-        ends = {v: seen[t] for v, (t, _) in self.sources.items() if seen[t]}
+        for topic in set(self.topics.values()):
+            n = self._ends[topic].partitions()  # partitions added since the start count from now on
+            seen[topic] = self._ends[topic](range(n)) if n else None
+        ends: dict[str, dict[int, tuple[int, int]]] = {}
+        for v, t in self.topics.items():
+            e = seen[t]
+            if e:
+                ends[v] = e
+                writer.source_partitions[v] = max(writer.source_partitions.get(v, 0), len(e))
         return writer.publish_idle(ends, t_ms) if ends else {}
 
 
@@ -448,6 +479,8 @@ def _write_loop(consumer: Any, ends: _EndOffsets, writer: TileWriter, decoder: _
     topic = ends.topic
     total, settler = WriteStats(), _Settler(settle_ms)
     pos: dict[int, int] = {}
+    read_to: dict[int, int] = {}  # next offset read, per tiles partition
+    stored: dict[int, int] = {}  # offsets stored for commit: never past a progress record still settling
     last_msg = last_status = time.monotonic()
     as_of: dict[str, int | None] = {}
     once = _Once()
@@ -478,13 +511,17 @@ def _write_loop(consumer: Any, ends: _EndOffsets, writer: TileWriter, decoder: _
                 once(("decode", type(exc).__name__), "undecodable tile record at %s[%d]@%d: %s",
                      topic, m.partition(), m.offset(), exc)
                 continue
-            (progress if is_progress(rec) else tiles).append(rec)
+            if is_progress(rec):
+                rec[_AT] = (m.partition(), m.offset())
+                progress.append(rec)
+            else:
+                tiles.append(rec)
         if tiles:
             total += writer.write(tiles)
         if offsets:
-            consumer.store_offsets(offsets=[TopicPartition(topic, p, o) for p, o in offsets.items()])
             for p, o in offsets.items():
                 pos[p] = max(pos.get(p, 0), o)
+                read_to[p] = max(read_to.get(p, 0), o)
             last_msg = time.monotonic()
         now = time.monotonic()
         total.progress += len(progress)
@@ -495,6 +532,13 @@ def _write_loop(consumer: Any, ends: _EndOffsets, writer: TileWriter, decoder: _
         ready = settler.poll(now, pos, lambda: ends(parts) if parts else None)
         if ready:
             as_of.update(writer.publish_progress(ready))
+        held = settler.held()
+        safe = {p: min(o, held.get(p, o)) for p, o in read_to.items()}  # tiles up to there are in Redis
+        mine = set(parts)  # a partition revoked by a rebalance cannot have offsets stored
+        moved = [TopicPartition(topic, p, o) for p, o in safe.items() if stored.get(p) != o and p in mine]
+        if moved:
+            consumer.store_offsets(offsets=moved)
+            stored.update((tp.partition, tp.offset) for tp in moved)
         if idle is not None:
             as_of.update({v: a for v, a in idle(writer, now).items() if a is not None})
         if (verbose or writer.metrics is not None) and now - last_status >= 5.0:
@@ -523,9 +567,10 @@ def _open(conn: Connection, repo_cfg: RepoConfig, redis_client: Any) -> tuple[An
 def run_writer(conn: Connection, repo_cfg: RepoConfig, plan: FeaturePlan, group_id: str | None = None, stop_event: Any = None,
                idle_exit_s: float | None = None, *, verbose: bool = False, settle_ms: int = 1000,
                redis_client: Any = None, metrics: WriterMetrics | None = None,
-               history_ms: int | None = None) -> WriteStats:
+               history_ms: int | None = None, idle_margin_ms: int = 1000) -> WriteStats:
     """Consume the tiles topic into Redis until ``stop_event`` is set or idle for ``idle_exit_s``
-    (with no progress record still settling). Offsets are stored only after the Redis write."""
+    (with no progress record still settling). Offsets are stored only after the Redis write.
+    ``idle_margin_ms``: see "Idle source partitions" in the module docstring."""
     from confluent_kafka import Consumer
 
     topic = repo_cfg.topics.tiles.name
@@ -543,7 +588,7 @@ def run_writer(conn: Connection, repo_cfg: RepoConfig, plan: FeaturePlan, group_
             return idle_exit_s is not None and idle_s >= idle_exit_s and not busy
 
         return _loop(consumer, _EndOffsets(conn, topic), writer, decoder, settle_ms, done, verbose,
-                     _Idleness(conn, sources))
+                     _Idleness(conn, sources, margin_ms=idle_margin_ms))
     finally:
         consumer.close()  # commits the stored offsets and leaves the group
 

@@ -199,3 +199,14 @@ def test_features_by_ref_and_duplicate_views():
             plan.features_by_ref(bad)
     with pytest.raises(DefinitionError, match="duplicate view name"):
         build_plan([v1, v1])
+
+
+def test_progress_query_carries_the_next_offset():
+    """The writer's idleness rule compares a progress record's ``n_events`` with the source
+    partition's end offset, so it must be MAX(offset) + 1, not a count (a count equals it only on a
+    gapless topic that starts at offset 0, which is all an end-to-end test sees)."""
+    from online_store.tiles import PROGRESS_RESOLUTION
+    from streamjobs.compiler import OFFSET, SourceBinding, q, tile_selects
+    vp = build_plan([view(Aggregation("count", "amount", ("1m",)))]).views[0]
+    sql = dict(tile_selects(vp, SourceBinding("fraud.transactions", SCHEMA, 1)))[PROGRESS_RESOLUTION]
+    assert f"MAX({q(OFFSET)}) + 1" in sql and "COUNT(*)" not in sql, sql

@@ -133,6 +133,7 @@ def test_as_of_waits_for_the_settle_rule(stack, setup, unique) -> None:
         progress = keys.progress_key(repo.project, vp)
         while client.hget(progress, keys.AS_OF_FIELD) is None:
             assert time.monotonic() - t0 < 30, "as_of never published"
+            assert client.hget(progress, "o:0") is None  # next offsets too are stored only once settled
             time.sleep(0.02)
         waited = time.monotonic() - t0
         assert client.hexists(key, keys.tile_field(tile["resolution_ms"], tile["tile_start"]))
@@ -150,7 +151,7 @@ def test_idle_source_partitions_raise_as_of(stack, setup, unique) -> None:
     partition after its progress keeps it where it was."""
     repo, case, vp, plan, client, send = setup
     send([progress_record(vp, 0, 1000, n=5), progress_record(vp, 1, 1500, n=4), progress_record(vp, 2, 1200, n=5)])
-    before = int(time.time() * 1000)
+    before = int(time.time() * 1000) - 1000  # the writer's idle margin
     run_writer(stack, repo, plan, group_id=f"i-{unique}", idle_exit_s=3, settle_ms=300)
     assert fetch(client, repo.project, plan, ["x"]).as_of_ms[vp.name] == 1500  # partition 1 has a 5th record
     send([progress_record(vp, 1, 1600, n=5)])
@@ -163,6 +164,30 @@ def test_idle_source_partitions_raise_as_of(stack, setup, unique) -> None:
     raised = client.hgetall(keys.progress_key(repo.project, vp))
     assert int(raised[b"p:2"]) < int(raised[b"p:0"]) and int(raised[b"as_of"]) == int(raised[b"p:2"])
     assert int(raised[b"p:2"]) >= caught_up
+
+
+def test_a_writer_stopped_while_progress_settles_reads_it_again(stack, setup, unique) -> None:
+    """Offsets are committed only below a progress record still settling: a writer stopped in
+    between reads it again after a restart (else an idle partition's next offset would never be
+    stored and it would hold as_of for good)."""
+    repo, case, vp, plan, client, send = setup
+    send([progress_record(vp, p, 1000 + p, n=5) for p in range(3)])  # every partition caught up
+    stop = threading.Event()
+    out: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: out.update(stats=run_writer(
+        stack, repo, plan, group_id=f"r-{unique}", stop_event=stop, settle_ms=60_000)))
+    thread.start()
+    try:
+        time.sleep(8)  # the group forms and the writer reads the three records, which then settle for a minute
+    finally:
+        stop.set()
+        thread.join(30)
+    assert out["stats"].progress == 3  # read, and stopped before they settled
+    assert client.hget(keys.progress_key(repo.project, vp), "o:0") is None
+    run_writer(stack, repo, plan, group_id=f"r-{unique}", idle_exit_s=3, settle_ms=300)
+    raw = client.hgetall(keys.progress_key(repo.project, vp))
+    assert [int(raw[b"o:%d" % p]) for p in range(3)] == [5, 5, 5]
+    assert int(raw[b"as_of"]) > 10_000  # all three idle: raised to the writer's clock
 
 
 def test_end_offsets_equal_the_brokers_watermarks(stack, setup, unique) -> None:
