@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -114,15 +116,25 @@ def snapshot(client: Any, project: str) -> dict[bytes, dict[bytes, bytes]]:
     return {k: client.hgetall(k) for k in client.scan_iter(match=keys.project_pattern(project), count=1000)}
 
 
-def test_as_of_waits_for_the_settle_rule(stack, setup, unique) -> None:
-    repo, case, vp, plan, client, send = setup
-    tile = sorted(tile_records(vp, case["events"]), key=lambda r: r["tile_start"])[-1]
+@contextmanager
+def writer_thread(stack, repo, plan, group_id: str, settle_ms: int) -> Iterator[dict[str, Any]]:
+    """``run_writer`` in a thread until the block ends; its WriteStats land in the dict as "stats"."""
     stop = threading.Event()
     out: dict[str, Any] = {}
     thread = threading.Thread(target=lambda: out.update(stats=run_writer(
-        stack, repo, plan, group_id=f"s-{unique}", stop_event=stop, settle_ms=2000)))
+        stack, repo, plan, group_id=group_id, stop_event=stop, settle_ms=settle_ms)))
     thread.start()
     try:
+        yield out
+    finally:
+        stop.set()
+        thread.join(30)
+
+
+def test_as_of_waits_for_the_settle_rule(stack, setup, unique) -> None:
+    repo, case, vp, plan, client, send = setup
+    tile = sorted(tile_records(vp, case["events"]), key=lambda r: r["tile_start"])[-1]
+    with writer_thread(stack, repo, plan, f"s-{unique}", 2000) as out:
         time.sleep(6)  # let the group form: the writer must already be consuming
         t0 = time.monotonic()
         # progress (all 3 source partitions) overtakes a tile of its mini-batch
@@ -139,9 +151,6 @@ def test_as_of_waits_for_the_settle_rule(stack, setup, unique) -> None:
         assert client.hexists(key, keys.tile_field(tile["resolution_ms"], tile["tile_start"]))
         assert waited >= 2.0 - 0.1  # settle_ms after the progress record was read
         assert fetch(client, repo.project, plan, [tile["entity"]]).as_of_ms[vp.name] == tile["max_append_ms"]
-    finally:
-        stop.set()
-        thread.join(30)
     assert out["stats"].written >= 1 and out["stats"].progress == 3
 
 
@@ -172,16 +181,8 @@ def test_a_writer_stopped_while_progress_settles_reads_it_again(stack, setup, un
     stored and it would hold as_of for good)."""
     repo, case, vp, plan, client, send = setup
     send([progress_record(vp, p, 1000 + p, n=5) for p in range(3)])  # every partition caught up
-    stop = threading.Event()
-    out: dict[str, Any] = {}
-    thread = threading.Thread(target=lambda: out.update(stats=run_writer(
-        stack, repo, plan, group_id=f"r-{unique}", stop_event=stop, settle_ms=60_000)))
-    thread.start()
-    try:
+    with writer_thread(stack, repo, plan, f"r-{unique}", 60_000) as out:
         time.sleep(8)  # the group forms and the writer reads the three records, which then settle for a minute
-    finally:
-        stop.set()
-        thread.join(30)
     assert out["stats"].progress == 3  # read, and stopped before they settled
     assert client.hget(keys.progress_key(repo.project, vp), "o:0") is None
     run_writer(stack, repo, plan, group_id=f"r-{unique}", idle_exit_s=3, settle_ms=300)
