@@ -243,7 +243,11 @@ class TileWriter:
 
     def publish_idle(self, ends: Mapping[str, Mapping[int, tuple[int, int]]], now_ms: int) -> dict[str, int | None]:
         """Raise idle source partitions to ``now_ms`` (module docstring); ``ends``: per view, the
-        source topic's ``(low, high)`` offsets per partition, read after ``now_ms`` was taken."""
+        source topic's ``(low, high)`` offsets per partition, read after ``now_ms`` was taken.
+        Partitions added to the topic since are expected from now on."""
+        for n, e in ends.items():
+            if n in self._views:
+                self.source_partitions[n] = max(self.source_partitions.get(n, 0), len(e))
         return self._as_of(self._idle_sha, {n: [int(now_ms), *(x for p in sorted(e) for x in (p, *e[p]))]
                                             for n, e in ends.items() if n in self._views and e})
 
@@ -455,12 +459,7 @@ class _Idleness:
         for topic in set(self.topics.values()):
             n = self._ends[topic].partitions()  # partitions added since the start count from now on
             seen[topic] = self._ends[topic](range(n)) if n else None
-        ends: dict[str, dict[int, tuple[int, int]]] = {}
-        for v, t in self.topics.items():
-            e = seen[t]
-            if e:
-                ends[v] = e
-                writer.source_partitions[v] = max(writer.source_partitions.get(v, 0), len(e))
+        ends = {v: seen[t] for v, t in self.topics.items() if seen[t]}
         return writer.publish_idle(ends, t_ms) if ends else {}
 
 
