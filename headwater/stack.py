@@ -154,6 +154,18 @@ def redis_server_binary(progress: Progress = print) -> str:
 
 # ---------------------------------------------------------------- services
 
+def _cluster_id() -> str:
+    """A KRaft cluster id: a url-safe base64 UUID that does not start with '-'.
+
+    A leading '-' makes kafka-storage's argument parser read the id as an option
+    (1 start in 64 failed that way), so draw again, as Kafka's own Uuid does.
+    """
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
+
+
 def _start_kafka(s: StackSettings, root: Path, java: str, kafka_jars: list[Path], progress: Progress) -> None:
     if _live_pid(root, "kafka"):
         progress(f"kafka: already running (pid {_read_pid(root, 'kafka')})")
@@ -169,7 +181,7 @@ def _start_kafka(s: StackSettings, root: Path, java: str, kafka_jars: list[Path]
     base = [java, f"-Xmx{s.kafka_heap}", f"-Xms{s.kafka_heap}", "-XX:+UseG1GC", "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={log4j}", "-cp", cp]
     if not (data / "meta.properties").exists():
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = _cluster_id()
         proc = subprocess.run(base + ["kafka.tools.StorageTool", "format", "-t", cluster_id,
                                       "-c", str(props), "--standalone"], capture_output=True, text=True)
         if proc.returncode != 0:

@@ -129,3 +129,14 @@ def test_redis_missing_and_apt_not_permitted_is_one_line_error(monkeypatch):
     with pytest.raises(StackError, match="redis-server is not on PATH and cannot be installed here.*HEADWATER_REDIS_URL"):
         hwstack.redis_server_binary(progress=lambda _m: None)
 
+
+
+def test_cluster_id_never_starts_with_a_dash(monkeypatch):
+    """kafka-storage parses an id starting with '-' as an option; CI once failed on exactly that."""
+    import uuid
+    dash_first = uuid.UUID(bytes=b"\xf8" + bytes(15))  # url-safe base64 of 0xf8.. starts with '-'
+    draws = iter([dash_first, uuid.UUID(int=1)])
+    monkeypatch.setattr(hwstack.uuid, "uuid4", lambda: next(draws))
+    cid = hwstack._cluster_id()
+    assert not cid.startswith("-")
+    assert cid == "AAAAAAAAAAAAAAAAAAAAAQ"
