@@ -130,7 +130,6 @@ def test_redis_missing_and_apt_not_permitted_is_one_line_error(monkeypatch):
         hwstack.redis_server_binary(progress=lambda _m: None)
 
 
-
 def test_cluster_id_never_starts_with_a_dash(monkeypatch):
     """kafka-storage parses an id starting with '-' as an option; CI once failed on exactly that."""
     import uuid
