@@ -13,7 +13,7 @@ from typing import Literal
 from headwater.config import Connection
 from headwater.errors import StackError
 
-__all__ = ["table_env"]
+__all__ = ["table_env", "STATE_FORMAT", "checkpoint_dir", "latest_checkpoint", "older_checkpoints"]
 
 
 def table_env(conn: Connection, mode: Literal["streaming", "batch"] = "streaming",
@@ -96,9 +96,23 @@ def submit(conn: Connection, job, mode="streaming", restore_from: str | None = N
     return stmts.execute()
 
 
+#: Bumped whenever an accumulator's serialized form changes, which makes older checkpoints
+#: unrestorable (Flink refuses them as incompatible state): 2 = ``HW_DISTINCT``'s own serializer
+#: (sorted UTF-8 items) in place of Kryo over a ``HashSet``.
+STATE_FORMAT = 2
+
+
 def checkpoint_dir(project: str) -> Path:
     from headwater.config import stack_dir
-    return stack_dir() / "flink" / project / "checkpoints"
+    return stack_dir() / "flink" / project / "checkpoints" / f"state-v{STATE_FORMAT}"
+
+
+def older_checkpoints(directory: Path) -> list[Path]:
+    """Completed checkpoints of earlier state formats next to ``directory`` (format 1 wrote
+    ``checkpoints/<job id>/chk-N`` with no format folder)."""
+    root = directory.parent
+    return sorted(m.parent for m in root.glob("*/*/chk-*/_metadata") if m.parent.parent.parent != directory) + \
+        sorted(m.parent for m in root.glob("*/chk-*/_metadata") if not m.parent.parent.name.startswith("state-v"))
 
 
 def latest_checkpoint(directory: Path) -> str | None:
@@ -120,6 +134,12 @@ def run_streaming(conn: Connection, repo, defs, *, fresh: bool = False, progress
     ckpt = checkpoint_dir(repo.project)
     ckpt.mkdir(parents=True, exist_ok=True)
     restore = None if fresh else latest_checkpoint(ckpt)
+    if restore is None and not fresh:
+        stale = older_checkpoints(ckpt)
+        if stale:
+            raise StackError(f"checkpoint {stale[-1]} was written by an older Headwater whose accumulator format this "
+                             "version cannot restore: rerun with `--fresh` to start from the committed offsets "
+                             "(tiles still open at the restart then hold only the events read after it)")
     job = compile_features(conn, repo, defs, checkpoint_dir=ckpt.as_uri())
     progress(f"features job: {len(defs.plan.views)} view(s), {len(job.inserts)} tile queries, "
              f"plan {defs.plan.plan_hash}; checkpoints in {ckpt}"
