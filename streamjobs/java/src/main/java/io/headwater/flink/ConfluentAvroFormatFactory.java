@@ -99,7 +99,9 @@ public final class ConfluentAvroFormatFactory
             public SerializationSchema<RowData> createRuntimeEncoder(
                     DynamicTableSink.Context ctx, DataType physicalDataType) {
                 return new FramedSerializer(
-                        avro.createRuntimeEncoder(ctx, physicalDataType), schemaId);
+                        avro.createRuntimeEncoder(ctx, physicalDataType),
+                        AvroRowEncoder.forType(physicalDataType.getLogicalType()),
+                        schemaId);
             }
 
             @Override
