@@ -111,7 +111,7 @@ def _stats_insert(view: ViewPlan, src: SourceBinding) -> str:
 def build_job(views: list[ViewPlan], sources: dict[str, SourceBinding], bounds: dict[str, compiler.KafkaBounds],
               bootstrap: str, group_id: str, work: Path) -> ReplayJob:
     """``sources``/``bounds`` keyed by topic; ``work`` receives the staged tiles and the stats tables."""
-    ddl: list[str] = [compiler.function_ddl()]
+    ddl: list[str] = compiler.function_ddl()
     for topic in sorted({v.topic for v in views}):
         src = sources[topic]
         ddl += [compiler.source_ddl(src, bootstrap, group_id, bounds[topic]),

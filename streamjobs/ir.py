@@ -46,6 +46,7 @@ __all__ = [
     "LAST_TS_DIGITS", "LAST_PARTITION_DIGITS", "LAST_OFFSET_DIGITS", "LAST_KEY_LEN",
     "IRField", "Op", "OPS", "SqlInputs", "LastEntry", "FeatureLike",
     "get_op", "fields_for", "ir_fields", "field_sql", "last_key_sql", "DISTINCT_FUNCTION", "DISTINCT_CLASS",
+    "LAST_KEY_FUNCTION", "LAST_KEY_CLASS",
     "value_to_str", "str_to_value", "encode_last", "decode_last",
     "empty_ir", "tile_from_events", "update", "merge", "merge_many", "merge_columns", "finalize", "finalize_op",
     "to_row", "from_row", "vmerge", "vfinalize",
@@ -177,8 +178,15 @@ def _value_sql(column_sql: str, column_type: str) -> str:
     return f"CAST({column_sql} AS STRING)"
 
 
-def last_key_sql(column_sql: str, column_type: str, inputs: SqlInputs = SqlInputs()) -> str:
-    """The composite key expression; NULL when the value is NULL (``||`` propagates NULL)."""
+def last_key_sql(column_sql: str, column_type: str, inputs: SqlInputs = SqlInputs(),
+                 engine: Literal["flink", "ansi"] = "ansi") -> str:
+    """The composite key expression; NULL when the value is NULL (``||`` propagates NULL).
+
+    ``engine="flink"``: :data:`LAST_KEY_FUNCTION`, a Java function giving the same string without
+    Flink's per-part Java strings (proven equal to this spelling in Flink by tests/test_flink_udfs.py)."""
+    if engine == "flink":
+        return (f"{LAST_KEY_FUNCTION}(CAST({inputs.event_time_ms} AS BIGINT), CAST({inputs.partition} AS INT), "
+                f"CAST({inputs.offset} AS BIGINT), {_value_sql(column_sql, column_type)})")
     return (
         f"LPAD(CAST({inputs.event_time_ms} AS STRING), {LAST_TS_DIGITS}, '0') || "
         f"LPAD(CAST({inputs.partition} AS STRING), {LAST_PARTITION_DIGITS}, '0') || "
@@ -190,6 +198,9 @@ def last_key_sql(column_sql: str, column_type: str, inputs: SqlInputs = SqlInput
 #: the distinct-set aggregate every Flink job registers (``streamjobs.compiler.function_ddl``)
 DISTINCT_FUNCTION = "HW_DISTINCT"
 DISTINCT_CLASS = "io.headwater.flink.DistinctSetAgg"
+#: the ``last`` key's Java spelling (``last_key_sql(..., engine="flink")``), registered alongside
+LAST_KEY_FUNCTION = "HW_LAST_KEY"
+LAST_KEY_CLASS = "io.headwater.flink.LastKey"
 
 
 def field_sql(field: IRField, column_sql: str | None = None, inputs: SqlInputs = SqlInputs(),
@@ -212,7 +223,7 @@ def field_sql(field: IRField, column_sql: str | None = None, inputs: SqlInputs =
     if field.kind in ("min", "max"):
         return f"{field.kind.upper()}({c})"
     if field.kind == "last":
-        return f"MAX({last_key_sql(c, field.column_type, inputs)})"
+        return f"MAX({last_key_sql(c, field.column_type, inputs, engine)})"
     if engine == "flink":
         return f"{DISTINCT_FUNCTION}({_value_sql(c, field.column_type)})"  # ignores NULLs itself
     # ARRAY_AGG keeps NULLs by default; the FILTER keeps SQL's "NULL is ignored" rule.

@@ -54,7 +54,9 @@ def test_field_sql_text_and_types():
     assert ir.field_sql(f["sumsq"], "t.amount") == (
         "COALESCE(SUM(CAST(t.amount AS DOUBLE) * CAST(t.amount AS DOUBLE)), CAST(0 AS DOUBLE))")
     assert ir.field_sql(f["min"]) == "MIN(`amount`)" and ir.field_sql(f["max"]) == "MAX(`amount`)"
-    last = ir.field_sql(f["last"], inputs=ir.SqlInputs("et_ms", "p", "o"))
+    assert ir.field_sql(f["last"], inputs=ir.SqlInputs("et_ms", "p", "o")) == (
+        "MAX(HW_LAST_KEY(CAST(et_ms AS BIGINT), CAST(p AS INT), CAST(o AS BIGINT), CAST(`amount` AS STRING)))")
+    last = ir.field_sql(f["last"], inputs=ir.SqlInputs("et_ms", "p", "o"), engine="ansi")
     assert last == ("MAX(LPAD(CAST(et_ms AS STRING), 13, '0') || LPAD(CAST(p AS STRING), 5, '0') || "
                     "LPAD(CAST(o AS STRING), 19, '0') || CAST(`amount` AS STRING))")
     assert ir.field_sql(MERCH[0]) == "HW_DISTINCT(CAST(`merchant_id` AS STRING))"
