@@ -35,12 +35,13 @@ Tile value (little-endian; fixed part first so the reader decodes many tiles wit
                                                   JSON array when some string holds 0x1e/0x1f or is ""
 
 Retention (why a tile may be deleted). A query at ``t`` reads, for a window ``W`` with hop ``h``,
-``h`` tiles from ``floor(t - W, h)`` and, for each finer rung ``r``, ``r`` tiles only after
-``floor(t, next rung above r)`` (the greedy head of ``windows.cover``). Fetches are served for
-``t >= newest - allowed_lateness``, so a tile of resolution ``r`` is needed only while
-``tile_start >= newest - R(r)`` with ``R(r) = need(r) + lateness + r``: ``need`` is the longest ``W``
-whose hop is ``r``, or the next coarser rung when ``r`` only serves heads (1 s tiles live ~10 s +
-lateness, not a day). Unbounded windows (latest without TTL) read back ``lookback_ms`` (the key TTL
+tiles of ``h`` and coarser rungs from ``floor(t - W, h)`` on (the greedy body of
+``windows.window_tiles``) and, for each finer rung ``r``, ``r`` tiles only after
+``floor(t, next rung above r)`` (the head). Fetches are served for ``t >= newest -
+allowed_lateness``, so a tile of resolution ``r`` is needed only while ``tile_start >= newest -
+R(r)`` with ``R(r) = need(r) + lateness + r``: ``need`` is the longest ``W`` whose hop is ``r`` or
+finer, or the next coarser rung when ``r`` only serves heads (1 s tiles live ~10 s + lateness,
+not a day). Unbounded windows (latest without TTL) read back ``lookback_ms`` (the key TTL
 rounded up to the hop): the store forgets an entity idle longer than its TTL anyway, so online
 "latest ever" means "latest within the store retention"; give the view a ``ttl`` to extend it.
 """
@@ -136,7 +137,9 @@ def retention_ms(view: ViewPlan) -> dict[int, int]:
     need = {r: 0 for r in ladder}
     for g in view.groups:
         w = g.window_ms if g.window_ms is not None else lookback_ms(view, g.hop_ms)
-        need[g.hop_ms] = max(need[g.hop_ms], w)
+        for r in ladder:
+            if r >= g.hop_ms:  # the body: the hop and coarser rungs, as far back as the window starts
+                need[r] = max(need[r], w)
         for finer, coarser in zip(ladder, ladder[1:]):
             if coarser <= g.hop_ms:
                 need[finer] = max(need[finer], coarser)

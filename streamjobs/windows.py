@@ -10,8 +10,13 @@ Invariants (all times are epoch milliseconds, Python ints or numpy int64):
 * A ladder is strictly ascending, starts at the tick ``tau`` and each rung divides the next, so a
   tile of one rung is the disjoint union of tiles of every finer rung.
 * The value at query time ``t`` for window ``W`` with hop ``h`` merges the events with
-  ``floor(t - W, h) <= event_time < floor(t, tau)``: body = ``W/h`` tiles of ``h`` (when ``h | W``),
-  head = greedy finer tiles covering ``[floor(t, h), floor(t, tau))``.
+  ``floor(t - W, h) <= event_time < floor(t, tau)``, read as the greedy cover of that range: at
+  each point the coarsest rung that is aligned there and fits. The start is ``h``-aligned, so the
+  body climbs from ``h`` tiles to the coarsest rung that fits whole and back down; the head is
+  finer tiles up to ``floor(t, tau)``. At most ``W/h`` body tiles, usually far fewer (the fraud
+  card view's 1 h window with a 1 min hop reads ~21 tiles, not ~67): fewer fields fetched and
+  merged, the same events, so the same values (the merge is associative; the fold order is the
+  canonical ``(resolution, tile_start)`` order online and offline alike).
 
 Imports only the standard library, numpy and ``streamjobs.errors``.
 """
@@ -292,7 +297,9 @@ def window_tiles(
     as_of_ms: int | None = None,
     since_ms: int | None = None,
 ) -> list[tuple[int, int]]:
-    """Tiles whose merge is the window's value at ``t``: body of ``h`` tiles, then the finer head.
+    """Tiles whose merge is the window's value at ``t``: the greedy cover of the window's range by
+    every rung from the tick up (the body climbs from ``h`` to coarser rungs where they are
+    aligned and fit), then the finer head.
 
     ``as_of_ms`` (parity checker) cuts the end to ``min(floor(t, tau), floor(as_of, tau))``.
     ``window_ms=None`` is an unbounded window (latest value without TTL) starting at
@@ -313,7 +320,7 @@ def window_tiles(
     end = tile_start(t, tick_ms)
     if as_of_ms is not None:
         end = min(end, tile_start(as_of_ms, tick_ms))
-    tiles = cover(start, end, [r for r in rs if r >= tick_ms], max_resolution=hop_ms)
+    tiles = cover(start, end, [r for r in rs if r >= tick_ms])
     if __debug__:
         check_cover(tiles, start, end)
     return tiles
@@ -331,12 +338,17 @@ def window_tile_ranges(
 ) -> list[tuple[int, np.ndarray, np.ndarray]]:
     """:func:`window_tiles` for many query times at once, as tile-start ranges per resolution.
 
-    Returns ``(r, lo, hi)`` for every rung ``tick <= r <= hop``, finest first: the window's tiles
-    of resolution ``r`` are exactly those with ``lo <= tile_start < hi`` (int64 arrays like
-    ``t_ms``; ``hi == lo`` means none). Ascending ``(r, tile_start)`` is the canonical merge order.
-    The greedy cover of ``[start, end)`` on a divisibility chain is: hop tiles on
-    ``[start, floor(end, h))``, then for each finer rung ``r_i`` the tiles on
-    ``[floor(end, r_{i+1}), floor(end, r_i))``. ``as_of_ms`` and ``since_ms`` may be arrays.
+    Returns ``(r, lo, hi)`` entries, finest rung first: the window's tiles of resolution ``r`` are
+    exactly those with ``lo <= tile_start < hi`` over that rung's entries (int64 arrays like
+    ``t_ms``; ``hi == lo`` means none). Rungs finer than ``h`` have one entry (the head); rungs
+    from ``h`` up have two, the climb then the descent, except the ladder's top (one). In list
+    order the tiles are ascending ``(r, tile_start)``, the canonical merge order. On a divisibility
+    chain the greedy cover of ``[start, end)`` (``start`` is ``h``-aligned) is: with ``top`` the
+    coarsest rung having a whole aligned tile in the range (``h`` when none has), each rung
+    ``r_i`` from ``h`` below ``top`` on ``[ceil(start, r_i), ceil(start, r_{i+1}))`` and
+    ``[floor(end, r_{i+1}), floor(end, r_i))``, ``top`` on ``[ceil(start, top), floor(end, top))``,
+    and each rung finer than ``h`` on ``[floor(end, r_{i+1}), floor(end, r_i))``. ``as_of_ms`` and
+    ``since_ms`` may be arrays.
     """
     rs = ladder.resolutions if isinstance(ladder, Ladder) else tuple(int(r) for r in ladder)
     if hop_ms not in rs or tick_ms not in rs:
@@ -354,12 +366,31 @@ def window_tile_ranges(
     if as_of_ms is not None:
         end = np.minimum(end, tile_start(np.broadcast_to(np.asarray(as_of_ms, dtype=np.int64), t.shape).copy(), tick_ms))
     empty = end <= start
-    rungs = sorted(r for r in rs if tick_ms <= r <= hop_ms)
+    rungs = sorted(r for r in rs if r >= tick_ms)
+    h = rungs.index(hop_ms)
+
+    def ceil(x: np.ndarray, r: int) -> np.ndarray:
+        return -tile_start(-x, r)
+
+    top = np.full(t.shape, h, dtype=np.int64)  # fits is monotone: a rung that fits implies every finer one does
+    for j in range(h + 1, len(rungs)):
+        top += ceil(start, rungs[j]) + rungs[j] <= end
     out: list[tuple[int, np.ndarray, np.ndarray]] = []
-    for i, r in enumerate(rungs):
-        hi = tile_start(end, r)
-        lo = start if r == hop_ms else tile_start(end, rungs[i + 1])
-        out.append((r, lo, np.where(empty, lo, hi)))
+    for j, r in enumerate(rungs):
+        down_hi = tile_start(end, r)
+        if j < h:  # finer than the hop: the head only
+            lo = tile_start(end, rungs[j + 1])
+            out.append((r, lo, np.where(empty, lo, down_hi)))
+            continue
+        up_lo = ceil(start, r)
+        below = (j < top) & ~empty
+        if j + 1 == len(rungs):
+            out.append((r, up_lo, np.where(~empty & (j == top), down_hi, up_lo)))
+            continue
+        up_hi = np.where(below, ceil(start, rungs[j + 1]), np.where(~empty & (j == top), down_hi, up_lo))
+        down_lo = np.where(below, tile_start(end, rungs[j + 1]), down_hi)
+        out.append((r, up_lo, up_hi))
+        out.append((r, down_lo, down_hi))
     return out
 
 

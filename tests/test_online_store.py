@@ -323,15 +323,48 @@ def test_read_auto_mixes_modes_in_one_round_trip(rds: Any, project: str, monkeyp
     assert seen == [["hmget", "hgetall"]]
     card2 = reader._policy(project, plan.view("card2"), by_view["card2"])
     assert card2.stored == pytest.approx(5 * 2 / 6)  # two fields (the tile and _n) for 5 of 6 entities
+    card = reader._policy(project, plan.view("card"), by_view["card"])
+    card.fetches = reader._ReadPolicy._PROBE - 1  # the next fetch probes: HMGET plus HLEN, same values
+    assert fetch(rds, project, plan, ents, at_ms=s + 1500).rows() == want
+    assert seen[-1] == ["hmget+hlen", "hgetall"]
+    assert card.stored == pytest.approx(0.875 * 10_000 + 0.125 * 5 * 2 / 6)  # HLEN of all 6 (c5: 0)
     with pytest.raises(FetchArgumentError, match="read='hscan'"):
         fetch(rds, project, plan, ents, at_ms=s + 1500, read="hscan")  # type: ignore[arg-type]
+
+
+class _PipelineOnly:
+    """A client without ``connection_pool`` (like Redis Cluster's): fetch goes through ``pipeline()``."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def pipeline(self, transaction: bool = False) -> Any:
+        return self._client.pipeline(transaction=transaction)
+
+
+def test_pipeline_round_trip_gives_the_same_values(rds: Any, project: str) -> None:
+    plan = build_plan([small_view("card"), small_view("card2")])
+    s = 1_704_067_200_000
+    for v in ("card", "card2"):
+        TileWriter(rds, project, plan).write([_tile(plan.view(v), f"c{i}", 1000, s, 1, s, 1.0 + i) for i in range(5)])
+    ents = [f"c{i}" for i in range(6)]
+    want = fetch(rds, project, plan, ents, at_ms=s + 1500, read="hgetall").rows()
+    other = _PipelineOnly(rds)
+    for read in ("hgetall", "hmget"):
+        assert fetch(other, project, plan, ents, at_ms=s + 1500, read=read).rows() == want
+    _, by_view = reader._resolve(plan, None)
+    pol = reader._policy(project, plan.view("card"), by_view["card"])
+    pol.observe(10_000.0)
+    pol.fetches = reader._ReadPolicy._PROBE - 1  # HMGET + HLEN probe through the pipeline
+    assert fetch(other, project, plan, ents, at_ms=s + 1500).rows() == want
+    assert pol.stored == pytest.approx(0.875 * 10_000 + 0.125 * 5 * 2 / 6)
 
 
 def test_read_policy_rule() -> None:
     pol = reader._ReadPolicy()
     assert pol.choose(100) == "hgetall"  # nothing seen yet
     pol.observe(60.0)
-    assert [pol.choose(100) for _ in range(15)] == ["hmget"] * 14 + ["hgetall"]  # fetch 16 probes
+    assert [pol.choose(100) for _ in range(15)] == ["hmget"] * 14 + ["hmget+hlen"]  # fetch 16 probes
     for _ in range(20):
         pol.observe(20.0)  # entities got colder: the mean follows
     assert pol.stored < 50 and pol.choose(100) == "hgetall"

@@ -127,18 +127,26 @@ def _head_bound(ladder: w.Ladder, hop: int) -> int:
     pair=st.sampled_from([(M, S), (10 * M, 10 * S), (H, M), (H, 5 * M), (D, H), (6 * H, H), (10 * S, 10 * S), (3 * M, 90 * S)]),
     tick=st.sampled_from([S, 500]),
     fill=st.booleans(),
+    coarser=st.booleans(),
 )
-def test_window_tiles_cover_exactly_and_are_bounded(t, pair, tick, fill):
+def test_window_tiles_cover_exactly_and_are_bounded(t, pair, tick, fill, coarser):
     window, hop = pair
-    ladder = w.build_ladder(tick, [(window, hop)], fill=fill)
+    # ``coarser``: another window's 1 d hop puts rungs above this hop in the view's ladder
+    ladder = w.build_ladder(tick, [(window, hop)] + ([(7 * D, D)] if coarser else []), fill=fill)
     start, end = w.window_bounds(t, window, hop, tick)
     tiles = w.window_tiles(t, window, hop, ladder, tick)
     w.check_cover(tiles, start, end)
     assert start == (t - window) // hop * hop and end == t // tick * tick
-    body = [x for x in tiles if x[0] == hop]
-    assert len(body) == window // hop  # W/h body tiles, always
-    assert len(tiles) - len(body) <= _head_bound(ladder, hop)
     assert all(r in ladder for r, _ in tiles) and all(s % r == 0 for r, s in tiles)
+    # Greedy: no tile could have been a coarser rung, aligned there and fitting before the end.
+    for r, s in tiles:
+        assert not [R for R in ladder.resolutions if R > r and s % R == 0 and s + R <= end], (r, s)
+    # Never more tiles than the body of W/h hop tiles plus the head (the cover capped at the hop).
+    capped = w.cover(start, end, [r for r in ladder.resolutions if r >= tick], max_resolution=hop)
+    assert len([x for x in capped if x[0] == hop]) == window // hop
+    assert len(capped) - window // hop <= _head_bound(ladder, hop)
+    assert len(tiles) <= len(capped)
+    assert [x for x in tiles if x[0] < hop] == [x for x in capped if x[0] < hop]  # the same head
 
 
 @given(t=st.integers(10**12, 2 * 10**12), cut=st.integers(-2 * H, 2 * H))
