@@ -21,6 +21,7 @@ from fastavro.validation import ValidationError
 from fastavro.validation import validate as avro_validate
 
 from schemas.errors import DecodeError, EncodeError, SchemaError, UnknownSchemaIdError
+from schemas.fastread import FastReadError, compile_reader
 from schemas.store import SchemaStore, canonical_json, validate_schema
 
 __all__ = ["AvroCodec", "load_schema", "builtin_schema_names", "MAGIC_BYTE", "HEADER_SIZE"]
@@ -80,6 +81,11 @@ def _strip_logical_types(node: Any) -> Any:
 
 
 @lru_cache(maxsize=512)
+def _fast_reader(canon: str) -> Any:
+    return compile_reader(json.loads(canon))
+
+
+@lru_cache(maxsize=512)
 def _parse_canonical(canon: str) -> Any:
     return fastavro.parse_schema(json.loads(canon))
 
@@ -124,6 +130,7 @@ class AvroCodec:
         self.store = store
         self._validate = validate
         self._canon, self._parsed = _parse(schema, f"schema for id {schema_id}")
+        self._fast = _fast_reader(self._canon)  # records of this very schema: see schemas/fastread.py
         self._header = _HEADER.pack(MAGIC_BYTE, schema_id)
         # writer id -> parsed writer schema, or None when it equals ours (no resolution needed)
         self._writers: dict[int, Any] = {schema_id: None}
@@ -179,6 +186,8 @@ class AvroCodec:
             )
         schema_id = _HEADER.unpack_from(raw)[1]
         writer = self._writer_for(schema_id, raw)
+        if writer is None and self._fast is not None:
+            return self._decode_fast(raw, schema_id)
         buf = io.BytesIO(raw)
         buf.seek(HEADER_SIZE)
         try:
@@ -198,6 +207,19 @@ class AvroCodec:
         if extra:
             raise DecodeError(
                 "avro_error", f"schema id {schema_id}: {extra} trailing bytes after the record", raw
+            )
+        return value
+
+    def _decode_fast(self, raw: bytes, schema_id: int) -> dict:
+        try:
+            value, end = self._fast(raw, HEADER_SIZE)  # type: ignore[misc]
+        except (IndexError, struct.error) as exc:
+            raise DecodeError("truncated", f"schema id {schema_id}: the record ends early ({exc})", raw) from exc
+        except (UnicodeDecodeError, FastReadError) as exc:
+            raise DecodeError("avro_error", f"schema id {schema_id}: {type(exc).__name__}: {exc}", raw) from exc
+        if end != len(raw):
+            raise DecodeError(
+                "avro_error", f"schema id {schema_id}: {len(raw) - end} trailing bytes after the record", raw
             )
         return value
 
