@@ -297,6 +297,7 @@ class TileCodec:
         self._slot_names = tuple((s.field.name, s.nullable) for s in slots)  # encode's hot loop
         self._var_names = tuple((f.name, f.kind == "distinct") for f in self.var_fields)
         self._struct = struct.Struct("<qq" + "".join(s.fmt + ("B" if s.nullable else "") for s in slots))
+        self.pack_fixed = self._struct.pack  # (n_events, max_append_ms, slot values...) -> the fixed part
         self.fixed_size = self._struct.size
         self._empty = self._struct.pack(0, 0, *(x for sl in slots for x in ((0, 1) if sl.nullable else (0,))))
         dt: list[tuple[str, str]] = [("_n", "<i8"), ("_a", "<i8")]

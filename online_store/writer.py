@@ -6,6 +6,11 @@ duplicates, a rebuild racing the live writer, or two writers never move a tile b
 ``EVALSHA`` carries up to ``max_tiles_per_call`` tiles of one view (bounded so a script never blocks
 readers for long); all calls of a batch go in one pipeline, one round trip.
 
+**Generated path.** The Kafka loop turns a tile record of a plan view straight from its bytes into
+write arguments (``online_store.transcode``, byte-identical to decode + ``ir.from_row`` +
+``TileCodec.encode``); progress, other plans, bad bytes and JSON-form strings take the full path,
+which counts and logs them.
+
 **Trimmed and expiring.** The same script deletes tiles that fell behind ``keys.retention_ms`` as
 the entity's newest ``tile_start`` (capped at the writer's clock, so one event from a skewed
 future clock cannot trim the present) moves forward, skips tiles already too old on arrival, and
@@ -51,7 +56,10 @@ from headwater.kafka_batch import take
 from online_store import keys
 from online_store.errors import StoreUnavailableError
 from online_store.metrics import WriterMetrics
-from online_store.tiles import is_progress, tile_ir, tile_version
+from online_store.tiles import is_progress, tile_ir, tile_value_schema, tile_version
+from online_store.transcode import ERRORS as TRANSCODE_ERRORS
+from online_store.transcode import Transcoded, compile_transcoder
+from schemas.store import canonical_json
 from streamjobs.plan import FeaturePlan, ViewPlan
 
 if TYPE_CHECKING:
@@ -64,9 +72,11 @@ log = logging.getLogger("headwater.online_store.writer")
 
 @dataclass
 class WriteStats:
-    """What one ``write`` (or a whole writer run) did. ``too_old``: beyond retention on arrival."""
+    """What one ``write`` (or a whole writer run) did. ``too_old``: beyond retention on arrival;
+    ``transcoded``: records that took the generated path (``online_store.transcode``)."""
 
     records: int = 0
+    transcoded: int = 0
     written: int = 0
     stale: int = 0
     too_old: int = 0
@@ -145,15 +155,26 @@ class TileWriter:
             return None
         return view
 
-    def write(self, records: Sequence[Mapping[str, Any] | None]) -> WriteStats:
+    def write(self, records: Sequence[Mapping[str, Any] | None],
+              transcoded: Sequence[tuple[str, Transcoded]] = ()) -> WriteStats:
         """Store tiles (monotonic) and publish progress records immediately; one round trip for the tiles.
 
-        The Kafka loop passes progress through the settle rule instead (``publish_progress``).
+        ``transcoded``: ``(view, tile)`` already turned into write arguments from their bytes
+        (``online_store.transcode``; the Kafka loop's common case). The Kafka loop passes progress
+        through the settle rule instead (``publish_progress``).
         """
         stats = WriteStats()
         per_view: dict[str, tuple[dict[str, int], list[Any]]] = {}
         progress: list[Mapping[str, Any]] = []
         now_s = self._clock()
+        fresh = self.metrics.freshness.observe if self.metrics is not None else None
+        for name, (entity, r, s, n, a, value) in transcoded:
+            index, args = per_view.setdefault(name, ({}, []))
+            args.append((index.setdefault(entity, len(index) + 1), r, s, n, a, value))
+            if fresh is not None:
+                fresh(max(0.0, now_s - a / 1000.0))
+        stats.records += len(transcoded)
+        stats.transcoded += len(transcoded)
         for rec in records:
             if rec is None:
                 continue
@@ -315,12 +336,31 @@ class _Settler:
 
 
 class _Decoder:
-    """Confluent-framed Avro values, decoded with the writer schema of the id in their header."""
+    """Confluent-framed Avro values, decoded with the writer schema of the id in their header.
 
-    def __init__(self, store: Any) -> None:
+    With a ``plan``, a value written with one of its views' tile schemas can also go straight to
+    write arguments (``transcode``); the first value of each schema id takes ``decode``."""
+
+    def __init__(self, store: Any, plan: FeaturePlan | None = None) -> None:
         self._store = store
         self._codecs: dict[int, Any] = {}
         self._unknown: dict[int, float] = {}
+        self._tile_schemas = {} if plan is None else {
+            canonical_json(tile_value_schema(v)): v for v in plan.views}
+        self._fast: dict[int, tuple[str, Any]] = {}
+
+    def transcode(self, value: bytes) -> tuple[str, Transcoded] | None:
+        """``(view, write arguments)``, or None: then ``decode`` the value (and count what is wrong)."""
+        if len(value) < 5 or value[0] != 0:
+            return None
+        fx = self._fast.get(int.from_bytes(value[1:5], "big"))
+        if fx is None:
+            return None
+        try:
+            out = fx[1](value)
+        except TRANSCODE_ERRORS:
+            return None
+        return None if out is None else (fx[0], out)
 
     def decode(self, value: bytes) -> dict:
         from schemas import AvroCodec, DecodeError, UnknownSchemaIdError
@@ -338,6 +378,10 @@ class _Decoder:
                 self._unknown[sid] = time.monotonic() + 30.0
                 raise DecodeError("unknown_schema_id", str(exc), bytes(value)) from exc
             self._codecs[sid] = codec
+            view = self._tile_schemas.get(codec.canonical)
+            tx = None if view is None else compile_transcoder(keys.codec_for(view))
+            if tx is not None:
+                self._fast[sid] = (view.name, tx)
         return codec.decode(value)
 
 
@@ -486,7 +530,7 @@ def _write_loop(consumer: Any, ends: _EndOffsets, writer: TileWriter, decoder: _
     while True:
         msgs = take(consumer, 5000, 0.2)  # never waits to fill: a trickle of tiles is written at once
         read_at = time.monotonic()  # the settle clock of this batch's progress records starts here, not after the write
-        tiles, progress, offsets = [], [], {}
+        tiles, transcoded, progress, offsets = [], [], [], {}
         for m in msgs:
             err = m.error()
             if err is not None:
@@ -498,11 +542,16 @@ def _write_loop(consumer: Any, ends: _EndOffsets, writer: TileWriter, decoder: _
                     once(("kafka", err.code()), "tiles consumer: %s", err.str())
                 continue
             offsets[m.partition()] = m.offset() + 1
-            if m.value() is None:
+            value = m.value()
+            if value is None:
                 total.tombstones += 1
                 continue
+            fast = decoder.transcode(value)
+            if fast is not None:
+                transcoded.append(fast)
+                continue
             try:
-                rec = decoder.decode(m.value())
+                rec = decoder.decode(value)
             except Exception as exc:  # DecodeError and anything fastavro raises: count, never die on data
                 total.undecodable += 1
                 if writer.metrics is not None:
@@ -515,8 +564,8 @@ def _write_loop(consumer: Any, ends: _EndOffsets, writer: TileWriter, decoder: _
                 progress.append(rec)
             else:
                 tiles.append(rec)
-        if tiles:
-            total += writer.write(tiles)
+        if tiles or transcoded:
+            total += writer.write(tiles, transcoded)
         if offsets:
             for p, o in offsets.items():
                 pos[p] = max(pos.get(p, 0), o)
@@ -554,13 +603,14 @@ def _write_loop(consumer: Any, ends: _EndOffsets, writer: TileWriter, decoder: _
             return total
 
 
-def _open(conn: Connection, repo_cfg: RepoConfig, redis_client: Any) -> tuple[Any, _Decoder]:
+def _open(conn: Connection, repo_cfg: RepoConfig, redis_client: Any,
+          plan: FeaturePlan | None = None) -> tuple[Any, _Decoder]:
     import redis as redis_lib
 
     from schemas import open_store
 
     client = redis_client or redis_lib.Redis.from_url(conn.redis_url)
-    return client, _Decoder(open_store(repo_cfg.resolve(repo_cfg.schema_store), repo_cfg.schema_registry_url))
+    return client, _Decoder(open_store(repo_cfg.resolve(repo_cfg.schema_store), repo_cfg.schema_registry_url), plan)
 
 
 def run_writer(conn: Connection, repo_cfg: RepoConfig, plan: FeaturePlan, group_id: str | None = None, stop_event: Any = None,
@@ -573,7 +623,7 @@ def run_writer(conn: Connection, repo_cfg: RepoConfig, plan: FeaturePlan, group_
     from confluent_kafka import Consumer
 
     topic = repo_cfg.topics.tiles.name
-    client, decoder = _open(conn, repo_cfg, redis_client)
+    client, decoder = _open(conn, repo_cfg, redis_client, plan)
     consumer = Consumer(_consumer_conf(conn, group_id or f"headwater-online-writer.{repo_cfg.project}", True))
     try:
         sources = _sources(consumer, plan, repo_cfg)
@@ -602,7 +652,7 @@ def rebuild(conn: Connection, repo_cfg: RepoConfig, plan: FeaturePlan, *, settle
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
     topic = repo_cfg.topics.tiles.name
-    client, decoder = _open(conn, repo_cfg, redis_client)
+    client, decoder = _open(conn, repo_cfg, redis_client, plan)
     consumer = Consumer(_consumer_conf(conn, f"headwater-rebuild.{uuid.uuid4().hex[:12]}", False))
     try:
         writer = TileWriter(client, repo_cfg.project, plan, metrics=metrics,

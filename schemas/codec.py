@@ -137,6 +137,11 @@ class AvroCodec:
         self._unknown: dict[int, float] = {}
 
     @property
+    def canonical(self) -> str:
+        """``canonical_json`` of the plain-Avro schema (logical types stripped): equal strings, same bytes."""
+        return self._canon
+
+    @property
     def header(self) -> bytes:
         """The 5-byte Confluent frame every record of this schema id starts with."""
         return self._header

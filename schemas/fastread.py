@@ -1,8 +1,9 @@
 """A plain-Avro record reader generated per schema, for records of the reader's own schema.
 
 ``fastavro.schemaless_reader`` has a per-call set-up that dominates small records, and the online
-writer decodes every tile record the Flink job emits: that decode was 44 % of the writer's
-samples (py-spy) at 5k events/s, the process that fell behind. This module turns a schema into
+writer decoded every tile record the Flink job emits: that decode was 44 % of the writer's
+samples (py-spy) at 5k events/s, the process that fell behind (its common case now goes through
+``online_store.transcode``, which generates its code with this module's ``Emitter``). This module turns a schema into
 the source of one Python function (``read(b, p) -> (record, end)``) with every field's reads
 inlined: a card tile record through ``AvroCodec.decode`` 5.2-5.8 us vs 7.4-9.4 us with fastavro
 (alternating loops of 30,000, 2026-11-23; 4.9 vs 7.0 us for the bare readers). It covers flat records of
@@ -21,7 +22,7 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["compile_reader", "FastReadError"]
+__all__ = ["compile_reader", "FastReadError", "Emitter", "ENV"]
 
 Reader = Callable[[bytes, int], tuple[dict, int]]
 
@@ -55,8 +56,9 @@ def _bad_branch(n: int) -> FastReadError:
     return FastReadError(f"union branch {n} out of range")
 
 
-_ENV: dict[str, Any] = {"_vtail": _vtail, "_neg": _negative, "_branch": _bad_branch,
-                        "_D": struct.Struct("<d").unpack_from, "_F": struct.Struct("<f").unpack_from}
+ENV: dict[str, Any] = {  # the names generated code may call
+    "_vtail": _vtail, "_neg": _negative, "_branch": _bad_branch,
+    "_D": struct.Struct("<d").unpack_from, "_F": struct.Struct("<f").unpack_from}
 
 
 def _kind(t: Any) -> Any:
@@ -78,7 +80,9 @@ def _kind(t: Any) -> Any:
     return None
 
 
-class _Emitter:
+class Emitter:
+    """Source lines of one generated function; ``varint`` reads a zigzag long into a variable."""
+
     def __init__(self) -> None:
         self.lines: list[str] = []
         self.n = 0
@@ -145,7 +149,7 @@ def compile_reader(schema: Any) -> Reader | None:
     kinds = [(f.get("name"), _kind(f.get("type"))) for f in schema["fields"]]
     if any(k is None or not isinstance(name, str) for name, k in kinds):
         return None
-    em = _Emitter()
+    em = Emitter()
     em.put(0, "def read(b, p):")
     em.put(1, "n = len(b)")
     out = []
@@ -154,6 +158,6 @@ def compile_reader(schema: Any) -> Reader | None:
         em.value(1, kind, dst)
         out.append(f"{name!r}: {dst}")
     em.put(1, f"return {{{', '.join(out)}}}, p")
-    ns = dict(_ENV)
+    ns = dict(ENV)
     exec(compile("\n".join(em.lines), f"<avro reader {schema.get('name', '')}>", "exec"), ns)  # noqa: S102
     return ns["read"]  # type: ignore[no-any-return]
