@@ -643,16 +643,18 @@ def run_writer(conn: Connection, repo_cfg: RepoConfig, plan: FeaturePlan, group_
 
 
 def rebuild(conn: Connection, repo_cfg: RepoConfig, plan: FeaturePlan, *, settle_ms: int = 1000, timeout_s: float = 3600.0,
-            verbose: bool = False, redis_client: Any = None, metrics: WriterMetrics | None = None) -> WriteStats:
+            verbose: bool = False, redis_client: Any = None, metrics: WriterMetrics | None = None,
+            generated: bool = True) -> WriteStats:
     """Write the compacted tiles topic, from the beginning to the end offsets seen at start, into Redis.
 
-    Safe while the live writer runs: writes are monotonic. Commits nothing (a throwaway group)."""
+    Safe while the live writer runs: writes are monotonic. Commits nothing (a throwaway group).
+    ``generated=False`` sends every record down the full path (``bench/writer.py`` compares both)."""
     import uuid
 
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
     topic = repo_cfg.topics.tiles.name
-    client, decoder = _open(conn, repo_cfg, redis_client, plan)
+    client, decoder = _open(conn, repo_cfg, redis_client, plan if generated else None)
     consumer = Consumer(_consumer_conf(conn, f"headwater-rebuild.{uuid.uuid4().hex[:12]}", False))
     try:
         writer = TileWriter(client, repo_cfg.project, plan, metrics=metrics,
