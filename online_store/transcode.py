@@ -19,8 +19,10 @@ byte-identical to the full path's (property-tested in ``tests/test_transcode.py`
 
 from __future__ import annotations
 
+import operator
 import struct
 from collections.abc import Callable
+from itertools import islice
 from typing import Any
 
 from online_store.keys import TileCodec
@@ -116,7 +118,7 @@ def compile_transcoder(codec: TileCodec) -> Transcoder | None:
         else:  # distinct: array of ["null", "string"]
             put(2, f"{v} = ()")
             put(1, "elif br == 1:")
-            put(2, f"{v} = set()")
+            put(2, f"{v} = []")
             put(2, "while True:")
             varint(3, "cnt")
             put(3, "if cnt == 0: break")
@@ -132,10 +134,11 @@ def compile_transcoder(codec: TileCodec) -> Transcoder | None:
             put(4, "if ln <= 0: return None")
             put(4, "e = p + ln")
             put(4, "if e > n: return None")
-            put(4, f"{v}.add(b[p:e])")
+            put(4, f"{v}.append(b[p:e])")
             put(4, "p = e")
             put(1, "else: return None")
-            put(1, f"{v} = sorted({v})")
+            # HW_DISTINCT sends its items sorted as bytes: check that in C, sort only if not
+            put(1, f"if not all(map(_LT, {v}, _islice({v}, 1, None))): {v} = sorted(set({v}))")
             var.append(f"b'\\x1f'.join({v})")
             distinct.append(v)
     put(1, "if p != n: return None")
@@ -148,6 +151,6 @@ def compile_transcoder(codec: TileCodec) -> Transcoder | None:
         tail = " + b'\\x01' + vp"
     put(1, f"return ent.decode(), res, ts, ne, am, PACK({', '.join(fixed)}){tail}")
     ns = dict(ENV)
-    ns.update(VIEW=view.name.encode(), PLAN=view.plan_hash.encode(), PACK=codec.pack_fixed)
+    ns.update(_LT=operator.lt, _islice=islice, VIEW=view.name.encode(), PLAN=view.plan_hash.encode(), PACK=codec.pack_fixed)
     exec(compile("\n".join(em.lines), f"<tile transcoder {view.name}>", "exec"), ns)  # noqa: S102
     return ns["tx"]  # type: ignore[no-any-return]
