@@ -2,9 +2,10 @@
 
 The online writer's per-record path was: the Avro record to a dict (``schemas/fastread.py``), the
 dict to a tile IR (``ir.from_row``), the IR to the value bytes (``keys.TileCodec.encode``). Three
-passes and two dicts of every field for each of the ~2 tile records an event makes; at 10k
-events/s that path cost the writer most of a core, which the Flink job needs (a rebuild of
-606,577 tile records: 27k-28k records per CPU second). This module generates, from the view's
+passes and two dicts of every field for each of the ~2 tile records an event makes: 31-39 s of
+writer CPU per million records of a 10k events/s run's tiles topic (``bench/writer.py``), i.e.
+0.6-0.8 of a core at that rate, which the Flink job needs (18-22 s with this path). This module
+generates, from the view's
 tile schema, one function that reads the Avro bytes once and packs the value directly: numbers
 into the fixed part, strings as byte slices into the var part (no str decode and re-encode; one
 UTF-8 check over the joined part; a distinct set sorted as bytes, which is code point order for
