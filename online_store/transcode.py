@@ -5,11 +5,11 @@ dict to a tile IR (``ir.from_row``), the IR to the value bytes (``keys.TileCodec
 passes and two dicts of every field for each of the ~2 tile records an event makes: 31-39 s of
 writer CPU per million records of a 10k events/s run's tiles topic (``bench/writer.py``), i.e.
 0.6-0.8 of a core at that rate, which the Flink job needs (18-22 s with this path). This module
-generates, from the view's
-tile schema, one function that reads the Avro bytes once and packs the value directly: numbers
-into the fixed part, strings as byte slices into the var part (no str decode and re-encode; one
-UTF-8 check over the joined part; a distinct set sorted as bytes, which is code point order for
-UTF-8, i.e. the order ``encode`` sorts the strings in).
+generates, from the view's tile schema, one function that reads the Avro bytes once and packs
+the value directly: numbers into the fixed part, strings as byte slices into the var part (no
+str decode and re-encode; one UTF-8 check over the joined part). A distinct set is kept as
+``HW_DISTINCT`` sent it when a C-level check finds it strictly sorted, else sorted as bytes: byte
+order is code point order for UTF-8, the order ``encode`` sorts the strings in.
 
 It only takes the common case and returns None for everything else, which the writer then
 sends down the full path (so errors, counters and the JSON var form keep one owner): a progress
