@@ -9,7 +9,7 @@ Split of work, and why:
 * **numpy joins**: the loaded tiles are sorted by ``(entity, resolution, tile_start)`` and each row's
   window is located with ``searchsorted`` on the ranges of ``windows.window_tile_ranges`` (a
   sort-merge range join). The present tiles of each (row, window) are then gathered in canonical
-  ``(resolution, tile_start)`` order into a (rows x 1 x K) matrix and folded by ``ir.vmerge`` /
+  ``(resolution, tile_start)`` order into rows of K (padded with the identity tile) and folded by ``ir.cmerge`` /
   ``ir.vfinalize``, exactly as ``online_store.reader`` folds what Redis returns, so float sums are
   bit-identical to a fetch. A SQL ``SUM`` has no defined order and would differ in the last bits.
   ``last``/``distinct`` are merged per row as the reader does (max key, set union) and finalized by
@@ -215,14 +215,16 @@ def _merge_block(g: WindowGroup, feats: Sequence[Feature], num_fields: list[ir.I
                  var: dict[str, list[Any]], idx: np.ndarray, rows: np.ndarray, t: np.ndarray, n_t: int,
                  cols: dict[str, Column]) -> None:
     if num_fields:
-        mats: dict[str, np.ndarray] = {}
+        flat = idx.reshape(-1)  # each row's tiles in canonical order, padded with the identity tile
+        tiles: dict[str, np.ndarray] = {}
         for f in num_fields:
             vals, null = numeric[f.name]
-            mats[f.name] = vals[idx][:, None, :]
+            tiles[f.name] = vals[flat]
             if null is not None:
-                mats[f.name + "__null"] = null[idx][:, None, :]
+                tiles[f.name + "__null"] = null[flat]
+        rowptr = np.arange(len(idx) + 1, dtype=np.int64) * idx.shape[1]
         with np.errstate(all="ignore"):  # IEEE results as the reader gets them (inf - inf = nan)
-            merged = ir.vmerge(num_fields, mats)
+            merged = ir.cmerge(num_fields, rowptr, np.zeros(len(flat), np.int64), np.ones((1, 1), bool), tiles)
             for f in feats:
                 if f.op not in ("last", "latest", "distinct_count"):
                     v, null = ir.vfinalize(f, merged, 0)

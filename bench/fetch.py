@@ -122,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--rate", type=float, default=10.0, help="events/s of event time")
     ap.add_argument("--cards", type=int, default=20_000)
     ap.add_argument("--hours", type=float, default=25.0)
-    ap.add_argument("--engine", default="auto", choices=["auto", "vector", "scalar"])
+    ap.add_argument("--engine", default="auto", choices=["auto", "compiled", "scalar"])
     ap.add_argument("--read", default="auto", choices=["auto", "hgetall", "hmget"])
     ap.add_argument("--keep", action="store_true", help="leave the keys in Redis")
     ap.add_argument("--no-feast", action="store_true", help="skip the Feast side-by-side")

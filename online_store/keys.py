@@ -444,6 +444,70 @@ class TileCodec:
                                    "rebuild the store with `headwater online rebuild`")
         return [flat[j::nv] for j in range(nv)]
 
+    def joined(self, values: Sequence[bytes]) -> Joined | None:
+        """Many values as one buffer: the fixed parts as ``decode_fixed`` gives them (one numpy
+        gather, no per-value slice) and each var field's span per value, found by one compiled
+        scan. None when some value is in the JSON form (then: ``split_var``/``decode_var``)."""
+        buf = np.frombuffer(b"".join(values), np.uint8)
+        lens = np.fromiter(map(len, values), np.int64, len(values))
+        ends = np.cumsum(lens)
+        starts = ends - lens
+        size, nv = self.fixed_size, len(self.var_fields)
+        if len(values) and int((ends - starts).min()) < size + (1 if nv else 0):
+            raise CorruptTileError(f"view {self.view.name!r}: a stored tile is shorter than {size} bytes; "
+                                   "rebuild the store with `headwater online rebuild`")
+        fixed = buf[starts[:, None] + np.arange(size)].view(self.dtype).reshape(-1) if len(values) \
+            else np.zeros(0, self.dtype)
+        span_s = np.empty((len(values), nv), np.int64)
+        span_e = np.empty((len(values), nv), np.int64)
+        if nv and len(values):
+            status = _jit_spans()(buf, starts, ends, size, nv, span_s, span_e)
+            if status == 1:
+                return None
+            if status == 2:
+                raise CorruptTileError(f"view {self.view.name!r}: a stored tile has a malformed var part; "
+                                       "rebuild the store with `headwater online rebuild`")
+        return Joined(buf, fixed, span_s, span_e)
+
+
+@dataclass(frozen=True)
+class Joined:
+    """``TileCodec.joined``: values concatenated; ``fixed`` per value; ``start``/``end`` (values x
+    var fields) the byte span of each var field's part (a last key, or items joined by 0x1f)."""
+
+    buf: np.ndarray
+    fixed: np.ndarray
+    start: np.ndarray
+    end: np.ndarray
+
+
+def _var_spans(buf, starts, ends, size, nv, out_s, out_e):  # pragma: no cover - compiled
+    """0 = every value in the 0x01 form, spans filled; 1 = some value in the JSON form; 2 = malformed."""
+    for t in range(starts.shape[0]):
+        i = starts[t] + size
+        if buf[i] != 1:
+            return 1
+        i += 1
+        j, s0 = 0, i
+        while i <= ends[t]:
+            if i == ends[t] or buf[i] == 0x1E:
+                if j >= nv:
+                    return 2
+                out_s[t, j] = s0
+                out_e[t, j] = i
+                j += 1
+                s0 = i + 1
+            i += 1
+        if j != nv:
+            return 2
+    return 0
+
+
+@lru_cache(maxsize=None)
+def _jit_spans() -> Any:
+    import numba
+    return numba.njit(cache=True)(_var_spans)
+
 
 @lru_cache(maxsize=256)
 def codec_for(view: ViewPlan) -> TileCodec:

@@ -13,19 +13,23 @@ layout does not name are ignored, so both give the same values.
 
 Values are merged as the DESIGN says: ``ir.merge_many`` (canonical ``(resolution, tile_start)``
 left fold) then ``ir.finalize``. ``engine="scalar"`` runs literally those functions per entity;
-``engine="vector"`` runs the same fold over an entities x groups x tiles matrix (see
-the VECTOR IR section: bit-identical to ``merge_many``/``finalize``, property-tested against them,
-and meant to move into ``streamjobs/ir.py``); the default ``engine="auto"`` takes the scalar path
-for a view whose replies hold at most ``_SCALAR_TILES`` tiles (a few light entities: numpy's
-per-call overhead dominates such tiny matrices) and the vector path otherwise; both give the
-same types (property-tested). Nulls are never NaN: ``FetchResult.values`` maps each
-``"view:feature"`` to a typed ``pyarrow.Array`` (int64 counts, float64 sums/means, the column's
-type for min/max/last) with Arrow nulls; ``FetchResult.numpy`` gives ``(values, null_mask)``.
+``engine="compiled"`` runs the same fold for every entity and window group in one compiled pass
+over the tiles as they sit in one joined buffer (``ir.cmerge``/``ir.cmerge_var``, numba:
+bit-identical to ``merge_many``/``finalize``, property-tested against them); the default
+``engine="auto"`` takes the scalar path for a view whose replies hold at most ``_SCALAR_TILES``
+tiles (one or a few light entities: the kernels' fixed cost per call dominates) and the compiled
+path otherwise; both give the same types (property-tested). Nulls are never NaN:
+``FetchResult.values`` maps each ``"view:feature"`` to a typed ``pyarrow.Array`` (int64 counts,
+float64 sums/means, the column's type for min/max/last) with Arrow nulls; ``FetchResult.numpy``
+gives ``(values, null_mask)``.
 """
 
 from __future__ import annotations
 
+import os
+import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -202,6 +206,35 @@ def _layout(project: str, view: ViewPlan, names: tuple[str, ...], t: int) -> _La
 # ---------------------------------------------------------------- the round trip
 
 
+_HELD = threading.local()
+
+
+def _connection(pool: Any) -> tuple[Any, bool]:
+    """(connection, held): this thread's own connection of a plain ``ConnectionPool``, checked out
+    once and kept; any other pool lends one per fetch. A checkout probes the connection for stray
+    data (a zero-timeout read between two socket timeout changes): measured ~80 of the ~260 us a
+    1-row round trip took (p50 264 vs 183 us, 3,000 fetches each, interleaved). Holding is safe
+    because a fetch that fails mid-read disconnects (no stray replies) and the next send
+    reconnects. Per process: a forked child takes its own (the pool resets itself there too)."""
+    from redis import ConnectionPool
+    if type(pool) is not ConnectionPool:  # a BlockingConnectionPool's slots are the user's to share
+        try:
+            return pool.get_connection(), False
+        except TypeError:  # redis-py < 5.3 wants a command name
+            return pool.get_connection("HMGET"), False
+    held = getattr(_HELD, "conns", None)
+    if held is None:
+        held = _HELD.conns = weakref.WeakKeyDictionary()
+    entry = held.get(pool)
+    if entry is None or entry[1] != os.getpid():
+        try:
+            conn = pool.get_connection()
+        except TypeError:
+            conn = pool.get_connection("HMGET")
+        held[pool] = entry = (conn, os.getpid())
+    return entry[0], True
+
+
 def _round_trip(redis: Any, layouts: Sequence[_Layout], ents: Sequence[Sequence[bytes]], project: str,
                 reads: Sequence[str]) -> list[Any]:
     """HMGET (or HGETALL) per (view, entity), then HGET as_of, per view; replies in that order."""
@@ -228,25 +261,23 @@ def _round_trip(redis: Any, layouts: Sequence[_Layout], ents: Sequence[Sequence[
     payload = b"".join(parts)
     pool = redis.connection_pool
     for attempt in (0, 1):
+        conn, held = _connection(pool)
         try:
-            conn = pool.get_connection()
-        except TypeError:  # redis-py < 5.3 wants a command name
-            conn = pool.get_connection("HMGET")
-        try:
-            conn.send_packed_command([payload])
+            conn.send_packed_command([payload], check_health=not held)
             return [conn.read_response(disable_decoding=True) for _ in range(n)]
         except (ConnectionError, TimeoutError) as exc:
-            conn.disconnect()
+            conn.disconnect()  # a held connection reconnects on its next send
             if attempt:
                 raise StoreUnavailableError(f"fetch from Redis failed: {exc}") from exc
         except RedisError as exc:
             conn.disconnect()
             raise StoreUnavailableError(f"fetch from Redis failed: {exc}") from exc
         except BaseException:
-            conn.disconnect()
+            conn.disconnect()  # never leave unread replies on a connection
             raise
         finally:
-            pool.release(conn)
+            if not held:
+                pool.release(conn)
     raise AssertionError("unreachable")
 
 
@@ -332,7 +363,7 @@ def _ids(values: Sequence[Any]) -> tuple[str, ...]:
 
 def fetch(redis: Any, project: str, plan: FeaturePlan, entities: Sequence[str] | Mapping[str, Sequence[str]],
           refs: Sequence[str] | None = None, at_ms: int | None = None, *,
-          engine: Literal["auto", "vector", "scalar"] = "auto", read: Literal["auto", "hgetall", "hmget"] = "auto",
+          engine: Literal["auto", "compiled", "scalar"] = "auto", read: Literal["auto", "hgetall", "hmget"] = "auto",
           metrics: ReaderMetrics | None = None) -> FetchResult:
     """Feature values at ``at_ms`` (None = now) for ``entities``; unknown entities get the no-data values.
 
@@ -375,6 +406,8 @@ def fetch(redis: Any, project: str, plan: FeaturePlan, entities: Sequence[str] |
         policies, reads = [], [read] * len(layouts)
     else:
         raise FetchArgumentError(f"fetch: read={read!r} is not one of auto, hgetall, hmget")
+    if engine not in ("auto", "compiled", "scalar"):
+        raise FetchArgumentError(f"fetch: engine={engine!r} is not one of auto, compiled, scalar")
     wire = [[e.encode() for e in u] for u in uniq]
     replies = _round_trip(redis, layouts, wire, project, reads) if layouts else []
     values: dict[str, Column] = {}
@@ -395,7 +428,7 @@ def fetch(redis: Any, project: str, plan: FeaturePlan, entities: Sequence[str] |
         i += 1
         as_of[lay.view.name] = None if raw is None else int(raw)
         tiles = _sparse(lay, rows, mode)
-        merge = _merge_vector if engine == "vector" or (engine == "auto" and len(tiles.vals) > _SCALAR_TILES) \
+        merge = _merge_compiled if engine == "compiled" or (engine == "auto" and len(tiles.vals) > _SCALAR_TILES) \
             else _merge_scalar
         dup = len(u) != len(inv)
         for name, (v, null) in merge(lay, tiles, len(u), t).items():
@@ -464,13 +497,13 @@ _NUMPY = {pa.int64(): np.int64, pa.float64(): np.float64, pa.bool_(): np.bool_}
 
 
 def _column_dtype(f: Feature) -> Any:
-    """The vector path's column type: numeric ops and distinct counts int64/float64 (0 under the null
+    """The compiled path's column type: numeric ops and distinct counts int64/float64 (0 under the null
     mask), ``last``/``latest`` objects (None)."""
     return None if f.op in ("last", "latest") else _NUMPY.get(feature_arrow_type(f))
 
 
 def _typed(by_dtype: Sequence[tuple[Any, tuple[str, ...]]], cols: Mapping[str, list[Any]]) -> dict[str, Column]:
-    """Python values per feature -> columns of the vector path's types, one ``np.array`` per dtype
+    """Python values per feature -> columns of the compiled path's types, one ``np.array`` per dtype
     (not per feature: for a 1-entity fetch the per-call cost was 27 us of a ~150 us view merge)."""
     out: dict[str, Column] = {}
     for dt, names in by_dtype:
@@ -493,123 +526,68 @@ def _objects(values: list[Any]) -> Column:
 
 
 #: ``engine="auto"``: a view's replies with at most this many tiles are merged by the scalar
-#: path (numpy's per-call overhead dominates small matrices), more by the vector path. Measured
-#: per view merge (fraud plan, 2026-11-22, scalar over decoded columns with lazily built distinct
-#: sets), median us scalar vs vector: one card of 96-111 tiles 248 vs 362, of 128+ 419 vs 438; one
-#: merchant of 96-111 142 vs 164, of 112+ 234 vs 216; 8 cards holding 128-159 tiles 554 vs 630,
-#: 256-287 tiles 790 vs 757; 8 merchants holding 32-63 tiles 174 vs 142.
-_SCALAR_TILES = 128
+#: path (the compiled path's fixed cost per call, ~100-200 us of glue, dominates), more by the
+#: compiled path. Measured per view merge (fraud plan, bench/fetch.py's data, 2026-11-23 morning),
+#: median us scalar vs compiled: 1 card (~21 tiles) 161 vs 217, 2 cards (~41) 384 vs 296, 4 (~83)
+#: 550 vs 268, 16 (~324) 3,322 vs 518; 1 merchant (~13) 50 vs 115, 2 (~24) 111 vs 148, 4 (~46) 307
+#: vs 264, 16 (~189) 1,100 vs 224.
+_SCALAR_TILES = 32
 
-#: Entities with at most this many tiles in a view are folded in a narrow matrix, the rest apart:
-#: matrices are (entities x groups x most tiles of one entity), so one hot entity must not widen all.
-_NARROW = 16
+def warm(project: str, plan: FeaturePlan) -> None:
+    """Load the compiled merge (numba and its on-disk cache, or compile it on a new machine) now,
+    not on the first large fetch: a serving process's first batch took ~1 s more without this.
+    Merges one empty tile per view through exactly the calls a fetch makes."""
+    t = int(time.time() * 1000)
+    for vp in plan.views:
+        lay = _layout(project, vp, tuple(f.name for f in vp.features), t)
+        if lay.fields:
+            value = lay.codec.encode((0, 0), ir.empty_ir(vp.fields))
+            _merge_compiled(lay, _Sparse(np.zeros(1, np.intp), np.zeros(1, np.intp), [value]), 1, t)
 
 
-def _merge_vector(lay: _Layout, tiles: _Sparse, n: int, t: int) -> dict[str, Column]:
-    """Decode every present tile at once, then fold all window groups together over an
-    (entities x groups x W) matrix holding, per (entity, group), its present tiles in canonical
-    order (W = the most any row has); padding is the identity tile."""
-    vals = tiles.vals
-    n_tiles, n_groups = len(vals), len(lay.groups)
+def _merge_compiled(lay: _Layout, tiles: _Sparse, n: int, t: int) -> dict[str, Column]:
+    """Every window group of every entity in one compiled pass over the tiles in canonical order
+    (``ir.cmerge`` for the numeric fields, ``ir.cmerge_var`` per last/distinct field), the values
+    read in place from one joined buffer (``TileCodec.joined``): no per-tile Python object. Falls
+    back to the scalar path when some tile is in the JSON form."""
+    codec = lay.codec
     order = np.lexsort((tiles.pos, tiles.ent))  # canonical order = field position order
     ent, pos = tiles.ent[order], tiles.pos[order]
-    member = lay.member[:, pos]  # (groups, tiles)
-    seen = np.cumsum(member, axis=1)
-    counts = np.zeros((n_groups, n), dtype=np.intp)  # present tiles per (group, entity)
-    for g in range(n_groups):
-        counts[g] = np.bincount(ent[member[g]], minlength=n)
-    before = np.cumsum(counts, axis=1) - counts  # member tiles of earlier entities, per group
-    rank = seen - 1 - before[:, ent] if n_tiles else seen  # (groups, tiles): place in its row
-    widest = counts.max(axis=0, initial=0)
-    table = lay.codec.decode_fixed(vals, pad=True)  # row n_tiles: the empty tile
-    var: dict[str, Any] = {}  # var parts per var field, split on first use by a group that needs them
+    vals = tiles.vals
+    sorted_vals = [vals[i] for i in order.tolist()]
+    joined = codec.joined(sorted_vals)
+    if joined is None:  # rare: a string holding a separator (or empty) made some tile JSON
+        return _merge_scalar(lay, tiles, n, t)
+    rowptr = np.searchsorted(ent, np.arange(n + 1))
+    fx = joined.fixed
+    mats = {}
+    for sl in codec.slots:
+        mats[sl.field.name] = fx[sl.field.name]
+        if sl.nullable:
+            mats[sl.field.name + "__null"] = fx[sl.field.name + "__null"] != 0
+    merged = ir.cmerge([sl.field for sl in codec.slots], rowptr, pos, lay.member, mats)
+    var_index = {f.name: j for j, f in enumerate(codec.var_fields)}
+    var_out: dict[str, np.ndarray] = {}
+    for fld in codec.var_fields:  # only the groups that read it
+        need = np.array([any(f.name == fld.name for f in g.fields) for g in lay.groups], bool)
+        if need.any():
+            j = var_index[fld.name]
+            var_out[fld.name] = ir.cmerge_var(joined.buf, joined.start[:, j], joined.end[:, j], rowptr, pos,
+                                             lay.member & need[:, None], fld.kind)
     out: dict[str, Column] = {}
-    narrow = widest <= _NARROW
-    for members in (np.flatnonzero(narrow), np.flatnonzero(~narrow)):
-        if not len(members) and n:
-            continue
-        nb, width = len(members), int(widest[members].max(initial=0))
-        row = np.full(n, -1, dtype=np.intp)
-        row[members] = np.arange(nb)
-        idx3 = np.full((nb, n_groups, width), n_tiles, dtype=np.intp)
-        for g in range(n_groups):
-            sel = member[g] & (row[ent] >= 0)
-            idx3[row[ent[sel]], g, rank[g, sel]] = order[sel]
-        block = _merge_block(lay, table, vals, var, idx3, nb, t)
-        if nb == n:
-            return block
-        for name, (v, null) in block.items():
-            if name not in out:
-                out[name] = (np.empty(n, v.dtype), np.empty(n, bool))
-            out[name][0][members], out[name][1][members] = v, null
-    return out
-
-
-def _merge_block(lay: _Layout, table: np.ndarray, vals: list[bytes], var: dict[str, Any], idx3: np.ndarray,
-                 n: int, t: int) -> dict[str, Column]:
-    dec = table[idx3]  # (entities, groups, P) records, one gather
-    mats: dict[str, np.ndarray] = {}
-    for s in lay.codec.slots:
-        mats[s.field.name] = dec[s.field.name]
-        if s.nullable:
-            mats[s.field.name + "__null"] = dec[s.field.name + "__null"] != 0
-    with np.errstate(all="ignore"):  # IEEE results as Python floats give them (inf - inf = nan)
-        merged = ir.vmerge([s.field for s in lay.codec.slots], mats)
-    out: dict[str, Column] = {}
-    for gi, g in enumerate(lay.groups):
-        var_fields = [f for f in g.fields if f.kind in ("last", "distinct")]
-        merged_var = _merge_var(lay.codec, var_fields, var, vals, idx3[:, gi, :]) if var_fields else {}
-        with np.errstate(all="ignore"):
+    buf = joined.buf
+    with np.errstate(all="ignore"):
+        for gi, g in enumerate(lay.groups):
             for f in g.features:
                 if f.op in ("last", "latest"):
                     name = f"{f.column}__last"
-                    out[f.name] = _objects([ir.finalize((f,), {name: k}, t_ms=t)[f.name] for k in merged_var[name]])
+                    try:
+                        keys_ = [None if a < 0 else buf[a:b].tobytes().decode() for a, b in var_out[name][:, gi].tolist()]
+                    except UnicodeDecodeError as exc:
+                        raise codec._corrupt_var(exc) from exc
+                    out[f.name] = _objects([ir.finalize((f,), {name: k}, t_ms=t)[f.name] for k in keys_])
                 elif f.op == "distinct_count":
-                    out[f.name] = ir.vfinalize(f, merged_var, 0)
+                    out[f.name] = ir.vfinalize(f, {f"{f.column}__distinct": var_out[f"{f.column}__distinct"]}, gi)
                 else:
                     out[f.name] = ir.vfinalize(f, merged, gi)
-    return out
-
-
-def _merge_var(codec: keys.TileCodec, fields: list[ir.IRField], var: dict[str, Any], vals: list[bytes],
-               idx: np.ndarray) -> dict[str, Any]:
-    """``last`` (the max key, decoded; None when no tile has one) and ``distinct`` (the union's size,
-    (entities, 1), for ``ir.vfinalize``) per entity over its present tiles. Per entity in Python, but
-    each a few C calls: a join, a split and a set (measured faster than dictionary-coding every item
-    with Arrow and counting unique (entity, code) pairs: 5 vs 2.8 ms for 100 cards + merchants).
-
-    ``var`` caches ``codec.split_var(vals)`` (or, for JSON-form tiles, per-tile ``decode_var``)."""
-    if not var:
-        cols = codec.split_var(vals)
-        if cols is None:  # some tile in the JSON form: per-tile decode, same representation
-            per_tile = [codec.decode_var(v) for v in vals]
-            cols = [[(x[j] or b"") if f.kind == "last" else x[j] for x in per_tile]
-                    for j, f in enumerate(codec.var_fields)]
-        var.update(zip((f.name for f in codec.var_fields), cols))
-    n = len(idx)
-    ents, ks = np.nonzero(idx < len(vals))
-    tids = idx[ents, ks].tolist()
-    bounds = np.searchsorted(ents, np.arange(n + 1)).tolist()
-    spans = list(zip(bounds[:-1], bounds[1:]))
-    out: dict[str, Any] = {}
-    for f in fields:
-        col = var[f.name]
-        sel = [col[t] for t in tids]  # every entity's parts, in entity order: one gather, then slices
-        if f.kind == "last":
-            res: list[Any] = []
-            for a, b in spans:
-                best = max(sel[a:b], default=b"")
-                res.append(best.decode() if best else None)
-            out[f.name] = res
-            continue
-        if sel and isinstance(sel[0], bytes):
-            sep, join = b"\x1f", b"\x1f".join
-            sizes = []
-            for a, b in spans:
-                items = set(join(sel[a:b]).split(sep))
-                items.discard(b"")  # empty tiles; "" itself is never an item in the 0x01 form
-                sizes.append(len(items))
-        else:
-            sizes = [len({i for p in sel[a:b] for i in p}) for a, b in spans]
-        out[f.name] = np.array(sizes, np.int64).reshape(n, 1)
     return out

@@ -24,7 +24,8 @@ Engines without it (DuckDB in benchmarks) take ``field_sql(..., engine="ansi")``
 NULL column values are ignored by every field (SQL semantics). ``m2`` (``<column>__m2``) is not
 a tile field: ``merge`` adds it to merged IRs for stddev (Chan et al. pairwise combination).
 No data finalizes to count 0 and sum 0.0; every other op (distinct_count too) to None, never NaN.
-Imports only the standard library, numpy and ``streamjobs.errors``.
+Imports only the standard library, numpy and ``streamjobs.errors`` (and numba, on first use of the
+compiled merge).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ __all__ = [
     "LAST_KEY_FUNCTION", "LAST_KEY_CLASS",
     "value_to_str", "str_to_value", "encode_last", "decode_last",
     "empty_ir", "tile_from_events", "update", "merge", "merge_many", "merge_columns", "finalize", "finalize_op",
-    "to_row", "from_row", "vmerge", "vfinalize",
+    "to_row", "from_row", "cmerge", "cmerge_var", "vfinalize",
 ]
 
 IR = Mapping[str, Any]
@@ -460,7 +461,7 @@ def _chan(na: int, sa: float, m2a: float, nb: int, sb: float, m2b: float) -> flo
 
 
 def _merge2(a: IR, b: IR, kinds: tuple[tuple[str, str], ...], stats: tuple[str, ...]) -> dict[str, Any]:
-    """``merge`` once the key sets are known to match (``vmerge`` is the vectorised twin of these
+    """``merge`` once the key sets are known to match (``_fold_csr`` is the compiled twin of these
     formulas and ``merge_many``'s column folds apply the same ones: all property-tested bit-identical)."""
     out: dict[str, Any] = {}
     for key, kind in kinds:
@@ -612,74 +613,10 @@ def from_row(fields: Sequence[IRField], row: Mapping[str, Any]) -> dict[str, Any
     return out
 
 
-# ---------------------------------------------------------------- vectorised merge (online reader)
-# ``merge_many`` + ``finalize`` for the
-# numeric fields over an (entities x K) matrix per field, tiles in canonical order, absent tiles
-# as the identity (cnt 0, sum 0.0, min/max null). Bit-identical to the scalar fold: sums use
-# np.add.accumulate (a sequential left fold, never pairwise), M2 interleaves Chan's two additions
-# per step into one accumulate, min/max follow ``ir._lt`` (-0.0 < 0.0; a NaN sticks only when it
-# is the first value, as in the fold). Checked against ir.merge_many/finalize by
-# tests/test_online_store.py::test_vector_engine_matches_ir.
-
-
-
-def _vfold(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(acc before each step, final acc) of the left fold ``acc = acc + m[..., k]`` from 0."""
-    a = np.add.accumulate(np.concatenate([np.zeros(m.shape[:-1] + (1,), m.dtype), m], axis=-1), axis=-1)
-    return a[..., :-1], a[..., -1]
-
-
-def _vextreme(v: np.ndarray, null: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
-    valid = ~null
-    out_null = ~valid.any(axis=-1)
-    if not v.shape[-1]:
-        return np.zeros(v.shape[:-1], v.dtype), out_null
-    if v.dtype.kind != "f":
-        fill = np.iinfo(v.dtype).max if kind == "min" else np.iinfo(v.dtype).min
-        w = np.where(valid, v, fill)
-        return (w.min(axis=-1) if kind == "min" else w.max(axis=-1)), out_null
-    w = np.where(valid, v, np.inf if kind == "min" else -np.inf)
-    m = np.fmin.reduce(w, axis=-1) if kind == "min" else np.fmax.reduce(w, axis=-1)
-    if (m == 0).any():  # signed zeros: the fold keeps -0.0 for min, +0.0 for max when both occur
-        zero = valid & (v == 0)
-        signed = (zero & np.signbit(v)).any(axis=-1) if kind == "min" else ~(zero & ~np.signbit(v)).any(axis=-1)
-        m = np.where(m == 0, np.where(signed, -0.0, 0.0), m)
-    if np.isnan(w).any():  # a NaN survives the fold only as the first value of a window
-        first = np.take_along_axis(v, valid.argmax(axis=-1)[..., None], axis=-1)[..., 0]
-        m = np.where(~out_null & np.isnan(first), np.nan, m)
-    return m, out_null
-
-
-def vmerge(fields: Sequence[IRField], tiles: Mapping[str, np.ndarray]) -> dict[str, Any]:
-    """Merged numeric IR over the last axis of (..., K) tile matrices: ``<name>`` arrays of shape
-    (...), ``<name>__null`` masks for min/max, ``<col>__m2`` where the column has cnt, sum, sumsq."""
-    out: dict[str, Any] = {}
-    names = {f.name for f in fields}
-    for f in fields:
-        if f.kind == "cnt":
-            out[f.name] = tiles[f.name].sum(axis=-1)
-        elif f.kind in ("sum", "sumsq"):
-            out[f.name] = _vfold(tiles[f.name])[1]
-        elif f.kind in ("min", "max"):
-            out[f.name], out[f.name + "__null"] = _vextreme(tiles[f.name], tiles[f.name + "__null"], f.kind)
-    for f in fields:
-        c = f.column
-        if f.kind == "sumsq" and {f"{c}__cnt", f"{c}__sum"} <= names:
-            nb, sb, qb = tiles[f"{c}__cnt"], tiles[f"{c}__sum"], tiles[f.name]
-            na = np.cumsum(nb, axis=-1) - nb
-            sa = _vfold(sb)[0]
-            x = qb - sb * sb / nb
-            m2b = np.where(nb > 0, np.where(0.0 > x, 0.0, x), 0.0)
-            d = sb / nb - sa / na
-            term = np.where((na > 0) & (nb > 0), d * d * (na * nb) / (na + nb), 0.0)
-            steps = np.empty(nb.shape[:-1] + (2 * nb.shape[-1],))
-            steps[..., 0::2], steps[..., 1::2] = m2b, term
-            out[f"{c}__m2"] = _vfold(steps)[1]
-    return out
-
+# ---------------------------------------------------------------- finalize of compiled merges
 
 def vfinalize(f: FeatureLike, m: Mapping[str, Any], g: int) -> tuple[np.ndarray, np.ndarray]:
-    """(values, null mask) of a numeric op from ``vmerge`` output (window group ``g`` on axis 1);
+    """(values, null mask) of a numeric op from ``cmerge`` output (window group ``g`` on axis 1);
     ``distinct_count`` from ``m["<col>__distinct"]``, the sizes of the merged sets."""
     c = f.column
     if f.op == "distinct_count":  # OPS["distinct_count"]: len(set) or None
@@ -697,3 +634,232 @@ def vfinalize(f: FeatureLike, m: Mapping[str, Any], g: int) -> tuple[np.ndarray,
     if f.op == "stddev":
         return np.sqrt(m[f"{c}__m2"][:, g] / safe), cnt == 0
     raise IRError(f"no vectorised finalize for op {f.op!r}")
+
+
+# ---------------------------------------------------------------- compiled merge (online reader, numba)
+# ``merge_many`` for many rows and window groups at once, over tiles in CSR form: row ``e``'s
+# tiles are ``rowptr[e]:rowptr[e+1]`` in canonical order, tile ``t`` sits at layout position
+# ``pos[t]``, and window group ``g`` folds the tiles with ``member[g, pos[t]]``. One pass, no
+# padding, no gathers; the loops below are plain Python that numba compiles (``_jit``), with the
+# fold's formulas as ``merge_columns`` applies them: sums a left fold from 0, min/max by ``_lt``
+# (NaN sticks only when first), M2 by ``_chan`` over the running (count, sum). Checked bit for bit
+# against ``merge_many``/``finalize`` by tests/test_online_store.py and tests/test_ir.py.
+
+_ADD_I, _ADD_F, _MAX_F, _MIN_F, _MAX_I, _MIN_I, _M2_OP = range(7)
+
+
+def _fold_csr(rowptr, pos, member, ints, floats, nulls, prog, out_i, out_f, out_null):  # pragma: no cover - compiled
+    n, n_groups, k_ops = rowptr.shape[0] - 1, member.shape[0], prog.shape[0]
+    na = np.zeros(k_ops, np.int64)
+    sa = np.zeros(k_ops, np.float64)
+    for e in range(n):
+        for g in range(n_groups):
+            for k in range(k_ops):
+                out_i[e, g, k] = 0
+                out_f[e, g, k] = 0.0
+                out_null[e, g, k] = True
+                na[k] = 0
+                sa[k] = 0.0
+            for t in range(rowptr[e], rowptr[e + 1]):
+                if not member[g, pos[t]]:
+                    continue
+                for k in range(k_ops):
+                    op, c = prog[k, 0], prog[k, 1]
+                    if op == 0:  # _ADD_I: cnt
+                        out_i[e, g, k] += ints[t, c]
+                    elif op == 1:  # _ADD_F: sum, sumsq
+                        out_f[e, g, k] = out_f[e, g, k] + floats[t, c]
+                    elif op == 2 or op == 3:  # _MAX_F, _MIN_F
+                        if nulls[t, prog[k, 2]]:
+                            continue
+                        y = floats[t, c]
+                        if out_null[e, g, k]:
+                            out_f[e, g, k] = y
+                            out_null[e, g, k] = False
+                            continue
+                        x = out_f[e, g, k]
+                        if op == 3:
+                            x, y = y, x
+                        if x < y or (x == y and math.copysign(1.0, x) < math.copysign(1.0, y)):  # _lt(x, y)
+                            out_f[e, g, k] = floats[t, c]
+                    elif op == 4 or op == 5:  # _MAX_I, _MIN_I
+                        if nulls[t, prog[k, 2]]:
+                            continue
+                        v = ints[t, c]
+                        if out_null[e, g, k]:
+                            out_i[e, g, k] = v
+                            out_null[e, g, k] = False
+                        elif (op == 4 and out_i[e, g, k] < v) or (op == 5 and v < out_i[e, g, k]):
+                            out_i[e, g, k] = v
+                    else:  # _M2_OP: c = sumsq, prog[k, 3] = cnt (ints), prog[k, 4] = sum (floats)
+                        nb, sb = ints[t, prog[k, 3]], floats[t, prog[k, 4]]
+                        if nb != 0:
+                            x = floats[t, c] - sb * sb / nb  # _m2_of, clamped as max(x, 0.0) does
+                            m2b = 0.0 if 0.0 > x else x
+                            if na[k] == 0:  # _chan with an empty left side
+                                out_f[e, g, k] = m2b
+                            else:
+                                d = sb / nb - sa[k] / na[k]
+                                out_f[e, g, k] = out_f[e, g, k] + m2b + d * d * (na[k] * nb) / (na[k] + nb)
+                        na[k] += nb
+                        sa[k] = sa[k] + sb
+
+
+def _var_csr(buf, start, end, rowptr, pos, member, sep, want_last, out_last, out_count):  # pragma: no cover - compiled
+    """Per (row, group): ``last``, the span of the greatest key (UTF-8 bytes order = code point
+    order; -1 when no tile has one); ``distinct``, the size of the union of the tiles' items
+    (``sep``-separated, hashed, then compared byte for byte within equal hashes: exact)."""
+    n, n_groups = rowptr.shape[0] - 1, member.shape[0]
+    for e in range(n):
+        a, b = rowptr[e], rowptr[e + 1]
+        for g in range(n_groups):
+            out_last[e, g, 0] = -1
+            out_last[e, g, 1] = -1
+            out_count[e, g] = 0
+            if want_last:
+                bs, be = -1, -1
+                for t in range(a, b):
+                    if not member[g, pos[t]] or start[t] == end[t]:
+                        continue
+                    if bs < 0:
+                        bs, be = start[t], end[t]
+                        continue
+                    i, j, greater = start[t], bs, False
+                    while True:
+                        if i == end[t]:
+                            break  # a prefix (or equal): not greater
+                        if j == be:
+                            greater = True
+                            break
+                        if buf[i] != buf[j]:
+                            greater = buf[i] > buf[j]
+                            break
+                        i += 1
+                        j += 1
+                    if greater:
+                        bs, be = start[t], end[t]
+                out_last[e, g, 0] = bs
+                out_last[e, g, 1] = be
+                continue
+            m = 0
+            for t in range(a, b):
+                if member[g, pos[t]] and start[t] != end[t]:
+                    for i in range(start[t], end[t]):
+                        if buf[i] == sep:
+                            m += 1
+                    m += 1
+            if m == 0:
+                continue
+            hs = np.empty(m, np.uint64)
+            s0 = np.empty(m, np.int64)
+            s1 = np.empty(m, np.int64)
+            m = 0
+            for t in range(a, b):
+                if not member[g, pos[t]] or start[t] == end[t]:
+                    continue
+                i0 = start[t]
+                for i in range(start[t], end[t] + 1):
+                    if i == end[t] or buf[i] == sep:
+                        h = np.uint64(14695981039346656037)
+                        for q in range(i0, i):
+                            h = (h ^ np.uint64(buf[q])) * np.uint64(1099511628211)  # FNV-1a
+                        hs[m], s0[m], s1[m] = h, i0, i
+                        m += 1
+                        i0 = i + 1
+            order = np.argsort(hs)
+            count = 0
+            r = 0
+            while r < m:  # runs of equal hashes: count distinct byte strings within each
+                r2 = r
+                while r2 + 1 < m and hs[order[r2 + 1]] == hs[order[r]]:
+                    r2 += 1
+                for u in range(r, r2 + 1):
+                    x = order[u]
+                    dup = False
+                    for v in range(r, u):
+                        y = order[v]
+                        if s1[x] - s0[x] == s1[y] - s0[y]:
+                            same = True
+                            for q in range(s1[x] - s0[x]):
+                                if buf[s0[x] + q] != buf[s0[y] + q]:
+                                    same = False
+                                    break
+                            if same:
+                                dup = True
+                                break
+                    if not dup:
+                        count += 1
+                r = r2 + 1
+            out_count[e, g] = count
+
+
+@lru_cache(maxsize=None)
+def _jit() -> Any:
+    """The compiled kernels (numba, cached on disk next to this module: compiled once per machine)."""
+    import numba
+    from types import SimpleNamespace
+    return SimpleNamespace(fold=numba.njit(cache=True)(_fold_csr), var=numba.njit(cache=True)(_var_csr))
+
+
+@lru_cache(maxsize=256)
+def _fold_program(fields: tuple[IRField, ...]) -> tuple[np.ndarray, tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """(ops, int field names, float field names, nullable field names) for ``_fold_csr``."""
+    ints = tuple(f.name for f in fields if f.kind == "cnt" or (f.kind in ("min", "max") and f.column_type in _INT_TYPES))
+    floats = tuple(f.name for f in fields if f.kind in ("sum", "sumsq") or (f.kind in ("min", "max") and f.name not in ints))
+    nulls = tuple(f.name for f in fields if f.kind in ("min", "max"))
+    names = {f.name for f in fields}
+    prog = []
+    for f in fields:
+        if f.kind == "cnt":
+            prog.append((_ADD_I, ints.index(f.name), 0, 0, 0))
+        elif f.kind in ("sum", "sumsq"):
+            prog.append((_ADD_F, floats.index(f.name), 0, 0, 0))
+        elif f.kind in ("min", "max"):
+            is_int = f.name in ints
+            op = (_MAX_I if f.kind == "max" else _MIN_I) if is_int else (_MAX_F if f.kind == "max" else _MIN_F)
+            prog.append((op, (ints if is_int else floats).index(f.name), nulls.index(f.name), 0, 0))
+    for f in fields:
+        c = f.column
+        if f.kind == "sumsq" and {f"{c}__cnt", f"{c}__sum"} <= names:
+            prog.append((_M2_OP, floats.index(f.name), 0, ints.index(f"{c}__cnt"), floats.index(f"{c}__sum")))
+    return np.array(prog, np.int64).reshape(-1, 5), ints, floats, nulls
+
+
+def cmerge(fields: Sequence[IRField], rowptr: np.ndarray, pos: np.ndarray, member: np.ndarray,
+           tiles: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """Merged numeric IRs as (rows, groups) arrays from tiles in CSR form (see the section comment):
+    ``tiles[name]`` holds one value per tile, ``tiles[name + "__null"]`` the null flags of min/max."""
+    fields = tuple(f for f in fields if f.kind in ("cnt", "sum", "sumsq", "min", "max"))
+    prog, ints, floats, nulls = _fold_program(fields)
+    t = len(pos)
+    ia = np.stack([tiles[x] for x in ints], 1).astype(np.int64, copy=False) if ints else np.zeros((t, 0), np.int64)
+    fa = np.stack([tiles[x] for x in floats], 1).astype(np.float64, copy=False) if floats else np.zeros((t, 0))
+    na = np.stack([tiles[x + "__null"] for x in nulls], 1).astype(bool, copy=False) if nulls else np.zeros((t, 0), bool)
+    n, n_groups, k = len(rowptr) - 1, len(member), len(prog)
+    out_i = np.empty((n, n_groups, k), np.int64)
+    out_f = np.empty((n, n_groups, k), np.float64)
+    out_null = np.empty((n, n_groups, k), bool)
+    _jit().fold(np.asarray(rowptr, np.int64), np.asarray(pos, np.int64), np.ascontiguousarray(member, bool),
+                ia, fa, na, prog, out_i, out_f, out_null)
+    out: dict[str, Any] = {}
+    for j, f in enumerate(fields):
+        is_int = f.name in ints
+        out[f.name] = (out_i if is_int else out_f)[:, :, j]
+        if f.kind in ("min", "max"):
+            out[f.name + "__null"] = out_null[:, :, j]
+    for j, row in enumerate(prog.tolist()[len(fields):], start=len(fields)):
+        out[floats[row[1]].rpartition("__")[0] + "__" + _M2] = out_f[:, :, j]
+    return out
+
+
+def cmerge_var(buf: np.ndarray, start: np.ndarray, end: np.ndarray, rowptr: np.ndarray, pos: np.ndarray,
+               member: np.ndarray, kind: str, sep: int = 0x1F) -> np.ndarray:
+    """One var field over CSR tiles whose values are spans of ``buf`` (uint8): ``last`` -> (rows,
+    groups, 2) spans of the greatest key (-1: none); ``distinct`` -> (rows, groups) union sizes."""
+    n, n_groups = len(rowptr) - 1, len(member)
+    out_last = np.empty((n, n_groups, 2), np.int64)
+    out_count = np.empty((n, n_groups), np.int64)
+    _jit().var(buf, np.asarray(start, np.int64), np.asarray(end, np.int64), np.asarray(rowptr, np.int64),
+               np.asarray(pos, np.int64), np.ascontiguousarray(member, bool), np.uint8(sep), kind == "last",
+               out_last, out_count)
+    return out_last if kind == "last" else out_count

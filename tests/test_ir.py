@@ -8,7 +8,7 @@ import statistics
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamjobs import ir
@@ -217,3 +217,39 @@ def test_ops_registry_declares_fields_types_and_docs():
     assert "string" not in ir.get_op("sum").accepts and "timestamp" in ir.get_op("max").accepts
     assert "Chan" in ir.get_op("stddev").doc
     assert set(ir.OPS) == {"count", "sum", "mean", "min", "max", "last", "latest", "stddev", "distinct_count"}
+
+
+# ---------------------------------------------------------------- compiled var merge (last, distinct)
+
+_ITEMS = st.lists(st.lists(st.sampled_from(["a", "b", "ab", "ba", "é", "中文", "a" * 40, "x"]), max_size=5),
+                  max_size=8)
+
+
+@settings(deadline=None)  # the first example loads (or compiles) the kernel
+@given(rows=st.lists(_ITEMS, min_size=1, max_size=4), member=st.lists(st.booleans(), min_size=8, max_size=8))
+def test_cmerge_var_equals_set_union_and_max_key(rows: list[list[list[str]]], member: list[bool]) -> None:
+    """``cmerge_var`` over spans of one buffer == ``merge_many``'s union size and greatest key, per
+    (row, group); tile ``i`` of a row sits at position ``i`` and group 1 reads only ``member``."""
+    chunks: list[bytes] = []
+    start, end, pos, rowptr = [], [], [], [0]
+    at = 0
+    for tiles in rows:
+        for i, items in enumerate(tiles):
+            b = "\x1f".join(items).encode()
+            chunks.append(b)
+            start.append(at)
+            end.append(at + len(b))
+            pos.append(i)
+            at += len(b)
+        rowptr.append(len(pos))
+    buf = np.frombuffer(b"".join(chunks) or b"\x00", np.uint8)
+    groups = np.array([[True] * 8, member], bool)
+    sizes = ir.cmerge_var(buf, np.array(start), np.array(end), np.array(rowptr), np.array(pos), groups, "distinct")
+    last = ir.cmerge_var(buf, np.array(start), np.array(end), np.array(rowptr), np.array(pos), groups, "last")
+    for r, tiles in enumerate(rows):
+        for g in range(2):
+            kept = [items for i, items in enumerate(tiles) if groups[g, i]]
+            assert sizes[r, g] == len({x for items in kept for x in items})
+            keys = ["\x1f".join(items).encode() for items in kept if items]
+            a, b = last[r, g]
+            assert (buf[a:b].tobytes() if a >= 0 else None) == (max(keys) if keys else None)

@@ -1,5 +1,5 @@
 """Online store against the real redis-server: conformance through Redis, monotonic writes,
-trimming and TTL, no-data defaults, one round trip per fetch, and vector == scalar engines."""
+trimming and TTL, no-data defaults, one round trip per fetch, and compiled == scalar engines."""
 
 from __future__ import annotations
 
@@ -107,7 +107,7 @@ needs_vectors = pytest.mark.skipif(not CASES, reason=f"conformance vectors not f
 
 
 @needs_vectors
-@pytest.mark.parametrize("engine,read", [("vector", "hmget"), ("vector", "hgetall"), ("scalar", "hmget"),
+@pytest.mark.parametrize("engine,read", [("compiled", "hmget"), ("compiled", "hgetall"), ("scalar", "hmget"),
                                          ("auto", "hgetall"), ("auto", "auto")])
 @pytest.mark.parametrize("path", CASES, ids=lambda p: p.stem)
 def test_conformance_vectors_through_redis(path: Path, engine: str, read: str, rds: Any, project: str) -> None:
@@ -396,7 +396,7 @@ def test_idle_source_partitions_raise_as_of(rds: Any, project: str, card_plan: F
     assert (int(raw[b"p:1"]), int(raw[b"p:2"]), int(raw[b"o:0"])) == (9900, 9500, 12)
 
 
-# ---------------------------------------------------------------- vector engine == ir.merge_many + finalize
+# ---------------------------------------------------------------- compiled engine == ir.merge_many + finalize
 
 _FLOATS = st.one_of(st.sampled_from([0.0, -0.0, 1.0, -1.0, 1e-300, 1e300, 0.1, 1 / 3]),
                     st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False),
@@ -430,8 +430,9 @@ def _py(col: tuple[np.ndarray, np.ndarray]) -> list[Any]:
 
 
 @settings(max_examples=150, deadline=None)
-@given(events=_events(), dt=st.integers(0, 7_500_000), narrow=st.sampled_from([0, 2, 16, 1000]))
-def test_vector_engine_matches_ir(events: list[dict[str, Any]], dt: int, narrow: int) -> None:
+@given(events=_events(), dt=st.integers(0, 7_500_000))
+def test_compiled_engine_matches_ir(events: list[dict[str, Any]], dt: int) -> None:
+    """Every feature of every entity, bit for bit, JSON-form tiles (separators in strings) included."""
     vp = build_view_plan(small_view())
     codec = keys.codec_for(vp)
     by_entity: dict[str, dict[bytes, bytes]] = defaultdict(dict)
@@ -443,15 +444,11 @@ def test_vector_engine_matches_ir(events: list[dict[str, Any]], dt: int, narrow:
     ents = ["a", "b", "c", "none"]
     rows = [[by_entity[e].get(f) for f in lay.fields] for e in ents]
     tiles = reader._sparse(lay, rows, "hmget")
-    reader._NARROW, saved = narrow, reader._NARROW  # split entities into narrow and wide blocks
     hg = [[x for f in lay.fields if f in by_entity[e] for x in (f, by_entity[e][f])] + [b"_n", b"1"] for e in ents]
     tiles_hg = reader._sparse(lay, hg, "hgetall")
     assert sorted(zip(tiles.ent.tolist(), tiles.pos.tolist(), tiles.vals)) == \
         sorted(zip(tiles_hg.ent.tolist(), tiles_hg.pos.tolist(), tiles_hg.vals))
-    try:
-        vec = reader._merge_vector(lay, tiles_hg, len(ents), t)  # HGETALL order: not by position
-    finally:
-        reader._NARROW = saved
+    vec = reader._merge_compiled(lay, tiles_hg, len(ents), t)  # HGETALL order: not by position
     ref = reader._merge_scalar(lay, tiles, len(ents), t)
     for name in ref:
         a, b = [_bits(x) for x in _py(vec[name])], [_bits(x) for x in _py(ref[name])]
@@ -518,3 +515,39 @@ def test_corrupt_tile_names_the_fix() -> None:
             codec.decode(bad)
         with pytest.raises(keys.CorruptTileError, match="headwater online rebuild"):
             codec.decode_columns([good, bad])
+
+
+def test_compiled_engine_falls_back_for_json_form_tiles(rds: Any, project: str, monkeypatch: Any) -> None:
+    """A tile whose strings hold a separator is stored in the JSON form: the compiled engine then
+    merges that view with the scalar path, same values."""
+    plan = build_plan([small_view("card")])
+    vp = plan.view("card")
+    s = 1_704_067_200_000
+    events = [{"card_id": f"c{i % 40}", "amount": float(i), "n": i % 5, "merchant": "m\x1fx" if i == 7 else f"m{i % 3}",
+               "event_time_ms": s + i * 1000, "append_time_ms": s + i * 1000, "partition": 0, "offset": i}
+              for i in range(200)]
+    recs = sorted(tile_records(vp, events), key=lambda r: r["tile_start"])
+    TileWriter(rds, project, plan).write(recs)
+    ents = [f"c{i}" for i in range(41)]
+    want = fetch(rds, project, plan, ents, at_ms=s + 200_500, engine="scalar").rows()
+    fell_back: list[int] = []
+    scalar = reader._merge_scalar
+    monkeypatch.setattr(reader, "_merge_scalar", lambda *a: fell_back.append(a[2]) or scalar(*a))
+    assert fetch(rds, project, plan, ents, at_ms=s + 200_500, engine="compiled").rows() == want
+    assert fell_back == [41]
+    with pytest.raises(FetchArgumentError, match="engine='vector'"):
+        fetch(rds, project, plan, ents, at_ms=s + 200_500, engine="vector")  # type: ignore[arg-type]
+
+
+def test_held_connection_reconnects_after_the_server_drops_it(rds: Any, project: str) -> None:
+    """fetch keeps one connection per thread and pool; when Redis closes it, the next fetch
+    reconnects (one retry) instead of failing."""
+    plan = build_plan([small_view("card")])
+    vp = plan.view("card")
+    s = 1_704_067_200_000
+    TileWriter(rds, project, plan).write([_tile(vp, "c1", 1000, s, 1, s, 1.0)])
+    want = fetch(rds, project, plan, ["c1"], at_ms=s + 1500).rows()
+    conn, held = reader._connection(rds.connection_pool)
+    assert held and reader._connection(rds.connection_pool)[0] is conn
+    rds.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")  # every other client: the held one too
+    assert fetch(rds, project, plan, ["c1"], at_ms=s + 1500).rows() == want
