@@ -131,6 +131,8 @@ def build(repo_path: str | Path, opts: ScoreOptions, *, redis: Any = None, clock
     xp = array_module(opts.device)
     redis = redis if redis is not None else redis_client(conn.redis_url)
     spec = MatrixSpec.probe(redis, repo.project, plan, models.current.production.meta.features)
+    from online_store.reader import warm
+    warm(repo.project, plan)  # the compiled merge loaded before the first batch, not during it
     views = {plan.view(r.partition(":")[0]) for r in spec.refs}
     event_time = {v.event_time_field for v in views}
     if len(event_time) != 1:
