@@ -21,6 +21,7 @@ def recent_entities(conn: Any, repo: Any, keys: list[str], n: int, *, per_partit
     """``n`` rows of entity ids (one id per key field, from the same event) sampled from the newest
     ``per_partition`` events of each events-topic partition."""
     from confluent_kafka import Consumer, TopicPartition
+    from headwater.kafka_offsets import watermarks
     from headwater.repo_schemas import codec_for
     from schemas import ColumnarCodec
 
@@ -31,7 +32,7 @@ def recent_entities(conn: Any, repo: Any, keys: list[str], n: int, *, per_partit
         md = c.list_topics(topic, timeout=10).topics.get(topic)
         if md is None or md.error is not None:
             raise ParityError(f"events topic {topic!r} does not exist: produce events first (`headwater produce`)")
-        ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in md.partitions}
+        ends = watermarks(c, topic, md.partitions)
         todo = {p: hi for p, (lo, hi) in ends.items() if hi > lo}
         c.assign([TopicPartition(topic, p, max(ends[p][0], hi - per_partition)) for p, hi in todo.items()])
         values = []

@@ -42,10 +42,11 @@ def temp_repo(src: Path, suffix: str) -> Path:
 def topic_counts(conn, topic: str) -> tuple[int, int]:
     """(values, tombstones) in ``topic``, read from the beginning to its end offsets."""
     from confluent_kafka import Consumer, TopicPartition
+    from headwater.kafka_offsets import watermarks
     c = Consumer({"bootstrap.servers": conn.bootstrap_servers, "group.id": f"bench-count-{uuid.uuid4().hex[:6]}",
                   "enable.auto.commit": False})
     parts = sorted(c.list_topics(topic, timeout=10).topics[topic].partitions)
-    ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
+    ends = {p: hi for p, (_, hi) in watermarks(c, topic, parts).items()}
     c.assign([TopicPartition(topic, p, 0) for p in parts])
     values = tombstones = 0
     left = {p for p, e in ends.items() if e > 0}

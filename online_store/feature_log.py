@@ -198,6 +198,7 @@ def _read_topic(topic: str, conn: Connection, store: Any, timeout_s: float) -> l
     """Every record from the start to the end offsets seen on entry (a bounded read)."""
     import fastavro
     from confluent_kafka import Consumer, TopicPartition
+    from headwater.kafka_offsets import watermarks
     from schemas import AvroCodec, load_schema
 
     schema = load_schema("feature_log")
@@ -209,7 +210,7 @@ def _read_topic(topic: str, conn: Connection, store: Any, timeout_s: float) -> l
         if md is None or md.error is not None or not md.partitions:
             raise FeatureLogError(f"feature log topic {topic!r} does not exist: run `headwater topics create` "
                                   f"or pass --feature-log FILE.jsonl")
-        ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in md.partitions}
+        ends = watermarks(c, topic, md.partitions)
         todo = {p: hi for p, (lo, hi) in ends.items() if hi > lo}
         c.assign([TopicPartition(topic, p, ends[p][0]) for p in todo])
         codecs: dict[int, Any] = {}

@@ -109,6 +109,7 @@ def resolve_range(consumer, topic: str, *, start_ms: int | None = None, end_ms: 
                   timeout_s: float = 10.0) -> TopicRange:
     """Exact ``[start, end)`` offsets per partition from the broker (``consumer``: confluent-kafka)."""
     from confluent_kafka import TopicPartition
+    from headwater.kafka_offsets import watermarks
 
     if start_ms is not None and end_ms is not None and end_ms < start_ms:
         raise RangeError(f"--to ({end_ms}) is before --from ({start_ms}): swap them")
@@ -122,7 +123,7 @@ def resolve_range(consumer, topic: str, *, start_ms: int | None = None, end_ms: 
         raise RangeError(f"--offsets names partition {unknown[0]} but {topic!r} has partitions "
                          f"0..{parts[-1]}: drop it or fix the number")
     chosen = [p for p in parts if not offsets or p in offsets]
-    marks = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s) for p in chosen}
+    marks = watermarks(consumer, topic, chosen, timeout_s)
 
     def by_time(ts: int | None) -> dict[int, int]:
         if ts is None:

@@ -107,12 +107,13 @@ def read_tiles(conn, repo):
     """Latest tile record per key from the tiles topic (decoded with the ids in their headers).
     Every record's Kafka key must be the TileKey of its value (compaction keeps one per tile)."""
     from confluent_kafka import Consumer, TopicPartition
+    from headwater.kafka_offsets import watermarks
     from schemas import AvroCodec, open_store
     store = open_store(repo.resolve(repo.schema_store))
     topic = repo.topics.tiles.name
     c = Consumer({"bootstrap.servers": conn.bootstrap_servers, "group.id": "tiles-check", "enable.auto.commit": False})
     md = c.list_topics(topic, timeout=10).topics[topic]
-    ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in md.partitions}
+    ends = {p: hi for p, (_, hi) in watermarks(c, topic, md.partitions).items()}
     c.assign([TopicPartition(topic, p, 0) for p in md.partitions])
     codecs, latest, done = {}, {}, {p: e == 0 for p, e in ends.items()}
     while not all(done.values()):
