@@ -251,14 +251,15 @@ def _cli(env: dict, *args: str) -> subprocess.Popen:
 
 
 def _wait_for(env: dict, role: str, n: int, timeout_s: float) -> None:
-    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka import Consumer
+    from headwater.kafka_offsets import watermarks
     c = Consumer({"bootstrap.servers": env["stack"].bootstrap_servers, "group.id": "x"})
     topic = getattr(env["repo"].topics, role).name
     deadline = time.monotonic() + timeout_s
     try:
         while time.monotonic() < deadline:
             parts = c.list_topics(topic, timeout=5).topics[topic].partitions
-            if sum(c.get_watermark_offsets(TopicPartition(topic, p), timeout=5)[1] for p in parts) >= n:
+            if sum(hi for _, hi in watermarks(c, topic, parts, 5).values()) >= n:
                 return
             time.sleep(0.1)
     finally:

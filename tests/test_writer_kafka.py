@@ -196,7 +196,8 @@ def test_end_offsets_equal_the_brokers_watermarks(stack, setup, unique) -> None:
     """The settle rule's end offsets (an AdminClient's ListOffsets, not the consumer's) equal the
     consumer's own watermark query per partition, empty partitions included; an unknown topic is
     None (as_of waits), not an exception."""
-    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka import Consumer
+    from headwater.kafka_offsets import watermarks
     from online_store.writer import _EndOffsets
     repo, case, vp, plan, client, send = setup
     send(tile_records(vp, case["events"])[:7])
@@ -204,7 +205,7 @@ def test_end_offsets_equal_the_brokers_watermarks(stack, setup, unique) -> None:
     c = Consumer({"bootstrap.servers": stack.bootstrap_servers, "group.id": f"eo-{unique}"})
     try:
         parts = sorted(c.list_topics(topic, timeout=10).topics[topic].partitions)
-        want = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in parts}
+        want = watermarks(c, topic, parts)
     finally:
         c.close()
     got = _EndOffsets(stack, topic)(parts)
