@@ -445,22 +445,27 @@ class TileCodec:
         return [flat[j::nv] for j in range(nv)]
 
     def joined(self, values: Sequence[bytes]) -> Joined | None:
-        """Many values as one buffer: the fixed parts as ``decode_fixed`` gives them (one numpy
-        gather, no per-value slice) and each var field's span per value, found by one compiled
-        scan. None when some value is in the JSON form (then: ``split_var``/``decode_var``)."""
-        buf = np.frombuffer(b"".join(values), np.uint8)
+        """Many values as one buffer (``joined_spans`` of their concatenation)."""
         lens = np.fromiter(map(len, values), np.int64, len(values))
         ends = np.cumsum(lens)
-        starts = ends - lens
-        size, nv = self.fixed_size, len(self.var_fields)
-        if len(values) and int((ends - starts).min()) < size + (1 if nv else 0):
+        return self.joined_spans(np.frombuffer(b"".join(values), np.uint8), ends - lens, ends)
+
+    def joined_spans(self, buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> Joined | None:
+        """The values at ``buf[starts[i]:ends[i]]`` (a fetch's received bytes, read in place): the
+        fixed parts as ``decode_fixed`` gives them (one numpy gather, no per-value slice) and each
+        var field's span per value, found by one compiled scan. None when some value is in the
+        JSON form (then: ``split_var``/``decode_var``)."""
+        size, nv, n = self.fixed_size, len(self.var_fields), len(starts)
+        if n and int((ends - starts).min()) < size + (1 if nv else 0):
             raise CorruptTileError(f"view {self.view.name!r}: a stored tile is shorter than {size} bytes; "
                                    "rebuild the store with `headwater online rebuild`")
-        fixed = buf[starts[:, None] + np.arange(size)].view(self.dtype).reshape(-1) if len(values) \
-            else np.zeros(0, self.dtype)
-        span_s = np.empty((len(values), nv), np.int64)
-        span_e = np.empty((len(values), nv), np.int64)
-        if nv and len(values):
+        raw = np.empty((n, size), np.uint8)
+        if n:
+            _jit_gather()(buf, np.ascontiguousarray(starts, np.int64), size, raw)
+        fixed = raw.view(self.dtype).reshape(-1)
+        span_s = np.empty((n, nv), np.int64)
+        span_e = np.empty((n, nv), np.int64)
+        if nv and n:
             status = _jit_spans()(buf, starts, ends, size, nv, span_s, span_e)
             if status == 1:
                 return None
@@ -501,6 +506,20 @@ def _var_spans(buf, starts, ends, size, nv, out_s, out_e):  # pragma: no cover -
         if j != nv:
             return 2
     return 0
+
+
+def _gather(buf, starts, size, out):  # pragma: no cover - compiled
+    """``out[t] = buf[starts[t]:starts[t] + size]``: the fixed parts, without numpy's (n, size) index array."""
+    for t in range(starts.shape[0]):
+        s = starts[t]
+        for j in range(size):
+            out[t, j] = buf[s + j]
+
+
+@lru_cache(maxsize=None)
+def _jit_gather() -> Any:
+    import numba
+    return numba.njit(cache=True)(_gather)
 
 
 @lru_cache(maxsize=None)

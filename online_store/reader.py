@@ -9,12 +9,15 @@ Which of the two is cheaper depends on how many tiles entities have stored again
 layout names: HGETALL for cold entities and wide requests (every fraud feature names ~128 fields
 per card+merchant row, mostly absent), HMGET for hot entities and narrow requests (a scorer's few
 features). ``read="auto"`` picks per view from the replies it has seen (``_ReadPolicy``). Tiles the
-layout does not name are ignored, so both give the same values.
+layout does not name are ignored, so both give the same values. The replies are not parsed into
+Python objects: their bytes land in one buffer and ``online_store.resp`` finds each tile's value
+span in it (a 1,000-row fetch's ~78k reply elements cost ~18 ms as objects); a client pipeline
+(Redis Cluster) or a RESP3 connection is parsed by the client instead, into the same form.
 
 Values are merged as the DESIGN says: ``ir.merge_many`` (canonical ``(resolution, tile_start)``
 left fold) then ``ir.finalize``. ``engine="scalar"`` runs literally those functions per entity;
 ``engine="compiled"`` runs the same fold for every entity and window group in one compiled pass
-over the tiles as they sit in one joined buffer (``ir.cmerge``/``ir.cmerge_var``, numba:
+over the tiles as they sit in that buffer (``ir.cmerge``/``ir.cmerge_var``, numba:
 bit-identical to ``merge_many``/``finalize``, property-tested against them); the default
 ``engine="auto"`` takes the scalar path for a view whose replies hold at most ``_SCALAR_TILES``
 tiles (one or a few light entities: the kernels' fixed cost per call dominates) and the compiled
@@ -40,7 +43,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
-from online_store import keys
+from online_store import keys, resp
 from online_store.errors import FetchArgumentError, StoreUnavailableError
 from online_store.metrics import ReaderMetrics
 from streamjobs import ir, windows
@@ -151,6 +154,8 @@ class _Layout:
     types: Mapping[str, pa.DataType]  # "view:feature" -> output type, for every requested feature
     by_dtype: tuple[tuple[Any, tuple[str, ...]], ...]  # requested feature names per column dtype (None: objects)
     as_of_cmd: bytes  # RESP of ``HGET <progress key> as_of``
+    key_res: np.ndarray  # (resolution, tile_start) of each field, int64, sorted as ``fields`` are
+    key_start: np.ndarray
 
 
 _LAYOUTS: OrderedDict[tuple[Any, ...], _Layout] = OrderedDict()
@@ -196,7 +201,8 @@ def _layout(project: str, view: ViewPlan, names: tuple[str, ...], t: int) -> _La
     as_of_cmd = b"*3\r\n$4\r\nHGET\r\n" + _bulk(keys.progress_key(project, view).encode()) + _bulk(keys.AS_OF_FIELD.encode())
     lay = _Layout(view, keys.codec_for(view), keys.entity_key_prefix(project, view).encode(), fields,
                   dict(zip(fields, range(len(fields)))), b"".join(_bulk(f) for f in fields), groups, member, types,
-                  tuple((dt, tuple(names)) for dt, names in by_dtype.items()), as_of_cmd)
+                  tuple((dt, tuple(names)) for dt, names in by_dtype.items()), as_of_cmd,
+                  np.array([r for r, _ in union], np.int64), np.array([s for _, s in union], np.int64))
     _LAYOUTS[ck] = lay
     if len(_LAYOUTS) > 256:
         _LAYOUTS.popitem(last=False)
@@ -235,14 +241,19 @@ def _connection(pool: Any) -> tuple[Any, bool]:
     return entry[0], True
 
 
-def _round_trip(redis: Any, layouts: Sequence[_Layout], ents: Sequence[Sequence[bytes]], project: str,
-                reads: Sequence[str]) -> list[Any]:
-    """HMGET (or HGETALL) per (view, entity), then HGET as_of, per view; replies in that order."""
-    from redis.cluster import RedisCluster
-    from redis.exceptions import ConnectionError, RedisError, TimeoutError
+@dataclass(frozen=True)
+class _ViewReply:
+    """What one view's replies say: its tiles, the mean fields per entity an HGETALL (``seen``) or
+    an HLEN probe (``probed``) showed (for ``_ReadPolicy``), and the published as_of."""
 
-    if isinstance(redis, RedisCluster) or not hasattr(redis, "connection_pool"):
-        return _round_trip_pipeline(redis, layouts, ents, project, reads)
+    tiles: _Sparse
+    seen: float | None
+    probed: float | None
+    as_of: int | None
+
+
+def _commands(layouts: Sequence[_Layout], ents: Sequence[Sequence[bytes]], reads: Sequence[str]) -> tuple[bytes, int]:
+    """HMGET (or HGETALL) per (view, entity), HLEN probes, then HGET as_of, per view: (RESP, replies)."""
     parts: list[bytes] = []
     n = 0
     for lay, view_ents, read in zip(layouts, ents, reads):
@@ -258,14 +269,30 @@ def _round_trip(redis: Any, layouts: Sequence[_Layout], ents: Sequence[Sequence[
                 n += 1
         parts.append(lay.as_of_cmd)
         n += 1
-    payload = b"".join(parts)
+    return b"".join(parts), n
+
+
+def _round_trip(redis: Any, layouts: Sequence[_Layout], ents: Sequence[Sequence[bytes]], project: str,
+                reads: Sequence[str]) -> list[_ViewReply]:
+    """All commands in one send; the replies read raw into one buffer (``online_store.resp``), or
+    parsed by the client where that cannot be done (Redis Cluster, RESP3, a client without a pool)."""
+    from redis.cluster import RedisCluster
+    from redis.exceptions import ConnectionError, RedisError, TimeoutError
+
+    if isinstance(redis, RedisCluster) or not hasattr(redis, "connection_pool"):
+        return _round_trip_pipeline(redis, layouts, ents, project, reads)
+    payload, n = _commands(layouts, ents, reads)
     pool = redis.connection_pool
     for attempt in (0, 1):
         conn, held = _connection(pool)
         try:
             conn.send_packed_command([payload], check_health=not held)
-            return [conn.read_response(disable_decoding=True) for _ in range(n)]
-        except (ConnectionError, TimeoutError) as exc:
+            sock = getattr(conn, "_sock", None)
+            if sock is None or str(getattr(conn, "protocol", 2) or 2) != "2":
+                return _from_replies(layouts, ents, reads, [conn.read_response(disable_decoding=True) for _ in range(n)])
+            buf, size = _receive(sock, n)
+            return _from_buffer(layouts, ents, reads, buf, size)
+        except (ConnectionError, TimeoutError, OSError) as exc:  # OSError: the raw read's socket errors
             conn.disconnect()  # a held connection reconnects on its next send
             if attempt:
                 raise StoreUnavailableError(f"fetch from Redis failed: {exc}") from exc
@@ -281,8 +308,93 @@ def _round_trip(redis: Any, layouts: Sequence[_Layout], ents: Sequence[Sequence[
     raise AssertionError("unreachable")
 
 
+def _receive(sock: Any, n: int) -> tuple[np.ndarray, int]:
+    """Bytes off the socket into this thread's buffer until ``n`` whole replies are in it. The
+    buffer is kept (and grown by doubling): a fetch's merge reads it in place, and is done with it
+    before this thread's next fetch."""
+    buf = getattr(_HELD, "buf", None)
+    if buf is None:
+        buf = _HELD.buf = np.empty(1 << 16, np.uint8)
+    size = pos = done = 0
+    while done < n:
+        if size == len(buf):
+            grown = np.empty(2 * len(buf), np.uint8)
+            grown[:size] = buf[:size]
+            buf = _HELD.buf = grown
+        got = sock.recv_into(memoryview(buf)[size:])
+        if not got:
+            raise ConnectionError("Redis closed the connection mid-reply")
+        size += got
+        pos, k = resp.complete(buf, pos, size, n - done)
+        done += k
+    return buf, size
+
+
+def _failed(what: Any) -> StoreUnavailableError:
+    return StoreUnavailableError(f"fetch from Redis failed: {what}")
+
+
+def _from_buffer(layouts: Sequence[_Layout], ents: Sequence[Sequence[bytes]], reads: Sequence[str],
+                 buf: np.ndarray, size: int) -> list[_ViewReply]:
+    out = []
+    pos = 0
+    for lay, view_ents, read in zip(layouts, ents, reads):
+        n = len(view_ents)
+        seen = probed = None
+        if lay.fields:
+            pairs = read == "hgetall"
+            at = pos
+            pos, ent, p, s, e, elements, status = resp.tiles(buf, pos, size, n, pairs, lay.key_res, lay.key_start)
+            if status == resp.ERROR:
+                raise _failed(resp.scalar(buf, pos, size)[1])
+            if status < 0:
+                raise _failed(f"unexpected reply bytes at offset {pos - at} of view {lay.view.name!r}")
+            tiles = _Sparse(ent, p, buf, s, e, ordered=not pairs)
+            if pairs and n:
+                seen = elements / 2 / n
+            k = _probes(read, n)
+            if k:
+                total = 0
+                for _ in range(k):
+                    pos, v = resp.scalar(buf, pos, size)
+                    if isinstance(v, Exception):
+                        raise _failed(v)
+                    total += v
+                probed = total / k
+        else:
+            tiles = _Sparse.of(np.zeros(0, np.intp), np.zeros(0, np.intp), [])
+        pos, raw = resp.scalar(buf, pos, size)
+        if isinstance(raw, Exception):
+            raise _failed(raw)
+        out.append(_ViewReply(tiles, seen, probed, None if raw is None else int(raw)))
+    return out
+
+
+def _from_replies(layouts: Sequence[_Layout], ents: Sequence[Sequence[bytes]], reads: Sequence[str],
+                  replies: list[Any]) -> list[_ViewReply]:
+    """The same from replies a client parsed (``_round_trip_pipeline``, RESP3)."""
+    out = []
+    i = 0
+    for lay, view_ents, read in zip(layouts, ents, reads):
+        n = len(view_ents)
+        rows: list[Any] = []
+        seen = probed = None
+        if lay.fields:
+            rows, i = replies[i:i + n], i + n
+            if read == "hgetall" and n:
+                seen = sum(len(r) if isinstance(r, dict) else len(r) // 2 for r in rows) / n
+            k = _probes(read, n)
+            if k:
+                probed = sum(replies[i:i + k]) / k
+                i += k
+        raw = replies[i]
+        i += 1
+        out.append(_ViewReply(_sparse(lay, rows, read), seen, probed, None if raw is None else int(raw)))
+    return out
+
+
 def _round_trip_pipeline(redis: Any, layouts: Sequence[_Layout], ents: Sequence[Sequence[bytes]],
-                         project: str, reads: Sequence[str]) -> list[Any]:
+                         project: str, reads: Sequence[str]) -> list[_ViewReply]:
     """Same commands through a client pipeline (Redis Cluster: one round trip per node, in parallel)."""
     pipe = redis.pipeline(transaction=False)
     for lay, view_ents, read in zip(layouts, ents, reads):
@@ -295,7 +407,7 @@ def _round_trip_pipeline(redis: Any, layouts: Sequence[_Layout], ents: Sequence[
             for e in view_ents[:_probes(read, len(view_ents))]:
                 pipe.execute_command("HLEN", lay.prefix + e + b"}")
         pipe.execute_command("HGET", keys.progress_key(project, lay.view), keys.AS_OF_FIELD)
-    return pipe.execute()
+    return _from_replies(layouts, ents, reads, pipe.execute())
 
 
 # ---------------------------------------------------------------- read="auto"
@@ -413,22 +525,14 @@ def fetch(redis: Any, project: str, plan: FeaturePlan, entities: Sequence[str] |
     values: dict[str, Column] = {}
     types: dict[str, pa.DataType] = {}
     as_of: dict[str, int | None] = {}
-    i = 0
-    for k, (lay, u, inv, mode) in enumerate(zip(layouts, uniq, inverse, reads)):
-        rows: list[Any] = []
-        if lay.fields:
-            rows, i = replies[i:i + len(u)], i + len(u)
-            if policies and mode == "hgetall" and u:
-                policies[k].observe(sum(len(r) if isinstance(r, dict) else len(r) // 2 for r in rows) / len(u))
-            probed = _probes(mode, len(u))
-            if probed:
-                policies[k].observe(sum(replies[i:i + probed]) / probed)
-                i += probed
-        raw = replies[i]
-        i += 1
-        as_of[lay.view.name] = None if raw is None else int(raw)
-        tiles = _sparse(lay, rows, mode)
-        merge = _merge_compiled if engine == "compiled" or (engine == "auto" and len(tiles.vals) > _SCALAR_TILES) \
+    for k, (lay, u, inv, rep) in enumerate(zip(layouts, uniq, inverse, replies)):
+        if policies:
+            for stored in (rep.seen, rep.probed):
+                if stored is not None:
+                    policies[k].observe(stored)
+        as_of[lay.view.name] = rep.as_of
+        tiles = rep.tiles
+        merge = _merge_compiled if engine == "compiled" or (engine == "auto" and len(tiles.ent) > _SCALAR_TILES) \
             else _merge_scalar
         dup = len(u) != len(inv)
         for name, (v, null) in merge(lay, tiles, len(u), t).items():
@@ -442,27 +546,44 @@ def fetch(redis: Any, project: str, plan: FeaturePlan, entities: Sequence[str] |
 
 @dataclass(frozen=True)
 class _Sparse:
-    """The tiles one view's replies hold: entity row and layout position of each, and its bytes."""
+    """The tiles one view's replies hold: entity row and layout position of each, and its value as
+    the span ``buf[start:end]`` (the received bytes themselves on the raw path). ``ordered``: already
+    in (entity, position) order, as HMGET replies are."""
 
     ent: np.ndarray
     pos: np.ndarray
-    vals: list[bytes]
+    buf: np.ndarray
+    start: np.ndarray
+    end: np.ndarray
+    ordered: bool = False
+
+    @property
+    def vals(self) -> list[bytes]:
+        buf = self.buf
+        return [buf[s:e].tobytes() for s, e in zip(self.start.tolist(), self.end.tolist())]
+
+    @classmethod
+    def of(cls, ent: np.ndarray, pos: np.ndarray, vals: list[bytes], ordered: bool = False) -> _Sparse:
+        lens = np.fromiter(map(len, vals), np.int64, len(vals))
+        end = np.cumsum(lens)
+        return cls(ent, pos, np.frombuffer(b"".join(vals), np.uint8), end - lens, end, ordered)
 
 
 def _sparse(lay: _Layout, rows: list[Any], mode: str) -> _Sparse:
+    """The parsed-reply front end (a client pipeline: Redis Cluster, RESP3)."""
     nf = len(lay.fields)
     if mode != "hgetall":
         flat = list(chain.from_iterable(rows))
         present = np.frombuffer(bytes(map(bool, flat)), dtype=np.bool_)  # a tile value is never empty
         where = np.flatnonzero(present)
-        return _Sparse(where // max(nf, 1), where % max(nf, 1), list(compress(flat, present)))
+        return _Sparse.of(where // max(nf, 1), where % max(nf, 1), list(compress(flat, present)), ordered=True)
     # HGETALL replies, flattened once: loops run in C (map, compress, numpy), not per field in Python
     rows = [[x for kv in r.items() for x in kv] if isinstance(r, dict) else r for r in rows]  # RESP3 maps
     flat = list(chain.from_iterable(rows))
     pos_all = np.fromiter(map(lay.pos.get, flat[0::2], repeat(-1)), dtype=np.intp, count=len(flat) // 2)
     ent_all = np.repeat(np.arange(len(rows), dtype=np.intp), [len(r) // 2 for r in rows])
     keep = pos_all >= 0  # fields the layout does not name (other resolutions, "_n") are ignored
-    return _Sparse(ent_all[keep], pos_all[keep], list(compress(flat[1::2], keep.tolist())))
+    return _Sparse.of(ent_all[keep], pos_all[keep], list(compress(flat[1::2], keep.tolist())))
 
 
 def _merge_scalar(lay: _Layout, tiles: _Sparse, n: int, t: int) -> dict[str, Column]:
@@ -542,20 +663,22 @@ def warm(project: str, plan: FeaturePlan) -> None:
         lay = _layout(project, vp, tuple(f.name for f in vp.features), t)
         if lay.fields:
             value = lay.codec.encode((0, 0), ir.empty_ir(vp.fields))
-            _merge_compiled(lay, _Sparse(np.zeros(1, np.intp), np.zeros(1, np.intp), [value]), 1, t)
+            _merge_compiled(lay, _Sparse.of(np.zeros(1, np.intp), np.zeros(1, np.intp), [value]), 1, t)
+    resp.complete(np.frombuffer(b":1\r\n", np.uint8), 0, 4, 1)  # the raw reply scanner, likewise
 
 
 def _merge_compiled(lay: _Layout, tiles: _Sparse, n: int, t: int) -> dict[str, Column]:
     """Every window group of every entity in one compiled pass over the tiles in canonical order
     (``ir.cmerge`` for the numeric fields, ``ir.cmerge_var`` per last/distinct field), the values
-    read in place from one joined buffer (``TileCodec.joined``): no per-tile Python object. Falls
+    read in place from the received bytes (``TileCodec.joined_spans``): no per-tile Python object. Falls
     back to the scalar path when some tile is in the JSON form."""
     codec = lay.codec
-    order = np.lexsort((tiles.pos, tiles.ent))  # canonical order = field position order
-    ent, pos = tiles.ent[order], tiles.pos[order]
-    vals = tiles.vals
-    sorted_vals = [vals[i] for i in order.tolist()]
-    joined = codec.joined(sorted_vals)
+    if tiles.ordered:
+        ent, pos, starts, ends = tiles.ent, tiles.pos, tiles.start, tiles.end
+    else:
+        order = np.lexsort((tiles.pos, tiles.ent))  # canonical order = field position order
+        ent, pos, starts, ends = tiles.ent[order], tiles.pos[order], tiles.start[order], tiles.end[order]
+    joined = codec.joined_spans(tiles.buf, starts, ends)
     if joined is None:  # rare: a string holding a separator (or empty) made some tile JSON
         return _merge_scalar(lay, tiles, n, t)
     rowptr = np.searchsorted(ent, np.arange(n + 1))
@@ -585,7 +708,7 @@ def _merge_compiled(lay: _Layout, tiles: _Sparse, n: int, t: int) -> dict[str, C
                         keys_ = [None if a < 0 else buf[a:b].tobytes().decode() for a, b in var_out[name][:, gi].tolist()]
                     except UnicodeDecodeError as exc:
                         raise codec._corrupt_var(exc) from exc
-                    out[f.name] = _objects([ir.finalize((f,), {name: k}, t_ms=t)[f.name] for k in keys_])
+                    out[f.name] = _objects(ir.finalize_last(f, keys_, t))
                 elif f.op == "distinct_count":
                     out[f.name] = ir.vfinalize(f, {f"{f.column}__distinct": var_out[f"{f.column}__distinct"]}, gi)
                 else:

@@ -155,10 +155,14 @@ def encode_last(event_time_ms: int, partition: int, offset: int, value: Any, col
     return f"{ts:013d}{p:05d}{o:019d}{value_to_str(value, column_type)}"
 
 
-def decode_last(text: str, column_type: str) -> LastEntry:
-    """Parse exactly what :func:`last_key_sql` (or :func:`encode_last`) builds."""
+def _check_last(text: str) -> None:
     if len(text) < LAST_KEY_LEN or not text[:LAST_KEY_LEN].isdigit():
         raise IRError(f"corrupt last key {text[:60]!r}: expected {LAST_KEY_LEN} digits then the value")
+
+
+def decode_last(text: str, column_type: str) -> LastEntry:
+    """Parse exactly what :func:`last_key_sql` (or :func:`encode_last`) builds."""
+    _check_last(text)
     a, b = LAST_TS_DIGITS, LAST_TS_DIGITS + LAST_PARTITION_DIGITS
     return LastEntry(int(text[:a]), int(text[a:b]), int(text[b:LAST_KEY_LEN]),
                      str_to_value(text[LAST_KEY_LEN:], column_type))
@@ -568,13 +572,37 @@ def finalize(features: Iterable[FeatureLike], ir: IR, *, t_ms: int | None = None
     out: dict[str, Any] = {}
     for f in features:
         if f.op == "latest" and getattr(f, "ttl_ms", None) is not None:
-            key = ir[f"{f.column}__last"]
-            if t_ms is None:
-                raise IRError(f"finalize of latest feature {f.name!r} with a TTL needs t_ms")
-            entry = None if key is None else decode_last(key, f.column_type)
-            out[f.name] = entry.value if entry and entry.event_time_ms >= t_ms - f.ttl_ms else None  # type: ignore[attr-defined]
+            out[f.name] = finalize_last(f, (ir[f"{f.column}__last"],), t_ms)[0]
         else:
             out[f.name] = finalize_op(f.op, f.column, f.column_type, ir)
+    return out
+
+
+def finalize_last(f: FeatureLike, keys: Sequence[str | None], t_ms: int | None = None) -> list[Any]:
+    """``finalize`` of one last/latest feature over many merged keys (the online reader's batch form):
+    the key's value, None for no key, and for ``latest`` with a TTL None when older than ``t - ttl``."""
+    ttl = getattr(f, "ttl_ms", None) if f.op == "latest" else None
+    ctype = f.column_type
+    if ttl is None:
+        out = []
+        for k in keys:
+            if k is None:
+                out.append(None)
+            else:
+                _check_last(k)
+                out.append(str_to_value(k[LAST_KEY_LEN:], ctype))
+        return out
+    if t_ms is None:
+        raise IRError(f"finalize of latest feature {f.name!r} with a TTL needs t_ms")
+    since = t_ms - ttl
+    out = []
+    for k in keys:
+        if k is not None:
+            _check_last(k)  # decode_last's check and layout, without building a LastEntry per key
+            if int(k[:LAST_TS_DIGITS]) >= since:
+                out.append(str_to_value(k[LAST_KEY_LEN:], ctype))
+                continue
+        out.append(None)
     return out
 
 

@@ -8,7 +8,7 @@ import math
 import random
 import struct
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,6 @@ from hypothesis import strategies as st
 
 from online_store import TileWriter, fetch, keys, reader
 from online_store.errors import FetchArgumentError
-from online_store.tiles import tile_value_schema
 from streamjobs import Aggregation, Entity, FeatureView, LatestValue, Source, build_plan, ir, windows
 from streamjobs.plan import FeaturePlan, ViewPlan, build_view_plan
 
@@ -455,6 +454,99 @@ def test_compiled_engine_matches_ir(events: list[dict[str, Any]], dt: int) -> No
         assert a == b, name
         assert vec[name][0].dtype == ref[name][0].dtype, name  # engine="auto" mixes them per view
     assert vec.keys() == ref.keys()
+
+
+def _resp(reply: Any) -> bytes:
+    """RESP2 encoding of a reply as redis-server writes it (arrays of bulk strings, ints, nil)."""
+    if reply is None:
+        return b"$-1\r\n"
+    if isinstance(reply, int):
+        return b":%d\r\n" % reply
+    if isinstance(reply, bytes):
+        return b"$%d\r\n%s\r\n" % (len(reply), reply)
+    return b"*%d\r\n" % len(reply) + b"".join(map(_resp, reply))
+
+
+@settings(max_examples=100, deadline=None)
+@given(events=_events(), dt=st.integers(0, 7_500_000), cuts=st.lists(st.integers(1, 400), max_size=12))
+def test_raw_replies_give_the_parsed_tiles(events: list[dict[str, Any]], dt: int, cuts: list[int]) -> None:
+    """The raw RESP path (``online_store.resp``) finds exactly the tiles the parsed-reply path
+    does, for HMGET and HGETALL replies (meta and unnamed fields skipped) arriving in any chunks."""
+    from online_store import resp
+    vp = build_view_plan(small_view())
+    codec = keys.codec_for(vp)
+    by_entity: dict[str, dict[bytes, bytes]] = defaultdict(dict)
+    for rec in tile_records(vp, events):
+        value = codec.encode((rec["n_events"], rec["max_append_ms"]), ir.from_row(vp.fields, rec))
+        by_entity[rec["entity"]][keys.tile_field(rec["resolution_ms"], rec["tile_start"]).encode()] = value
+    t = 1_704_067_200_000 + dt
+    lay = reader._layout("p", vp, tuple(f.name for f in vp.features), t)
+    ents = ["a", "b", "c", "none"]
+    hm = [[by_entity[e].get(f) for f in lay.fields] for e in ents]
+    hg = [[x for f, v in by_entity[e].items() for x in (f, v)] + [b"_n", b"1", b"99:-5", b"x"] for e in ents]
+    for rows, mode in ((hm, "hmget"), (hg, "hgetall")):
+        want = reader._sparse(lay, rows, mode)
+        data = b"".join(map(_resp, rows)) + _resp(7) + _resp(b"1704067200000")
+        buf = np.zeros(len(data) + 16, np.uint8)
+        pos = size = done = 0
+        for c in sorted(set(cuts)) + [len(data)]:  # bytes arrive in chunks; replies complete in between
+            c = min(c, len(data))
+            buf[size:c] = np.frombuffer(data[size:c], np.uint8)
+            size = max(size, c)
+            pos, k = resp.complete(buf, pos, size, len(rows) + 2 - done)
+            done += k
+        assert done == len(rows) + 2 and pos == len(data)
+        end, ent, p, s, e, elements, status = resp.tiles(buf, 0, size, len(rows), mode == "hgetall",
+                                                          lay.key_res, lay.key_start)
+        assert status == 0 and elements == sum(map(len, rows))
+        got = reader._Sparse(ent, p, buf, s, e)
+        assert sorted(zip(got.ent.tolist(), got.pos.tolist(), got.vals)) == \
+            sorted(zip(want.ent.tolist(), want.pos.tolist(), want.vals))
+        assert resp.scalar(buf, end, size) == (end + 4, 7)
+        assert resp.scalar(buf, end + 4, size)[1] == b"1704067200000"
+
+
+def test_error_reply_fails_the_fetch_and_leaves_the_connection_usable(rds: Any, project: str) -> None:
+    """A key of the wrong type gives Redis's error as StoreUnavailableError, not a crash or a
+    misread; the next fetch on the same (held) connection is right."""
+    from online_store.errors import StoreUnavailableError
+    plan = build_plan([small_view("card")])
+    vp = plan.view("card")
+    s = 1_704_067_200_000
+    TileWriter(rds, project, plan).write([_tile(vp, "c1", 1000, s, 1, s, 2.0)])
+    rds.set(keys.entity_key(project, vp, "bad"), b"not a hash")
+    for read in ("hmget", "hgetall"):
+        with pytest.raises(StoreUnavailableError, match="WRONGTYPE"):
+            fetch(rds, project, plan, ["c1", "bad"], at_ms=s + 1500, read=read)
+        assert fetch(rds, project, plan, ["c1"], at_ms=s + 1500, read=read).values["card:amount_count_1m"].to_pylist() == [1]
+
+
+def test_raw_read_grows_its_buffer(rds: Any, project: str) -> None:
+    """Replies larger than the thread's receive buffer (here 16 bytes) grow it; same values as
+    the parsed-reply path."""
+    plan = build_plan([small_view("card")])
+    s = 1_704_067_200_000
+    TileWriter(rds, project, plan).write([_tile(plan.view("card"), f"c{i}", 1000, s, 1, s, 1.0 + i) for i in range(40)])
+    ents = [f"c{i}" for i in range(42)]
+    want = fetch(_PipelineOnly(rds), project, plan, ents, at_ms=s + 1500).rows()
+    reader._HELD.buf = np.empty(16, np.uint8)
+    assert fetch(rds, project, plan, ents, at_ms=s + 1500).rows() == want
+    assert len(reader._HELD.buf) > 1024
+
+
+def test_resp3_client_gives_the_same_values(stack, rds: Any, project: str) -> None:
+    """A RESP3 connection (HGETALL answers maps) takes the parsed-reply path: same values."""
+    plan = build_plan([small_view("card")])
+    s = 1_704_067_200_000
+    TileWriter(rds, project, plan).write([_tile(plan.view("card"), f"c{i}", 1000, s, 1, s, 1.0 + i) for i in range(5)])
+    ents = [f"c{i}" for i in range(6)]
+    want = fetch(rds, project, plan, ents, at_ms=s + 1500, read="hgetall").rows()
+    r3 = redis_lib.Redis.from_url(stack.redis_url, protocol=3)
+    try:
+        for read in ("hgetall", "hmget"):
+            assert fetch(r3, project, plan, ents, at_ms=s + 1500, read=read).rows() == want
+    finally:
+        r3.close()
 
 
 # ---------------------------------------------------------------- tile codec
