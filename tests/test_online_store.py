@@ -428,10 +428,9 @@ def _py(col: tuple[np.ndarray, np.ndarray]) -> list[Any]:
     return [None if n else v for v, n in zip(values.tolist(), null.tolist())]
 
 
-@settings(max_examples=150, deadline=None)
-@given(events=_events(), dt=st.integers(0, 7_500_000))
-def test_compiled_engine_matches_ir(events: list[dict[str, Any]], dt: int) -> None:
-    """Every feature of every entity, bit for bit, JSON-form tiles (separators in strings) included."""
+def _stored_tiles(events: list[dict[str, Any]], dt: int) -> tuple[Any, dict[str, dict[bytes, bytes]], int]:
+    """The small view's tiles of ``events`` as Redis would hold them (field -> value per entity),
+    and the read layout at ``t``."""
     vp = build_view_plan(small_view())
     codec = keys.codec_for(vp)
     by_entity: dict[str, dict[bytes, bytes]] = defaultdict(dict)
@@ -439,7 +438,14 @@ def test_compiled_engine_matches_ir(events: list[dict[str, Any]], dt: int) -> No
         value = codec.encode((rec["n_events"], rec["max_append_ms"]), ir.from_row(vp.fields, rec))
         by_entity[rec["entity"]][keys.tile_field(rec["resolution_ms"], rec["tile_start"]).encode()] = value
     t = 1_704_067_200_000 + dt
-    lay = reader._layout("p", vp, tuple(f.name for f in vp.features), t)
+    return reader._layout("p", vp, tuple(f.name for f in vp.features), t), by_entity, t
+
+
+@settings(max_examples=150, deadline=None)
+@given(events=_events(), dt=st.integers(0, 7_500_000))
+def test_compiled_engine_matches_ir(events: list[dict[str, Any]], dt: int) -> None:
+    """Every feature of every entity, bit for bit, JSON-form tiles (separators in strings) included."""
+    lay, by_entity, t = _stored_tiles(events, dt)
     ents = ["a", "b", "c", "none"]
     rows = [[by_entity[e].get(f) for f in lay.fields] for e in ents]
     tiles = reader._sparse(lay, rows, "hmget")
@@ -473,14 +479,7 @@ def test_raw_replies_give_the_parsed_tiles(events: list[dict[str, Any]], dt: int
     """The raw RESP path (``online_store.resp``) finds exactly the tiles the parsed-reply path
     does, for HMGET and HGETALL replies (meta and unnamed fields skipped) arriving in any chunks."""
     from online_store import resp
-    vp = build_view_plan(small_view())
-    codec = keys.codec_for(vp)
-    by_entity: dict[str, dict[bytes, bytes]] = defaultdict(dict)
-    for rec in tile_records(vp, events):
-        value = codec.encode((rec["n_events"], rec["max_append_ms"]), ir.from_row(vp.fields, rec))
-        by_entity[rec["entity"]][keys.tile_field(rec["resolution_ms"], rec["tile_start"]).encode()] = value
-    t = 1_704_067_200_000 + dt
-    lay = reader._layout("p", vp, tuple(f.name for f in vp.features), t)
+    lay, by_entity, t = _stored_tiles(events, dt)
     ents = ["a", "b", "c", "none"]
     hm = [[by_entity[e].get(f) for f in lay.fields] for e in ents]
     hg = [[x for f, v in by_entity[e].items() for x in (f, v)] + [b"_n", b"1", b"99:-5", b"x"] for e in ents]
