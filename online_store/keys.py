@@ -444,12 +444,6 @@ class TileCodec:
                                    "rebuild the store with `headwater online rebuild`")
         return [flat[j::nv] for j in range(nv)]
 
-    def joined(self, values: Sequence[bytes]) -> Joined | None:
-        """Many values as one buffer (``joined_spans`` of their concatenation)."""
-        lens = np.fromiter(map(len, values), np.int64, len(values))
-        ends = np.cumsum(lens)
-        return self.joined_spans(np.frombuffer(b"".join(values), np.uint8), ends - lens, ends)
-
     def joined_spans(self, buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> Joined | None:
         """The values at ``buf[starts[i]:ends[i]]`` (a fetch's received bytes, read in place): the
         fixed parts as ``decode_fixed`` gives them (one numpy gather, no per-value slice) and each
@@ -477,8 +471,8 @@ class TileCodec:
 
 @dataclass(frozen=True)
 class Joined:
-    """``TileCodec.joined``: values concatenated; ``fixed`` per value; ``start``/``end`` (values x
-    var fields) the byte span of each var field's part (a last key, or items joined by 0x1f)."""
+    """``TileCodec.joined_spans``: the buffer the values sit in; ``fixed`` per value; ``start``/``end``
+    (values x var fields) the byte span of each var field's part (a last key, or items joined by 0x1f)."""
 
     buf: np.ndarray
     fixed: np.ndarray
