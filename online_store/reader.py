@@ -295,10 +295,10 @@ def _round_trip(redis: Any, layouts: Sequence[_Layout], ents: Sequence[Sequence[
         except (ConnectionError, TimeoutError, OSError) as exc:  # OSError: the raw read's socket errors
             conn.disconnect()  # a held connection reconnects on its next send
             if attempt:
-                raise StoreUnavailableError(f"fetch from Redis failed: {exc}") from exc
+                raise _failed(exc) from exc
         except RedisError as exc:
             conn.disconnect()
-            raise StoreUnavailableError(f"fetch from Redis failed: {exc}") from exc
+            raise _failed(exc) from exc
         except BaseException:
             conn.disconnect()  # never leave unread replies on a connection
             raise
@@ -664,7 +664,9 @@ def warm(project: str, plan: FeaturePlan) -> None:
         if lay.fields:
             value = lay.codec.encode((0, 0), ir.empty_ir(vp.fields))
             _merge_compiled(lay, _Sparse.of(np.zeros(1, np.intp), np.zeros(1, np.intp), [value]), 1, t)
-    resp.complete(np.frombuffer(b":1\r\n", np.uint8), 0, 4, 1)  # the raw reply scanner, likewise
+    ping = np.frombuffer(b":1\r\n", np.uint8)  # the raw reply kernels, likewise
+    resp.complete(ping, 0, 4, 1)
+    resp.tiles(ping, 0, 4, 0, False, np.zeros(0, np.int64), np.zeros(0, np.int64))
 
 
 def _merge_compiled(lay: _Layout, tiles: _Sparse, n: int, t: int) -> dict[str, Column]:

@@ -160,6 +160,12 @@ def _check_last(text: str) -> None:
         raise IRError(f"corrupt last key {text[:60]!r}: expected {LAST_KEY_LEN} digits then the value")
 
 
+def last_value(text: str, column_type: str) -> Any:
+    """The value a last key carries (``decode_last(text).value`` without building the entry)."""
+    _check_last(text)
+    return str_to_value(text[LAST_KEY_LEN:], column_type)
+
+
 def decode_last(text: str, column_type: str) -> LastEntry:
     """Parse exactly what :func:`last_key_sql` (or :func:`encode_last`) builds."""
     _check_last(text)
@@ -266,7 +272,7 @@ def _fin_stddev(ir: IR, c: str, t: str) -> float | None:
 
 def _fin_last(ir: IR, c: str, t: str) -> Any:
     key = ir[f"{c}__last"]
-    return None if key is None else decode_last(key, t).value
+    return None if key is None else last_value(key, t)
 
 
 @dataclass(frozen=True)
@@ -584,25 +590,14 @@ def finalize_last(f: FeatureLike, keys: Sequence[str | None], t_ms: int | None =
     ttl = getattr(f, "ttl_ms", None) if f.op == "latest" else None
     ctype = f.column_type
     if ttl is None:
-        out = []
-        for k in keys:
-            if k is None:
-                out.append(None)
-            else:
-                _check_last(k)
-                out.append(str_to_value(k[LAST_KEY_LEN:], ctype))
-        return out
+        return [None if k is None else last_value(k, ctype) for k in keys]
     if t_ms is None:
         raise IRError(f"finalize of latest feature {f.name!r} with a TTL needs t_ms")
     since = t_ms - ttl
     out = []
     for k in keys:
-        if k is not None:
-            _check_last(k)  # decode_last's check and layout, without building a LastEntry per key
-            if int(k[:LAST_TS_DIGITS]) >= since:
-                out.append(str_to_value(k[LAST_KEY_LEN:], ctype))
-                continue
-        out.append(None)
+        v = None if k is None else last_value(k, ctype)  # checks the key, which starts with its event time
+        out.append(v if v is not None and int(k[:LAST_TS_DIGITS]) >= since else None)
     return out
 
 
