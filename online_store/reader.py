@@ -34,7 +34,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from itertools import chain, compress, repeat
@@ -243,13 +243,21 @@ def _connection(pool: Any) -> tuple[Any, bool]:
 
 @dataclass(frozen=True)
 class _ViewReply:
-    """What one view's replies say: its tiles, the mean fields per entity an HGETALL (``seen``) or
-    an HLEN probe (``probed``) showed (for ``_ReadPolicy``), and the published as_of."""
+    """What one view's replies say: its merged columns, the mean fields per entity an HGETALL
+    (``seen``) or an HLEN probe (``probed``) showed (for ``_ReadPolicy``), and the published as_of."""
 
-    tiles: _Sparse
+    columns: dict[str, Column]
     seen: float | None
     probed: float | None
     as_of: int | None
+
+
+#: ``merge(view index, tiles, entities)``: the columns of those entities (``fetch`` picks the engine).
+Merge = Callable[[int, "_Sparse", int], dict[str, Column]]
+
+#: The raw path merges a view's replies this many entities at a time, as they arrive: the merge of
+#: one chunk runs while Redis is still computing the next ones (two processes, two cores).
+_CHUNK = 256
 
 
 def _commands(layouts: Sequence[_Layout], ents: Sequence[Sequence[bytes]], reads: Sequence[str]) -> tuple[bytes, int]:
@@ -273,14 +281,15 @@ def _commands(layouts: Sequence[_Layout], ents: Sequence[Sequence[bytes]], reads
 
 
 def _round_trip(redis: Any, layouts: Sequence[_Layout], ents: Sequence[Sequence[bytes]], project: str,
-                reads: Sequence[str]) -> list[_ViewReply]:
-    """All commands in one send; the replies read raw into one buffer (``online_store.resp``), or
-    parsed by the client where that cannot be done (Redis Cluster, RESP3, a client without a pool)."""
+                reads: Sequence[str], merge: Merge) -> list[_ViewReply]:
+    """All commands in one send; the replies read raw and merged chunk by chunk as they arrive
+    (``_Incoming``, ``online_store.resp``), or parsed by the client where that cannot be done
+    (Redis Cluster, RESP3, a client without a pool) and merged once all are in."""
     from redis.cluster import RedisCluster
     from redis.exceptions import ConnectionError, RedisError, TimeoutError
 
     if isinstance(redis, RedisCluster) or not hasattr(redis, "connection_pool"):
-        return _round_trip_pipeline(redis, layouts, ents, project, reads)
+        return _round_trip_pipeline(redis, layouts, ents, project, reads, merge)
     payload, n = _commands(layouts, ents, reads)
     pool = redis.connection_pool
     for attempt in (0, 1):
@@ -289,9 +298,9 @@ def _round_trip(redis: Any, layouts: Sequence[_Layout], ents: Sequence[Sequence[
             conn.send_packed_command([payload], check_health=not held)
             sock = getattr(conn, "_sock", None)
             if sock is None or str(getattr(conn, "protocol", 2) or 2) != "2":
-                return _from_replies(layouts, ents, reads, [conn.read_response(disable_decoding=True) for _ in range(n)])
-            buf, size = _receive(sock, n)
-            return _from_buffer(layouts, ents, reads, buf, size)
+                return _from_replies(layouts, ents, reads, [conn.read_response(disable_decoding=True) for _ in range(n)],
+                                     merge)
+            return _from_incoming(_Incoming(sock, n), layouts, ents, reads, merge)
         except (ConnectionError, TimeoutError, OSError) as exc:  # OSError: the raw read's socket errors
             conn.disconnect()  # a held connection reconnects on its next send
             if attempt:
@@ -308,74 +317,109 @@ def _round_trip(redis: Any, layouts: Sequence[_Layout], ents: Sequence[Sequence[
     raise AssertionError("unreachable")
 
 
-def _receive(sock: Any, n: int) -> tuple[np.ndarray, int]:
-    """Bytes off the socket into this thread's buffer until ``n`` whole replies are in it. The
-    buffer is kept (and grown by doubling): a fetch's merge reads it in place, and is done with it
-    before this thread's next fetch."""
-    buf = getattr(_HELD, "buf", None)
-    if buf is None:
-        buf = _HELD.buf = np.empty(1 << 16, np.uint8)
-    size = pos = done = 0
-    while done < n:
-        if size == len(buf):
-            grown = np.empty(2 * len(buf), np.uint8)
-            grown[:size] = buf[:size]
-            buf = _HELD.buf = grown
-        got = sock.recv_into(memoryview(buf)[size:])
-        if not got:
-            raise ConnectionError("Redis closed the connection mid-reply")
-        size += got
-        pos, k = resp.complete(buf, pos, size, n - done)
-        done += k
-    return buf, size
+class _Incoming:
+    """A fetch's replies as they arrive: the socket's bytes in this thread's buffer, whole replies
+    counted as chunks land (``resp.complete``) and taken from the front. The buffer is kept across
+    fetches; when it fills, the bytes already taken (merged) make room, else it doubles, so it
+    holds about one chunk's replies rather than the whole fetch's."""
+
+    def __init__(self, sock: Any, n: int) -> None:
+        buf = getattr(_HELD, "buf", None)
+        if buf is None:
+            buf = _HELD.buf = np.empty(1 << 16, np.uint8)
+        self.sock, self.buf = sock, buf
+        self.pos = 0  # start of the first reply not taken yet
+        self.size = 0  # bytes received
+        self.counted = 0  # end of the whole replies counted so far
+        self.ready = 0  # whole replies between pos and counted
+        self.left = n  # replies not counted yet
+
+    def need(self, k: int) -> None:
+        """Receive until ``k`` whole replies follow ``pos``."""
+        while self.ready < k:
+            if self.size == len(self.buf):
+                self._make_room()
+            got = self.sock.recv_into(memoryview(self.buf)[self.size:])
+            if not got:
+                raise ConnectionError("Redis closed the connection mid-reply")
+            self.size += got
+            self.counted, c = resp.complete(self.buf, self.counted, self.size, self.left)
+            self.ready += c
+            self.left -= c
+
+    def took(self, pos: int, k: int) -> None:
+        """``k`` replies were read, up to ``pos``."""
+        self.pos = pos
+        self.ready -= k
+
+    def scalar(self) -> Any:
+        self.need(1)
+        pos, v = resp.scalar(self.buf, self.pos, self.size)
+        self.took(pos, 1)
+        if isinstance(v, Exception):
+            raise _failed(v)
+        return v
+
+    def _make_room(self) -> None:
+        buf, keep = self.buf, self.size - self.pos
+        new = buf if self.pos >= len(buf) // 2 else np.empty(2 * len(buf), np.uint8)
+        new[:keep] = buf[self.pos:self.size]  # numpy copies through a temporary where they overlap
+        self.counted -= self.pos
+        self.size, self.pos = keep, 0
+        self.buf = _HELD.buf = new
 
 
 def _failed(what: Any) -> StoreUnavailableError:
     return StoreUnavailableError(f"fetch from Redis failed: {what}")
 
 
-def _from_buffer(layouts: Sequence[_Layout], ents: Sequence[Sequence[bytes]], reads: Sequence[str],
-                 buf: np.ndarray, size: int) -> list[_ViewReply]:
+def _from_incoming(inc: _Incoming, layouts: Sequence[_Layout], ents: Sequence[Sequence[bytes]],
+                   reads: Sequence[str], merge: Merge) -> list[_ViewReply]:
     out = []
-    pos = 0
-    for lay, view_ents, read in zip(layouts, ents, reads):
+    for k, (lay, view_ents, read) in enumerate(zip(layouts, ents, reads)):
         n = len(view_ents)
         seen = probed = None
         if lay.fields:
             pairs = read == "hgetall"
-            at = pos
-            pos, ent, p, s, e, elements, status = resp.tiles(buf, pos, size, n, pairs, lay.key_res, lay.key_start)
-            if status == resp.ERROR:
-                raise _failed(resp.scalar(buf, pos, size)[1])
-            if status < 0:
-                raise _failed(f"unexpected reply bytes at offset {pos - at} of view {lay.view.name!r}")
-            tiles = _Sparse(ent, p, buf, s, e, ordered=not pairs)
+            parts, elements = [], 0
+            for a in range(0, n or 1, _CHUNK):
+                m = min(_CHUNK, n - a)
+                inc.need(m)
+                at = inc.pos
+                pos, ent, p, s, e, el, status = resp.tiles(inc.buf, at, inc.size, m, pairs, lay.key_res, lay.key_start)
+                if status == resp.ERROR:
+                    raise _failed(resp.scalar(inc.buf, pos, inc.size)[1])
+                if status < 0:
+                    raise _failed(f"unexpected reply bytes at offset {pos - at} of view {lay.view.name!r}")
+                parts.append(merge(k, _Sparse(ent, p, inc.buf, s, e, ordered=not pairs), m))
+                inc.took(pos, m)  # merged: the buffer may reuse those bytes
+                elements += el
+            columns = _concat(parts)
             if pairs and n:
                 seen = elements / 2 / n
-            k = _probes(read, n)
-            if k:
-                total = 0
-                for _ in range(k):
-                    pos, v = resp.scalar(buf, pos, size)
-                    if isinstance(v, Exception):
-                        raise _failed(v)
-                    total += v
-                probed = total / k
+            probes = _probes(read, n)
+            if probes:
+                probed = sum(inc.scalar() for _ in range(probes)) / probes
         else:
-            tiles = _Sparse.of(np.zeros(0, np.intp), np.zeros(0, np.intp), [])
-        pos, raw = resp.scalar(buf, pos, size)
-        if isinstance(raw, Exception):
-            raise _failed(raw)
-        out.append(_ViewReply(tiles, seen, probed, None if raw is None else int(raw)))
+            columns = merge(k, _Sparse.of(np.zeros(0, np.intp), np.zeros(0, np.intp), []), n)
+        raw = inc.scalar()
+        out.append(_ViewReply(columns, seen, probed, None if raw is None else int(raw)))
     return out
 
 
+def _concat(parts: list[dict[str, Column]]) -> dict[str, Column]:
+    if len(parts) == 1:
+        return parts[0]
+    return {name: (np.concatenate([p[name][0] for p in parts]), np.concatenate([p[name][1] for p in parts]))
+            for name in parts[0]}
+
+
 def _from_replies(layouts: Sequence[_Layout], ents: Sequence[Sequence[bytes]], reads: Sequence[str],
-                  replies: list[Any]) -> list[_ViewReply]:
+                  replies: list[Any], merge: Merge) -> list[_ViewReply]:
     """The same from replies a client parsed (``_round_trip_pipeline``, RESP3)."""
     out = []
     i = 0
-    for lay, view_ents, read in zip(layouts, ents, reads):
+    for k, (lay, view_ents, read) in enumerate(zip(layouts, ents, reads)):
         n = len(view_ents)
         rows: list[Any] = []
         seen = probed = None
@@ -383,18 +427,18 @@ def _from_replies(layouts: Sequence[_Layout], ents: Sequence[Sequence[bytes]], r
             rows, i = replies[i:i + n], i + n
             if read == "hgetall" and n:
                 seen = sum(len(r) if isinstance(r, dict) else len(r) // 2 for r in rows) / n
-            k = _probes(read, n)
-            if k:
-                probed = sum(replies[i:i + k]) / k
-                i += k
+            probes = _probes(read, n)
+            if probes:
+                probed = sum(replies[i:i + probes]) / probes
+                i += probes
         raw = replies[i]
         i += 1
-        out.append(_ViewReply(_sparse(lay, rows, read), seen, probed, None if raw is None else int(raw)))
+        out.append(_ViewReply(merge(k, _sparse(lay, rows, read), n), seen, probed, None if raw is None else int(raw)))
     return out
 
 
 def _round_trip_pipeline(redis: Any, layouts: Sequence[_Layout], ents: Sequence[Sequence[bytes]],
-                         project: str, reads: Sequence[str]) -> list[_ViewReply]:
+                         project: str, reads: Sequence[str], merge: Merge) -> list[_ViewReply]:
     """Same commands through a client pipeline (Redis Cluster: one round trip per node, in parallel)."""
     pipe = redis.pipeline(transaction=False)
     for lay, view_ents, read in zip(layouts, ents, reads):
@@ -407,7 +451,7 @@ def _round_trip_pipeline(redis: Any, layouts: Sequence[_Layout], ents: Sequence[
             for e in view_ents[:_probes(read, len(view_ents))]:
                 pipe.execute_command("HLEN", lay.prefix + e + b"}")
         pipe.execute_command("HGET", keys.progress_key(project, lay.view), keys.AS_OF_FIELD)
-    return _from_replies(layouts, ents, reads, pipe.execute())
+    return _from_replies(layouts, ents, reads, pipe.execute(), merge)
 
 
 # ---------------------------------------------------------------- read="auto"
@@ -521,7 +565,12 @@ def fetch(redis: Any, project: str, plan: FeaturePlan, entities: Sequence[str] |
     if engine not in ("auto", "compiled", "scalar"):
         raise FetchArgumentError(f"fetch: engine={engine!r} is not one of auto, compiled, scalar")
     wire = [[e.encode() for e in u] for u in uniq]
-    replies = _round_trip(redis, layouts, wire, project, reads) if layouts else []
+
+    def merge(k: int, tiles: _Sparse, n: int) -> dict[str, Column]:
+        compiled = engine == "compiled" or (engine == "auto" and len(tiles.ent) > _SCALAR_TILES)
+        return (_merge_compiled if compiled else _merge_scalar)(layouts[k], tiles, n, t)
+
+    replies = _round_trip(redis, layouts, wire, project, reads, merge) if layouts else []
     values: dict[str, Column] = {}
     types: dict[str, pa.DataType] = {}
     as_of: dict[str, int | None] = {}
@@ -531,11 +580,8 @@ def fetch(redis: Any, project: str, plan: FeaturePlan, entities: Sequence[str] |
                 if stored is not None:
                     policies[k].observe(stored)
         as_of[lay.view.name] = rep.as_of
-        tiles = rep.tiles
-        merge = _merge_compiled if engine == "compiled" or (engine == "auto" and len(tiles.ent) > _SCALAR_TILES) \
-            else _merge_scalar
         dup = len(u) != len(inv)
-        for name, (v, null) in merge(lay, tiles, len(u), t).items():
+        for name, (v, null) in rep.columns.items():
             values[f"{lay.view.name}:{name}"] = (v[inv], null[inv]) if dup else (v, null)
         types.update(lay.types)
     if metrics is not None:

@@ -533,6 +533,37 @@ def test_raw_read_grows_its_buffer(rds: Any, project: str) -> None:
     assert len(reader._HELD.buf) > 1024
 
 
+@pytest.mark.parametrize("chunk", [1, 3, 7])
+def test_chunked_merge_gives_the_same_values(rds: Any, project: str, monkeypatch: Any, chunk: int) -> None:
+    """The raw path merges each view's replies ``_CHUNK`` entities at a time as they arrive, reusing
+    the receive buffer for what is merged: same values as the parsed path whole, for both read
+    modes and the HLEN probe, with chunks not dividing the entities and a buffer smaller than one
+    reply; an error reply in a later chunk still fails the fetch cleanly."""
+    from online_store.errors import StoreUnavailableError
+    plan = build_plan([small_view("card"), small_view("card2")])
+    s = 1_704_067_200_000
+    for v in ("card", "card2"):
+        TileWriter(rds, project, plan).write(
+            [_tile(plan.view(v), f"c{i}", 1000, s - 1000 * (i % 3), 1 + i % 4, s, 1.0 + i) for i in range(20)])
+    ents = [f"c{i}" for i in range(23)] + ["c4", "c4"]  # c20-c22: no data; c4 repeated
+    monkeypatch.setattr(reader, "_CHUNK", chunk)
+    for read in ("hgetall", "hmget"):
+        want = fetch(_PipelineOnly(rds), project, plan, ents, at_ms=s + 1500, read=read).rows()
+        reader._HELD.buf = np.empty(16, np.uint8)
+        assert fetch(rds, project, plan, ents, at_ms=s + 1500, read=read).rows() == want
+    _, by_view = reader._resolve(plan, None)
+    pol = reader._policy(project, plan.view("card"), by_view["card"])
+    pol.observe(10_000.0)
+    pol.fetches = reader._ReadPolicy._PROBE - 1  # HMGET + HLEN probes after the chunks
+    assert fetch(rds, project, plan, ents, at_ms=s + 1500).rows() == want
+    assert pol.stored < 10_000.0
+    rds.set(keys.entity_key(project, plan.view("card2"), "c9"), b"not a hash")
+    with pytest.raises(StoreUnavailableError, match="WRONGTYPE"):
+        fetch(rds, project, plan, ents, at_ms=s + 1500, read="hgetall")
+    assert fetch(rds, project, plan, ["c1"], at_ms=s + 1500, read="hgetall").rows() == \
+        [r for r in want if r["entity"] == "c1"][:1]
+
+
 def test_resp3_client_gives_the_same_values(stack, rds: Any, project: str) -> None:
     """A RESP3 connection (HGETALL answers maps) takes the parsed-reply path: same values."""
     plan = build_plan([small_view("card")])
