@@ -731,15 +731,30 @@ def _fold_csr(rowptr, pos, member, ints, floats, nulls, prog, out_i, out_f, out_
 def _var_csr(buf, start, end, rowptr, pos, member, sep, want_last, out_last, out_count):  # pragma: no cover - compiled
     """Per (row, group): ``last``, the span of the greatest key (UTF-8 bytes order = code point
     order; -1 when no tile has one); ``distinct``, the size of the union of the tiles' items
-    (``sep``-separated, hashed, then compared byte for byte within equal hashes: exact)."""
+    (``sep``-separated, hashed, then compared byte for byte within equal hashes: exact). A row's
+    items are hashed and sorted once for all its groups, in scratch arrays allocated once per call
+    (per-group allocation and argsort were most of this kernel's time)."""
     n, n_groups = rowptr.shape[0] - 1, member.shape[0]
+    cap = 1
+    if not want_last:
+        for e in range(n):
+            c = 0
+            for t in range(rowptr[e], rowptr[e + 1]):
+                c += end[t] - start[t] + 1  # items in a span <= its bytes + 1
+            cap = max(cap, c)
+    hs = np.empty(cap, np.uint64)
+    s0 = np.empty(cap, np.int64)
+    s1 = np.empty(cap, np.int64)
+    tp = np.empty(cap, np.int64)  # layout position of the item's tile
+    order = np.empty(cap, np.int64)
     for e in range(n):
         a, b = rowptr[e], rowptr[e + 1]
         for g in range(n_groups):
             out_last[e, g, 0] = -1
             out_last[e, g, 1] = -1
             out_count[e, g] = 0
-            if want_last:
+        if want_last:
+            for g in range(n_groups):
                 bs, be = -1, -1
                 for t in range(a, b):
                     if not member[g, pos[t]] or start[t] == end[t]:
@@ -763,33 +778,40 @@ def _var_csr(buf, start, end, rowptr, pos, member, sep, want_last, out_last, out
                         bs, be = start[t], end[t]
                 out_last[e, g, 0] = bs
                 out_last[e, g, 1] = be
+            continue
+        m = 0
+        for t in range(a, b):
+            if start[t] == end[t]:
                 continue
-            m = 0
-            for t in range(a, b):
-                if member[g, pos[t]] and start[t] != end[t]:
-                    for i in range(start[t], end[t]):
-                        if buf[i] == sep:
-                            m += 1
+            used = False
+            for g in range(n_groups):
+                if member[g, pos[t]]:
+                    used = True
+                    break
+            if not used:
+                continue
+            i0 = start[t]
+            for i in range(start[t], end[t] + 1):
+                if i == end[t] or buf[i] == sep:
+                    h = np.uint64(14695981039346656037)
+                    for q in range(i0, i):
+                        h = (h ^ np.uint64(buf[q])) * np.uint64(1099511628211)  # FNV-1a
+                    hs[m], s0[m], s1[m], tp[m] = h, i0, i, pos[t]
                     m += 1
-            if m == 0:
-                continue
-            hs = np.empty(m, np.uint64)
-            s0 = np.empty(m, np.int64)
-            s1 = np.empty(m, np.int64)
-            m = 0
-            for t in range(a, b):
-                if not member[g, pos[t]] or start[t] == end[t]:
-                    continue
-                i0 = start[t]
-                for i in range(start[t], end[t] + 1):
-                    if i == end[t] or buf[i] == sep:
-                        h = np.uint64(14695981039346656037)
-                        for q in range(i0, i):
-                            h = (h ^ np.uint64(buf[q])) * np.uint64(1099511628211)  # FNV-1a
-                        hs[m], s0[m], s1[m] = h, i0, i
-                        m += 1
-                        i0 = i + 1
-            order = np.argsort(hs)
+                    i0 = i + 1
+        if m == 0:
+            continue
+        if m <= 32:  # insertion sort by hash: rows hold few items
+            for i in range(m):
+                x = i
+                j = i - 1
+                while j >= 0 and hs[order[j]] > hs[x]:
+                    order[j + 1] = order[j]
+                    j -= 1
+                order[j + 1] = x
+        else:
+            order[:m] = np.argsort(hs[:m])
+        for g in range(n_groups):
             count = 0
             r = 0
             while r < m:  # runs of equal hashes: count distinct byte strings within each
@@ -798,10 +820,12 @@ def _var_csr(buf, start, end, rowptr, pos, member, sep, want_last, out_last, out
                     r2 += 1
                 for u in range(r, r2 + 1):
                     x = order[u]
+                    if not member[g, tp[x]]:
+                        continue
                     dup = False
                     for v in range(r, u):
                         y = order[v]
-                        if s1[x] - s0[x] == s1[y] - s0[y]:
+                        if member[g, tp[y]] and s1[x] - s0[x] == s1[y] - s0[y]:
                             same = True
                             for q in range(s1[x] - s0[x]):
                                 if buf[s0[x] + q] != buf[s0[y] + q]:

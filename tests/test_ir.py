@@ -8,7 +8,7 @@ import statistics
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from streamjobs import ir
@@ -227,6 +227,7 @@ _ITEMS = st.lists(st.lists(st.sampled_from(["a", "b", "ab", "ba", "é", "中文"
 
 @settings(deadline=None)  # the first example loads (or compiles) the kernel
 @given(rows=st.lists(_ITEMS, min_size=1, max_size=4), member=st.lists(st.booleans(), min_size=8, max_size=8))
+@example(rows=[[[f"m{i % 23}-{j}" for j in range(6)] for i in range(8)]], member=[True, False] * 4)  # > 32 items
 def test_cmerge_var_equals_set_union_and_max_key(rows: list[list[list[str]]], member: list[bool]) -> None:
     """``cmerge_var`` over spans of one buffer == ``merge_many``'s union size and greatest key, per
     (row, group); tile ``i`` of a row sits at position ``i`` and group 1 reads only ``member``."""
@@ -243,11 +244,11 @@ def test_cmerge_var_equals_set_union_and_max_key(rows: list[list[list[str]]], me
             at += len(b)
         rowptr.append(len(pos))
     buf = np.frombuffer(b"".join(chunks) or b"\x00", np.uint8)
-    groups = np.array([[True] * 8, member], bool)
+    groups = np.array([[True] * 8, member, [False] * 8], bool)  # group 2 reads nothing
     sizes = ir.cmerge_var(buf, np.array(start), np.array(end), np.array(rowptr), np.array(pos), groups, "distinct")
     last = ir.cmerge_var(buf, np.array(start), np.array(end), np.array(rowptr), np.array(pos), groups, "last")
     for r, tiles in enumerate(rows):
-        for g in range(2):
+        for g in range(3):
             kept = [items for i, items in enumerate(tiles) if groups[g, i]]
             assert sizes[r, g] == len({x for items in kept for x in items})
             keys = ["\x1f".join(items).encode() for items in kept if items]
