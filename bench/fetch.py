@@ -11,7 +11,8 @@ from the last ten minutes: "traffic" = the card and merchant of random recent tr
 scorer asks for; hot entities repeat), "uniform" = any active card / merchant. Then, in the same
 run, Feast's Redis online store side by side (``bench/feast_side.py`` in ``.stack/feast-venv``, same
 redis-server, private db index 8, same views and number of features, uniform entity rows; skipped
-with ``--no-feast`` or when that venv is missing). Prints a Markdown table.
+with ``--no-feast`` or when that venv is missing). Prints a Markdown table, with Redis's own time
+per fetch (its CPU, and of that the commands alone): the floor a fetch cannot go under.
 """
 
 from __future__ import annotations
@@ -168,8 +169,11 @@ def main(argv: Sequence[str] | None = None) -> None:
 
             def one() -> None:
                 fetch(client, project, plan, next_ids(), at_ms=t_ms, engine=args.engine, read=args.read)
+            before = redis_time(client)
             p50, p99, mean = timings(one, iters)
-            rows.append((sampling, n, iters, p50, p99, mean))
+            after = redis_time(client)
+            srv = tuple((b - a) / (iters + 1) for a, b in zip(before, after))  # timings() fetches iters + 1 times
+            rows.append((sampling, n, iters, p50, p99, mean, *srv))
             print(f"{sampling} {n} entities: p50 {p50:.3f} ms, p99 {p99:.3f} ms", file=sys.stderr)
     feast = None if args.no_feast else feast_side(args.feast_python, conn.redis_url, plan, args.cards)
     info = client.info("memory")
@@ -180,15 +184,17 @@ def main(argv: Sequence[str] | None = None) -> None:
           f"date {date.today().isoformat()}. Plan: {views}; {fields_per_entity} tile fields per entity row "
           f"across views; {len(ev['offset']):,} events, {n_tiles:,} tiles stored "
           f"({info['used_memory_human']} Redis); engine {args.engine}, read {args.read}.\n")
-    print("| sampling | entity rows (card + merchant) | fetches | p50 ms | p99 ms | mean ms | target p99 |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("Redis ms per fetch: the server's CPU (INFO cpu: commands, parsing the requests, socket I/O) and, of it, "
+          "the commands alone (INFO commandstats); the floor a fetch cannot go under with this layout.\n")
+    print("| sampling | entity rows (card + merchant) | fetches | p50 ms | p99 ms | mean ms | Redis CPU ms | of which commands ms | target p99 |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     targets = {1: "1 ms", 100: "5 ms", 1000: "25 ms"}
-    for sampling, n, iters, p50, p99, mean in rows:
-        print(f"| {sampling} | {n:,} | {iters} | {p50:.3f} | {p99:.3f} | {mean:.3f} | {targets[n]} |")
+    for sampling, n, iters, p50, p99, mean, cpu_ms, cmd_ms in rows:
+        print(f"| {sampling} | {n:,} | {iters} | {p50:.3f} | {p99:.3f} | {mean:.3f} | {cpu_ms:.3f} | {cmd_ms:.3f} | {targets[n]} |")
     if feast is not None:
         for n, r in feast["sizes"].items():
             print(f"| Feast {feast['feast_version']} get_online_features, uniform ({feast['features']} features) "
-                  f"| {int(n):,} | {r['iters']} | {r['p50']:.3f} | {r['p99']:.3f} | {r['mean']:.3f} | — |")
+                  f"| {int(n):,} | {r['iters']} | {r['p50']:.3f} | {r['p99']:.3f} | {r['mean']:.3f} | — | — | — |")
     if not args.keep:
         ks = list(client.scan_iter(match=keys.project_pattern(project), count=5000))
         for i in range(0, len(ks), 5000):
@@ -209,6 +215,15 @@ def feast_side(python: str, redis_url: str, plan: FeaturePlan, entities: int) ->
            "--views", json.dumps(views), "--entities", str(entities)]
     out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True)  # stderr: its progress
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def redis_time(client: redis.Redis) -> tuple[float, float]:
+    """(server CPU, time in commands) so far, ms: ``INFO cpu`` (user + sys of the main thread's
+    process) and the sum of ``INFO commandstats`` usec (the INFO calls themselves are a few us)."""
+    cpu = client.info("cpu")
+    stats = client.info("commandstats")
+    return ((cpu["used_cpu_user"] + cpu["used_cpu_sys"]) * 1000,
+            sum(v["usec"] for k, v in stats.items() if not k.startswith("cmdstat_info")) / 1000)
 
 
 def reader_fields(vp: ViewPlan, t_ms: int) -> tuple[bytes, ...]:
