@@ -341,6 +341,16 @@ class _PipelineOnly:
         return self._client.pipeline(transaction=transaction)
 
 
+def _probing_next(project: str, plan: Any, view: str) -> Any:
+    """The view's read policy, set as if its hashes were huge (HMGET) with an HLEN probe due on the
+    next fetch."""
+    _, by_view = reader._resolve(plan, None)
+    pol = reader._policy(project, plan.view(view), by_view[view])
+    pol.observe(10_000.0)
+    pol.fetches = reader._ReadPolicy._PROBE - 1
+    return pol
+
+
 def test_pipeline_round_trip_gives_the_same_values(rds: Any, project: str) -> None:
     plan = build_plan([small_view("card"), small_view("card2")])
     s = 1_704_067_200_000
@@ -351,10 +361,7 @@ def test_pipeline_round_trip_gives_the_same_values(rds: Any, project: str) -> No
     other = _PipelineOnly(rds)
     for read in ("hgetall", "hmget"):
         assert fetch(other, project, plan, ents, at_ms=s + 1500, read=read).rows() == want
-    _, by_view = reader._resolve(plan, None)
-    pol = reader._policy(project, plan.view("card"), by_view["card"])
-    pol.observe(10_000.0)
-    pol.fetches = reader._ReadPolicy._PROBE - 1  # HMGET + HLEN probe through the pipeline
+    pol = _probing_next(project, plan, "card")  # HMGET + HLEN probe through the pipeline
     assert fetch(other, project, plan, ents, at_ms=s + 1500).rows() == want
     assert pol.stored == pytest.approx(0.875 * 10_000 + 0.125 * 5 * 2 / 6)
 
@@ -551,10 +558,7 @@ def test_chunked_merge_gives_the_same_values(rds: Any, project: str, monkeypatch
         want = fetch(_PipelineOnly(rds), project, plan, ents, at_ms=s + 1500, read=read).rows()
         reader._HELD.buf = np.empty(16, np.uint8)
         assert fetch(rds, project, plan, ents, at_ms=s + 1500, read=read).rows() == want
-    _, by_view = reader._resolve(plan, None)
-    pol = reader._policy(project, plan.view("card"), by_view["card"])
-    pol.observe(10_000.0)
-    pol.fetches = reader._ReadPolicy._PROBE - 1  # HMGET + HLEN probes after the chunks
+    pol = _probing_next(project, plan, "card")  # HMGET + HLEN probes after the chunks
     assert fetch(rds, project, plan, ents, at_ms=s + 1500).rows() == want
     assert pol.stored < 10_000.0
     rds.set(keys.entity_key(project, plan.view("card2"), "c9"), b"not a hash")
