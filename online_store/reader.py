@@ -385,7 +385,7 @@ def _from_incoming(inc: _Incoming, layouts: Sequence[_Layout], ents: Sequence[Se
         if lay.fields:
             pairs = read == "hgetall"
             parts, elements = [], 0
-            for a in range(0, n or 1, _CHUNK):
+            for a in range(0, n or 1, _CHUNK):  # n == 0: one empty chunk, so the view still gets its columns
                 m = min(_CHUNK, n - a)
                 inc.need(m)
                 at = inc.pos
