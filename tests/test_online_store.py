@@ -542,7 +542,7 @@ def test_raw_read_grows_its_buffer(rds: Any, project: str) -> None:
 
 @pytest.mark.parametrize("chunk", [1, 3, 7])
 def test_chunked_merge_gives_the_same_values(rds: Any, project: str, monkeypatch: Any, chunk: int) -> None:
-    """The raw path merges each view's replies ``_CHUNK`` entities at a time as they arrive, reusing
+    """The raw path merges each view's replies ``_chunk(n)`` entities at a time as they arrive, reusing
     the receive buffer for what is merged: same values as the parsed path whole, for both read
     modes and the HLEN probe, with chunks not dividing the entities and a buffer smaller than one
     reply; an error reply in a later chunk still fails the fetch cleanly."""
@@ -553,7 +553,7 @@ def test_chunked_merge_gives_the_same_values(rds: Any, project: str, monkeypatch
         TileWriter(rds, project, plan).write(
             [_tile(plan.view(v), f"c{i}", 1000, s - 1000 * (i % 3), 1 + i % 4, s, 1.0 + i) for i in range(20)])
     ents = [f"c{i}" for i in range(23)] + ["c4", "c4"]  # c20-c22: no data; c4 repeated
-    monkeypatch.setattr(reader, "_CHUNK", chunk)
+    monkeypatch.setattr(reader, "_chunk", lambda n: chunk)
     for read in ("hgetall", "hmget"):
         want = fetch(_PipelineOnly(rds), project, plan, ents, at_ms=s + 1500, read=read).rows()
         reader._HELD.buf = np.empty(16, np.uint8)
@@ -566,6 +566,10 @@ def test_chunked_merge_gives_the_same_values(rds: Any, project: str, monkeypatch
         fetch(rds, project, plan, ents, at_ms=s + 1500, read="hgetall")
     assert fetch(rds, project, plan, ["c1"], at_ms=s + 1500, read="hgetall").rows() == \
         [r for r in want if r["entity"] == "c1"][:1]
+
+
+def test_chunk_is_a_quarter_of_the_view_within_bounds() -> None:
+    assert [reader._chunk(n) for n in (0, 1, 100, 128, 200, 1000, 1024, 5000)] == [32, 32, 32, 32, 50, 250, 256, 256]
 
 
 def test_resp3_client_gives_the_same_values(stack, rds: Any, project: str) -> None:
@@ -645,7 +649,7 @@ def test_corrupt_tile_names_the_fix() -> None:
 
 def test_compiled_engine_falls_back_for_json_form_tiles(rds: Any, project: str, monkeypatch: Any) -> None:
     """A tile whose strings hold a separator is stored in the JSON form: the compiled engine then
-    merges that view with the scalar path, same values."""
+    merges that chunk of the view with the scalar path, same values."""
     plan = build_plan([small_view("card")])
     vp = plan.view("card")
     s = 1_704_067_200_000
@@ -660,7 +664,7 @@ def test_compiled_engine_falls_back_for_json_form_tiles(rds: Any, project: str, 
     scalar = reader._merge_scalar
     monkeypatch.setattr(reader, "_merge_scalar", lambda *a: fell_back.append(a[2]) or scalar(*a))
     assert fetch(rds, project, plan, ents, at_ms=s + 200_500, engine="compiled").rows() == want
-    assert fell_back == [41]
+    assert fell_back == [reader._chunk(41)]  # only the chunk holding c7's JSON-form tile: the first
     with pytest.raises(FetchArgumentError, match="engine='vector'"):
         fetch(rds, project, plan, ents, at_ms=s + 200_500, engine="vector")  # type: ignore[arg-type]
 
