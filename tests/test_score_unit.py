@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram
 
 from schemas import AvroCodec, load_schema
-from scoring.consumer import AdaptiveBatch, ConsumerSettings
+from scoring.consumer import AdaptiveBatch, ConsumerSettings, pipelined
 from scoring import decode as decode_mod
 from scoring.decode import BatchDecoder
 from scoring.errors import DLQ_REASONS, ScoreConfigError
@@ -183,6 +183,15 @@ def test_adaptive_batch_grows_under_load_and_shrinks_when_idle() -> None:
         b.update(0)
     assert b.target == 1
     assert b.update(1) == 2
+
+
+def test_only_deep_full_batches_are_pipelined() -> None:
+    """A full batch overlaps its flush with the next only when it holds half of max_batch or more."""
+    assert pipelined(4096, 4096, 4096) and pipelined(2048, 2048, 4096) and pipelined(3000, 2048, 4096)
+    assert not pipelined(512, 512, 4096)  # full, but a mid rate: settled at once
+    assert not pipelined(2047, 4096, 4096) and not pipelined(100, 4096, 4096)  # not full
+    assert pipelined(8, 8, 8) and pipelined(4, 4, 8) and not pipelined(3, 2, 8)  # small max_batch (tests)
+    assert pipelined(1, 1, 1)
 
 
 def test_observe_many_equals_observe() -> None:
