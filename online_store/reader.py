@@ -265,7 +265,7 @@ _CHUNK_MIN, _CHUNK_MAX = 32, 256
 def _chunk(n: int) -> int:
     """Entities per merge of a view's raw replies, merged as they arrive: the merge of one chunk
     runs while Redis is still computing the next ones (two processes, two cores). A quarter of the
-    view, so a 100-row fetch overlaps too (a fixed 256 left it none: uniform 100 rows p50 2.84-2.98
+    view, so a 100-row fetch overlaps too (a fixed 256 left it none: uniform 100 rows p50 2.84-3.41
     vs 3.13-3.82 ms, bench/fetch.py, interleaved); at least 32, since each merge call has a fixed
     cost (~0.1 ms of glue); at most 256 (128-512 measured alike at 1,000 rows)."""
     return min(_CHUNK_MAX, max(_CHUNK_MIN, -(-n // 4)))

@@ -8,8 +8,9 @@ handed to librdkafka, then batch N+1 is consumed and scored while the broker ack
 and only then does the loop flush (settling N: offsets stored, latency observed) and produce
 N+1's outputs: measured 8-12 % more events/s at saturation. Otherwise N is settled at once:
 pipelining there only delayed the acknowledgement by one batch (p99 84 vs 44 ms at a quarter of
-the max rate; with full batches of a few hundred events pipelined too, 26.6-30.6 vs 20.5-27.5 ms). A failed delivery
-rewinds the consumer to the first offsets of the unsettled batches and scores them again.
+the max rate; with full batches of a few hundred events pipelined too, 26.6-30.6 vs 20.5-27.5 ms).
+A failed delivery rewinds the consumer to the first offsets of the unsettled batches and scores
+them again.
 Exactly-once (``exactly_once``): each batch is one Kafka transaction (outputs +
 ``send_offsets_to_transaction``); on an abortable error the transaction is aborted and the
 consumer rewound. The transactional id is stable per (group, instance), so a restarted instance
