@@ -16,13 +16,19 @@ the entity's newest ``tile_start`` (capped at the writer's clock, so one event f
 future clock cannot trim the present) moves forward, skips tiles already too old on arrival, and
 refreshes the key's TTL (``keys.key_ttl_ms``). See ``online_store.keys`` for why those bounds.
 
-**as_of and the settle rule.** A progress record (``resolution_ms == 0``) says the Flink job has
-aggregated a source partition up to an append time. Flink emits tiles and progress from different
-operators, so a progress record can reach the tiles topic *before* tiles of the same mini-batch.
-The writer therefore holds every progress record it reads until it has written, on every
-tiles-topic partition it consumes, everything up to the end offsets it observed at least
-``settle_ms`` after reading that record; only then does it store the per-partition value (max) and
-``as_of = min`` over the partitions seen so far. Caveats: a partition that never reported does not
+**as_of: markers, and the settle rule.** The streaming job (parallelism 1) puts markers into
+every tile query's own output (``online_store.tiles``); once a query's next marker for a source
+partition is read, the tiles before the previous one are all read (``online_store.markers``), so
+after the batch's write the view's per-partition progress rises at once: exact, and about one
+mini-batch behind the tiles. A progress record (``resolution_ms == 0``) says the job has
+aggregated a source partition up to an append time, but comes from an operator of its own, so it
+can reach the tiles topic *before* tiles of the same mini-batch. The writer therefore holds every
+progress record it reads until it has written, on every tiles-topic partition it consumes,
+everything up to the end offsets it observed at least ``settle_ms`` after reading that record;
+only then does it store the per-partition value. That rule is the fallback for what markers do not
+cover (a partition whose events stopped before a second marker; jobs without markers) and the
+source of the next offsets the idleness rule compares. Both store maxima, and ``as_of = min`` over
+the partitions seen so far. Caveats: a partition that never reported does not
 hold as_of back unless the source partition count is known (``source_partitions``; ``run_writer``
 reads it from the broker when the source topic exists); and a writer that owns only some tiles
 partitions (several writers in one group) can vouch only for those: run one writer per tiles topic.
@@ -56,7 +62,8 @@ from headwater.kafka_batch import take
 from online_store import keys
 from online_store.errors import StoreUnavailableError
 from online_store.metrics import WriterMetrics
-from online_store.tiles import is_progress, tile_ir, tile_value_schema, tile_version
+from online_store.markers import MarkerTracker
+from online_store.tiles import MARKER_ENTITY, is_marker, is_progress, tile_ir, tile_value_schema, tile_version
 from online_store.transcode import ERRORS as TRANSCODE_ERRORS
 from online_store.transcode import Transcoded, compile_transcoder
 from schemas.store import canonical_json
@@ -87,6 +94,7 @@ class WriteStats:
     invalid: int = 0
     undecodable: int = 0
     tombstones: int = 0
+    markers: int = 0
 
     def __iadd__(self, other: WriteStats) -> WriteStats:
         for f in fields(self):
@@ -141,7 +149,8 @@ class TileWriter:
             raise StoreUnavailableError(f"cannot load the writer scripts into Redis: {exc}; is redis-server up "
                                         "(`headwater stack up`)?") from exc
 
-    def _check(self, rec: Mapping[str, Any], stats: WriteStats) -> ViewPlan | None:
+    def check(self, rec: Mapping[str, Any], stats: WriteStats) -> ViewPlan | None:
+        """The record's view, or None (counted and logged once) for an unknown view or another plan."""
         view = self._views.get(rec.get("view"))  # type: ignore[arg-type]
         if view is None:
             stats.unknown_view += 1
@@ -169,21 +178,27 @@ class TileWriter:
         now_s = self._clock()
         fresh = self.metrics.freshness.observe if self.metrics is not None else None
         for name, (entity, r, s, n, a, value) in transcoded:
+            if entity == MARKER_ENTITY and s < 0:  # the Kafka loop takes markers out first; never stored
+                stats.markers += 1
+                continue
             index, args = per_view.setdefault(name, ({}, []))
             args.append((index.setdefault(entity, len(index) + 1), r, s, n, a, value))
             if fresh is not None:
                 fresh(max(0.0, now_s - a / 1000.0))
         stats.records += len(transcoded)
-        stats.transcoded += len(transcoded)
+        stats.transcoded += len(transcoded) - stats.markers
         for rec in records:
             if rec is None:
                 continue
             stats.records += 1
-            view = self._check(rec, stats)
+            view = self.check(rec, stats)
             if view is None:
                 continue
             if is_progress(rec):
                 progress.append(rec)
+                continue
+            if is_marker(rec):
+                stats.markers += 1
                 continue
             try:
                 value = self._codecs[view.name].encode(tile_version(rec), tile_ir(view, rec))
@@ -252,7 +267,7 @@ class TileWriter:
         per view; returns the new as_of."""
         per_view: dict[str, dict[int, tuple[int, int]]] = {}
         for rec in records:
-            view = self._check(rec, WriteStats())
+            view = self.check(rec, WriteStats())
             if view is None:
                 continue
             parts = per_view.setdefault(view.name, {})
@@ -520,7 +535,7 @@ def _write_loop(consumer: Any, ends: _EndOffsets, writer: TileWriter, decoder: _
     from confluent_kafka import KafkaError, TopicPartition
 
     topic = ends.topic
-    total, settler = WriteStats(), _Settler(settle_ms)
+    total, settler, markers = WriteStats(), _Settler(settle_ms), MarkerTracker(writer.plan)
     pos: dict[int, int] = {}
     read_to: dict[int, int] = {}  # next offset read, per tiles partition
     stored: dict[int, int] = {}  # offsets stored for commit: never past a progress record still settling
@@ -548,7 +563,12 @@ def _write_loop(consumer: Any, ends: _EndOffsets, writer: TileWriter, decoder: _
                 continue
             fast = decoder.transcode(value)
             if fast is not None:
-                transcoded.append(fast)
+                entity, r, start, n, a, _ = fast[1]
+                if entity == MARKER_ENTITY and start < 0:
+                    markers.add(fast[0], r, -1 - start, n, a)
+                    total.markers += 1
+                else:
+                    transcoded.append(fast)
                 continue
             try:
                 rec = decoder.decode(value)
@@ -562,10 +582,18 @@ def _write_loop(consumer: Any, ends: _EndOffsets, writer: TileWriter, decoder: _
             if is_progress(rec):
                 rec[_AT] = (m.partition(), m.offset())
                 progress.append(rec)
+            elif is_marker(rec):
+                if writer.check(rec, total) is not None:
+                    markers.add(rec["view"], int(rec["resolution_ms"]), -1 - int(rec["tile_start"]),
+                                int(rec["n_events"]), int(rec["max_append_ms"]))
+                total.markers += 1
             else:
                 tiles.append(rec)
         if tiles or transcoded:
             total += writer.write(tiles, transcoded)
+        confirmed = markers.confirmed()  # exact: every tile read so far, this batch's too, is in Redis
+        if confirmed:
+            as_of.update(writer.publish_progress(confirmed))
         if offsets:
             for p, o in offsets.items():
                 pos[p] = max(pos.get(p, 0), o)

@@ -5,14 +5,23 @@ Per view and per ladder resolution ``r`` one ``GROUP BY entity, tile_start`` pro
 tiles (every aggregate text comes from ``ir.field_sql``, every time expression from
 ``windows``), plus one ``GROUP BY partition`` producing *progress* records (see
 ``online_store.tiles``). No Python runs per event: this is all JVM operators.
+
+Streaming at parallelism 1 adds *markers* to every tile query (``markers=True``): the source's
+format emits one record in ``MARK_EVERY`` a second time, right after itself and flagged
+(``hw_marked``), and each tile query groups that copy under its marker key (per source partition)
+with every aggregated column null, in its own ``GROUP BY``. The aggregation is one-phase so that
+nothing reorders events between the source and it, and each query's sink writes one partition of
+the tiles topic (``io.headwater.flink.QueryPartitioner``), so the topic keeps the query's
+emission order: the writer's exact as_of rule (``online_store.markers``) rests on both.
 """
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 from typing import Literal
 
-from online_store.tiles import PROGRESS_RESOLUTION
+from online_store.tiles import MARK_EVERY, MARKER_ENTITY, PROGRESS_RESOLUTION
 from streamjobs import ir, windows
 from streamjobs.avro_ddl import ddl_columns
 from streamjobs.plan import FeaturePlan, ViewPlan
@@ -76,6 +85,7 @@ class CompiledJob:
     ddl: tuple[str, ...]
     inserts: tuple[str, ...]
     config: dict[str, str] = field(default_factory=dict)
+    markers: bool = False  # its tile queries emit markers: it must run at parallelism 1
 
     def text(self) -> str:
         return ";\n\n".join((*self.ddl, *self.inserts)) + ";\n"
@@ -85,15 +95,20 @@ def _with(opts: dict[str, str]) -> str:
     return ",\n  ".join(f"'{k}' = '{v}'" for k, v in opts.items())
 
 
-def source_ddl(src: SourceBinding, bootstrap: str, group_id: str, bounds: KafkaBounds) -> str:
+def source_ddl(src: SourceBinding, bootstrap: str, group_id: str, bounds: KafkaBounds, markers: bool = False) -> str:
+    """``markers``: the format also emits one record in ``MARK_EVERY`` again, flagged in a last
+    physical column (module docstring)."""
     cols = [f"{q(n)} {t}" for n, t in ddl_columns(src.schema)]
+    if markers:
+        cols.append(f"{q(MARKED)} BOOLEAN NOT NULL")
     cols += [f"{q(PARTITION)} INT METADATA FROM 'partition' VIRTUAL",
              f"{q(OFFSET)} BIGINT METADATA FROM 'offset' VIRTUAL",
              f"{q(APPEND_TS)} TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL"]
     opts = {"connector": "kafka", "topic": src.topic, "properties.bootstrap.servers": bootstrap,
             "properties.group.id": group_id, "properties.auto.offset.reset": "earliest",
             **bounds.options(),
-            "format": "headwater-avro", "headwater-avro.schema-id": str(src.schema_id)}
+            "format": "headwater-avro", "headwater-avro.schema-id": str(src.schema_id),
+            **({"headwater-avro.mark-every": str(MARK_EVERY)} if markers else {})}
     return f"CREATE TEMPORARY TABLE {q(src.table)} (\n  " + ",\n  ".join(cols) + f"\n) WITH (\n  {_with(opts)}\n)"
 
 
@@ -145,9 +160,30 @@ def _ttl_hint(view: ViewPlan, resolution_ms: int, alias: str) -> str:
     return f"/*+ STATE_TTL('{alias}' = '{ttl_ms} ms') */ "
 
 
-def tile_selects(view: ViewPlan, src: SourceBinding) -> list[tuple[int, str]]:
+_MARK, MARKED = "hw_mark", "hw_marked"  # per query: the copy's offset; per source row: is it the copy
+
+
+def _marked_events(view: ViewPlan, src: SourceBinding, r: int, where: str) -> str:
+    """The events of one tile query with the source's marker copies (module docstring): the
+    grouping key as ``hw_k_entity``/``hw_k_tile``; a copy's key is the marker's and every column
+    the query aggregates is null in it, so its group holds no state beyond a few scalars."""
+    columns = {f.column for f in view.fields} | {view.event_time_field, view.entity_key}
+    columns |= {_last_col(f) for f in view.fields if f.kind == "last"}
+    ev, copy = f"NOT {q(MARKED)}", q(MARKED)
+    marker = "CONCAT(CHR(0), '" + MARKER_ENTITY[1:].replace("'", "''") + "')"
+    nulled = ",\n      ".join(f"CASE WHEN {ev} THEN {q(c)} END AS {q(c)}" for c in sorted(columns - {APPEND_MS}))
+    return (f"(SELECT CASE WHEN {ev} THEN CAST({q(view.entity_key)} AS STRING) ELSE {marker} END AS hw_k_entity,\n"
+            f"      CASE WHEN {ev} THEN {q(_tile_col(r))} ELSE -1 - CAST({q(PARTITION)} AS BIGINT) END AS hw_k_tile,\n"
+            f"      CASE WHEN {copy} THEN {q(OFFSET)} END AS {q(_MARK)},\n"
+            f"      {q(PARTITION)}, {q(OFFSET)}, {q(APPEND_MS)},\n      {nulled}\n"
+            f"    FROM {q(src.events_view)}\n"
+            f"    WHERE {copy} OR ({where}))")
+
+
+def tile_selects(view: ViewPlan, src: SourceBinding, markers: bool = False) -> list[tuple[int, str]]:
     """``(resolution_ms, SELECT)``: one per ladder resolution (tiles), then progress
-    (``PROGRESS_RESOLUTION``); the mode-independent core.
+    (``PROGRESS_RESOLUTION``); the mode-independent core, plus markers in streaming
+    (``markers``, module docstring).
 
     Each groups by exactly the columns that vary per tile (entity, tile start; progress: the
     partition): view and resolution are literals. The streaming sinks' primary keys are those
@@ -156,19 +192,25 @@ def tile_selects(view: ViewPlan, src: SourceBinding) -> list[tuple[int, str]]:
     inputs = ir.SqlInputs(event_time_ms=q(view.event_time_field), partition=q(PARTITION), offset=q(OFFSET))
     entity = f"CAST({q(view.entity_key)} AS STRING)"
     on_time = windows.on_time_sql(q(view.event_time_field), q(APPEND_MS), view.allowed_lateness_ms)
+    where = f"{on_time} AND {q(view.entity_key)} IS NOT NULL"
     out = []
     aggs = ",\n    ".join(
         f"{ir.field_sql(f, inputs=inputs, last_key_column=q(_last_col(f)))} AS {q(f.name)}" for f in view.fields)
     name = f"CAST('{view.name}' AS STRING) AS {q('view')}"
     for r in view.ladder:
+        if markers:
+            key, tile, count = "hw_k_entity", "hw_k_tile", f"COALESCE(MAX({q(_MARK)}) + 1, COUNT(*))"
+            source, filt = _marked_events(view, src, r, where), ""
+        else:
+            key, tile, count = entity, q(_tile_col(r)), "COUNT(*)"
+            source, filt = q(src.events_view), f"  WHERE {where}\n"
         out.append((r,
-            f"SELECT {_ttl_hint(view, r, 'e')}{name}, {entity} AS {q('entity')}, "
-            f"CAST({r} AS BIGINT) AS {q('resolution_ms')}, {q(_tile_col(r))} AS {q('tile_start')},\n"
-            f"    '{view.plan_hash}' AS {q('plan_hash')}, COUNT(*) AS {q('n_events')},\n"
+            f"SELECT {_ttl_hint(view, r, 'e')}{name}, {key} AS {q('entity')}, "
+            f"CAST({r} AS BIGINT) AS {q('resolution_ms')}, {tile} AS {q('tile_start')},\n"
+            f"    '{view.plan_hash}' AS {q('plan_hash')}, {count} AS {q('n_events')},\n"
             f"    MAX({q(APPEND_MS)}) AS {q('max_append_ms')},\n    {aggs}\n"
-            f"  FROM {q(src.events_view)} AS e\n"
-            f"  WHERE {on_time} AND {q(view.entity_key)} IS NOT NULL\n"
-            f"  GROUP BY {entity}, {q(_tile_col(r))}"))
+            f"  FROM {source} AS e\n{filt}"
+            f"  GROUP BY {key}, {tile}"))
     nulls = ",\n    ".join(f"CAST(NULL AS {f.sql_type}) AS {q(f.name)}" for f in view.fields)
     # COALESCE: Kafka's partition is never null, but NOT NULL like the tiles' start, so that the
     # row types of every query of the view agree (replay unions them)
@@ -187,13 +229,24 @@ def tile_sink_table(view: ViewPlan, resolution_ms: int) -> str:
     return f"tiles__{view.name}__{resolution_ms}"
 
 
+#: the Kafka partitioner every tile sink uses (``streamjobs/java``), and where it reads its slot
+PARTITIONER_CLASS, PARTITION_SLOT = "io.headwater.flink.QueryPartitioner", "headwater.partition.slot"
+
+
+def partition_slot(view: ViewPlan, resolution_ms: int) -> int:
+    """The tiles-topic partition slot of one query (modulo the partition count): stable across
+    plans and restarts, so a tile key always lands in the same partition."""
+    return zlib.crc32(f"{view.name}/{resolution_ms}".encode()) & 0x7FFFFFFF
+
+
 def tile_sink_ddl(view: ViewPlan, resolution_ms: int, value_schema: dict, tiles_topic: str, bootstrap: str,
                   key_schema_id: int, value_schema_id: int) -> str:
     """Upsert-Kafka, one table per query. The primary key is what the query groups by (entity,
     tile_start; progress: tile_start), so no UPDATE_BEFORE reaches the sink (upsert-kafka would
     write it as a tombstone before every tile update). The Kafka key is still the whole
     ``TileKey(view, entity, resolution_ms, tile_start)``: the ``headwater-tile-key`` format
-    (``streamjobs/java``) adds the parts fixed per table."""
+    (``streamjobs/java``) adds the parts fixed per table. All of a query's records go to one
+    partition, in order (idempotent producer): see the module docstring."""
     cols = [f"{q(n)} {t}" for n, t in ddl_columns(value_schema)]
     pk = ("tile_start",) if resolution_ms == PROGRESS_RESOLUTION else ("entity", "tile_start")
     cols.append(f"PRIMARY KEY ({', '.join(q(k) for k in pk)}) NOT ENFORCED")
@@ -203,13 +256,16 @@ def tile_sink_ddl(view: ViewPlan, resolution_ms: int, value_schema: dict, tiles_
             "key.headwater-tile-key.resolution-ms": str(resolution_ms),
             **({"key.headwater-tile-key.entity": ""} if resolution_ms == PROGRESS_RESOLUTION else {}),
             "value.format": "headwater-avro", "value.headwater-avro.schema-id": str(value_schema_id),
-            "value.fields-include": "ALL"}
+            "value.fields-include": "ALL",
+            "properties.partitioner.class": PARTITIONER_CLASS,
+            f"properties.{PARTITION_SLOT}": str(partition_slot(view, resolution_ms)),
+            "properties.enable.idempotence": "true"}  # order kept within a partition, retries included
     return (f"CREATE TEMPORARY TABLE {q(tile_sink_table(view, resolution_ms))} (\n  " + ",\n  ".join(cols)
             + f"\n) WITH (\n  {_with(opts)}\n)")
 
 
 def job_config(mode: Literal["streaming", "batch"], checkpoint_dir: str | None = None,
-               checkpoint_interval_ms: int = 5000) -> dict[str, str]:
+               checkpoint_interval_ms: int = 5000, markers: bool = False) -> dict[str, str]:
     """Streaming: mini-batches bound latency to 500 ms; checkpoints make restarts resume. Both
     modes reuse objects between chained operators: the job is SQL operators only (no user
     function keeps a reference to a row), and the defensive row copies were 18 % of the streaming
@@ -229,6 +285,11 @@ def job_config(mode: Literal["streaming", "batch"], checkpoint_dir: str | None =
         "table.exec.mini-batch.size": "5000",
         "table.exec.sink.upsert-materialize": "NONE",     # tiles are keyed upserts already
     }
+    if markers:  # no local pre-aggregation: a marker must reach its query's aggregate after the events before it
+        cfg["table.optimizer.agg-phase-strategy"] = "ONE_PHASE"
+        # the one aggregate now counts raw events toward the size trigger: at 5000 it flushed more
+        # often than every 500 ms and wrote 2.41 tile records per event instead of 1.78-1.85
+        cfg["table.exec.mini-batch.size"] = "50000"
     if checkpoint_dir:
         cfg.update({
             "execution.checkpointing.interval": f"{checkpoint_interval_ms} ms",
@@ -241,16 +302,19 @@ def job_config(mode: Literal["streaming", "batch"], checkpoint_dir: str | None =
 def compile_job(plan: FeaturePlan, sources: dict[str, SourceBinding], tiles_topic: str, bootstrap: str,
                 key_schema_id: int, value_schemas: dict[str, tuple[dict, int]], group_id: str,
                 bounds: KafkaBounds = KafkaBounds(), mode: Literal["streaming", "batch"] = "streaming",
-                checkpoint_dir: str | None = None) -> CompiledJob:
-    """The whole features job. ``sources`` maps topic -> binding; ``value_schemas`` view -> (schema, id)."""
+                checkpoint_dir: str | None = None, markers: bool = False) -> CompiledJob:
+    """The whole features job. ``sources`` maps topic -> binding; ``value_schemas`` view -> (schema, id);
+    ``markers``: streaming at parallelism 1 only (module docstring)."""
+    if markers and mode != "streaming":
+        raise ValueError("markers are a streaming-job feature")
     ddl: list[str] = function_ddl()
     for src in sorted({s.topic: s for s in sources.values()}.values(), key=lambda s: s.topic):
         views = [v for v in plan.views if v.topic == src.topic]
-        ddl += [source_ddl(src, bootstrap, group_id, bounds), events_view_sql(src, views)]
+        ddl += [source_ddl(src, bootstrap, group_id, bounds, markers), events_view_sql(src, views)]
     inserts = []
     for view in plan.views:
         schema, sid = value_schemas[view.name]
-        for r, select in tile_selects(view, sources[view.topic]):
+        for r, select in tile_selects(view, sources[view.topic], markers):
             ddl.append(tile_sink_ddl(view, r, schema, tiles_topic, bootstrap, key_schema_id, sid))
             inserts.append(f"INSERT INTO {q(tile_sink_table(view, r))}\n{select}")
-    return CompiledJob(tuple(ddl), tuple(inserts), job_config(mode, checkpoint_dir))
+    return CompiledJob(tuple(ddl), tuple(inserts), job_config(mode, checkpoint_dir, markers=markers), markers)

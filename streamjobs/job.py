@@ -65,12 +65,16 @@ def bindings(repo, defs):
 
 
 def compile_features(conn: Connection, repo, defs, *, bounds=None, mode="streaming", checkpoint_dir=None,
-                     group_id: str | None = None):
+                     group_id: str | None = None, markers: bool | None = None):
+    """``markers``: default on in streaming at parallelism 1 (``default_parallelism``), the only
+    setting where the writer's exact as_of rule holds (``streamjobs.compiler``)."""
     from streamjobs.compiler import KafkaBounds, compile_job
+    if markers is None:
+        markers = mode == "streaming" and default_parallelism() == 1
     sources, key_id, values = bindings(repo, defs)
     return compile_job(defs.plan, sources, repo.topics.tiles.name, conn.bootstrap_servers, key_id, values,
                        group_id or f"headwater-features-{repo.project}", bounds or KafkaBounds(), mode,
-                       checkpoint_dir)
+                       checkpoint_dir, markers=markers)
 
 
 def default_parallelism() -> int:
@@ -85,9 +89,13 @@ def submit(conn: Connection, job, mode="streaming", restore_from: str | None = N
            parallelism: int | None = None):
     """Run a compiled job on a local MiniCluster; returns the TableResult (``.wait()`` blocks)."""
     extra = dict(job.config)
+    parallelism = parallelism or default_parallelism()
+    if job.markers and parallelism != 1:
+        raise StackError(f"this features job was compiled with markers, which need parallelism 1 (asked: {parallelism}): "
+                         "compile it with markers=False to run it wider")
     if restore_from:
         extra["execution.state-recovery.path"] = restore_from
-    env = table_env(conn, mode=mode, parallelism=parallelism or default_parallelism(), extra=extra)
+    env = table_env(conn, mode=mode, parallelism=parallelism, extra=extra)
     for stmt in job.ddl:
         env.execute_sql(stmt)
     stmts = env.create_statement_set()
@@ -96,10 +104,12 @@ def submit(conn: Connection, job, mode="streaming", restore_from: str | None = N
     return stmts.execute()
 
 
-#: Bumped whenever an accumulator's serialized form changes, which makes older checkpoints
-#: unrestorable (Flink refuses them as incompatible state): 2 = ``HW_DISTINCT``'s own serializer
-#: (sorted UTF-8 items) in place of Kryo over a ``HashSet``.
-STATE_FORMAT = 2
+#: Bumped whenever an accumulator's serialized form or the job's stateful operators change, which
+#: makes older checkpoints unrestorable (Flink refuses them as incompatible state): 2 =
+#: ``HW_DISTINCT``'s own serializer (sorted UTF-8 items) in place of Kryo over a ``HashSet``; 3 =
+#: markers (one-phase aggregation, the source's marker column). A job with markers (parallelism 1)
+#: and one without (more) do not restore each other's checkpoints either.
+STATE_FORMAT = 3
 
 
 def checkpoint_dir(project: str) -> Path:

@@ -22,8 +22,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.flink,
 def topic_tiles_to_layout(out, plan, records) -> int:
     """Latest tile records of the tiles topic (``read_tiles``) into the Parquet layout, per view."""
     by_view = defaultdict(list)
+    from online_store.tiles import is_marker
     for (view, _, res, _), rec in records.items():
-        if res != 0:
+        if res != 0 and not is_marker(rec):
             by_view[view].append(rec)
     n = 0
     for v in plan.views:

@@ -1,7 +1,9 @@
 package io.headwater.flink;
 
 import java.util.HashSet;
+import java.util.List;
 import java.util.Set;
+import java.util.stream.IntStream;
 
 import org.apache.flink.api.common.serialization.DeserializationSchema;
 import org.apache.flink.api.common.serialization.SerializationSchema;
@@ -19,6 +21,8 @@ import org.apache.flink.table.factories.DeserializationFormatFactory;
 import org.apache.flink.table.factories.DynamicTableFactory;
 import org.apache.flink.table.factories.SerializationFormatFactory;
 import org.apache.flink.table.types.DataType;
+import org.apache.flink.table.types.logical.LogicalTypeRoot;
+import org.apache.flink.table.connector.Projection;
 
 /**
  * Format {@code headwater-avro}: Flink's Avro row format inside Confluent framing.
@@ -43,6 +47,15 @@ public final class ConfluentAvroFormatFactory
                             "Schema id written in the header (required to write). On read, when"
                                     + " set, records framed with another id are skipped.");
 
+    public static final ConfigOption<Integer> MARK_EVERY =
+            ConfigOptions.key("mark-every")
+                    .intType()
+                    .defaultValue(0)
+                    .withDescription(
+                            "Read only. When > 0 the table's last physical column is a BOOLEAN"
+                                    + " marker flag, false on every row; every mark-every-th record"
+                                    + " is emitted again right after itself with the flag true.");
+
     @Override
     public String factoryIdentifier() {
         return IDENTIFIER;
@@ -57,6 +70,7 @@ public final class ConfluentAvroFormatFactory
     public Set<ConfigOption<?>> optionalOptions() {
         Set<ConfigOption<?>> options = new HashSet<>();
         options.add(SCHEMA_ID);
+        options.add(MARK_EVERY);
         return options;
     }
 
@@ -66,12 +80,27 @@ public final class ConfluentAvroFormatFactory
         final DecodingFormat<DeserializationSchema<RowData>> avro =
                 new AvroFormatFactory().createDecodingFormat(context, formatOptions);
         final int expectedId = formatOptions.getOptional(SCHEMA_ID).orElse(-1);
+        final int markEvery = formatOptions.get(MARK_EVERY);
         return new DecodingFormat<DeserializationSchema<RowData>>() {
             @Override
             public DeserializationSchema<RowData> createRuntimeDecoder(
                     DynamicTableSource.Context ctx, DataType physicalDataType) {
+                if (markEvery <= 0) {
+                    return new FramedDeserializer(
+                            avro.createRuntimeDecoder(ctx, physicalDataType), expectedId);
+                }
+                List<DataType> fields = physicalDataType.getChildren();
+                int n = fields.size();
+                if (n < 2 || fields.get(n - 1).getLogicalType().getTypeRoot() != LogicalTypeRoot.BOOLEAN) {
+                    throw new IllegalArgumentException(
+                            "format headwater-avro with 'mark-every' needs a last physical BOOLEAN"
+                                    + " column for the marker flag: declare it after the Avro fields");
+                }
+                int[] avroFields = IntStream.range(0, n - 1).toArray();
+                DataType avroType = Projection.of(avroFields).project(physicalDataType);
                 return new FramedDeserializer(
-                        avro.createRuntimeDecoder(ctx, physicalDataType), expectedId);
+                        avro.createRuntimeDecoder(ctx, avroType), expectedId, markEvery,
+                        ctx.createTypeInformation(physicalDataType));
             }
 
             @Override

@@ -1,0 +1,213 @@
+"""Markers and the exact as_of rule (``online_store.markers``): the tracker's logic, then the
+real streaming job (Kafka -> Flink MiniCluster -> tiles topic) and the writer against Redis.
+
+The integration test reads the tiles topic the way the writer may (each partition in order) and
+checks the claim the rule rests on: once a query's next marker is read, every tile of the
+events up to the previous marker has been read, with at least those events in it."""
+
+from __future__ import annotations
+
+import bisect
+import struct
+import threading
+import time
+from collections import defaultdict
+
+import pytest
+import yaml
+
+from online_store.markers import MarkerTracker
+from online_store.tiles import MARKER_ENTITY
+from streamjobs.dsl import Aggregation, Entity, FeatureView, Source
+from streamjobs.plan import build_plan
+
+# ---------------------------------------------------------------- the tracker (pure logic)
+
+
+def _plan():
+    schema = {"type": "record", "name": "E", "fields": [
+        {"name": "k", "type": "string"}, {"name": "x", "type": "double"},
+        {"name": "ts", "type": {"type": "long", "logicalType": "timestamp-millis"}}]}
+    src = Source("events", "t", schema=schema, event_time_field="ts", key_fields=("k",))
+    view = FeatureView("v", Entity("k", "k"), src, (Aggregation("sum", "x", ("1m", "10m")),))
+    return build_plan((view,))
+
+
+def test_a_marker_confirms_the_one_before_it_for_every_resolution() -> None:
+    plan = _plan()
+    vp = plan.views[0]
+    low, high = vp.ladder[0], vp.ladder[-1]
+    assert low != high
+    t = MarkerTracker(plan)
+    t.add("v", low, 0, 33, 1000)
+    t.add("v", low, 0, 65, 2000)
+    assert t.confirmed() == []  # the other resolution has no pair yet
+    t.add("v", high, 0, 97, 3000)
+    assert t.confirmed() == []
+    t.add("v", high, 0, 129, 4000)
+    [rec] = t.confirmed()  # low confirms (33, 1000), high (97, 3000): the smaller holds
+    assert (rec["tile_start"], rec["n_events"], rec["max_append_ms"], rec["resolution_ms"]) == (0, 33, 1000, 0)
+    assert rec["plan_hash"] == vp.plan_hash and rec["view"] == "v"
+    assert t.confirmed() == []  # nothing new
+    t.add("v", low, 0, 161, 5000)
+    [rec] = t.confirmed()
+    assert (rec["n_events"], rec["max_append_ms"]) == (65, 2000)
+
+
+def test_a_reread_marker_is_not_a_newer_one_and_a_lower_one_starts_over() -> None:
+    plan = _plan()
+    vp = plan.views[0]
+    t = MarkerTracker(plan)
+    for r in vp.ladder:
+        t.add("v", r, 1, 33, 1000)
+        t.add("v", r, 1, 33, 1000)  # the same marker read again (a writer restart)
+    assert t.confirmed() == []
+    for r in vp.ladder:
+        t.add("v", r, 1, 65, 2000)
+    assert [x["n_events"] for x in t.confirmed()] == [33]
+    for r in vp.ladder:
+        t.add("v", r, 1, 40, 1500)  # the job restarted from a checkpoint: the pair starts over
+    for r in vp.ladder:
+        t.add("v", r, 1, 70, 2500)
+    # (40, 1500) is sent: below what was sent before, and the store keeps the max of both
+    assert [x["n_events"] for x in t.confirmed()] == [40]
+    t.add("other", vp.ladder[0], 1, 99, 1)  # unknown view, unknown resolution: ignored
+    t.add("v", 7, 1, 99, 1)
+    assert t.confirmed() == []
+
+
+# ---------------------------------------------------------------- the real job
+
+
+def _one_partition_repo(temp_repo):
+    from headwater.config import load_repo
+    cfg = yaml.safe_load((temp_repo / "headwater.yaml").read_text())
+    cfg["topics"]["events"].update({"log_append_time": False, "partitions": 1})
+    (temp_repo / "headwater.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return load_repo(temp_repo)
+
+
+def _read_in_order(conn, repo):
+    """Every tiles-topic record, decoded, per partition in offset order."""
+    from confluent_kafka import Consumer, TopicPartition
+    from headwater.kafka_offsets import watermarks
+    from schemas import AvroCodec, open_store
+    store = open_store(repo.resolve(repo.schema_store))
+    topic = repo.topics.tiles.name
+    c = Consumer({"bootstrap.servers": conn.bootstrap_servers, "group.id": "markers-check", "enable.auto.commit": False})
+    md = c.list_topics(topic, timeout=10).topics[topic]
+    ends = {p: hi for p, (_, hi) in watermarks(c, topic, md.partitions).items()}
+    c.assign([TopicPartition(topic, p, 0) for p in md.partitions])
+    codecs, out = {}, defaultdict(list)
+    left = sum(ends.values())
+    while left > 0:
+        for m in c.consume(10_000, timeout=1.0):
+            if m.error():
+                continue
+            left -= 1
+            sid = struct.unpack(">I", m.value()[1:5])[0]
+            codec = codecs.setdefault(sid, AvroCodec(store.get_by_id(sid), sid, store))
+            out[m.partition()].append(codec.decode(m.value()))
+    c.close()
+    return out
+
+
+@pytest.mark.integration
+@pytest.mark.flink
+def test_markers_prove_what_the_writer_has_read(stack, temp_repo, unique) -> None:
+    import redis as redis_lib
+    from confluent_kafka import Producer
+    from headwater.generator import GeneratorConfig, generate_table
+    from headwater.repo_schemas import codec_for
+    from headwater.topics import create_topics
+    from online_store import fetch, keys, run_writer
+    from streamjobs.compiler import KafkaBounds
+    from streamjobs.job import compile_features, submit
+    from streamjobs.repo import load_definitions
+
+    repo = _one_partition_repo(temp_repo)
+    create_topics(stack, repo.topics)
+    defs = load_definitions(repo)
+    now = int(time.time() * 1000)
+    table, _ = generate_table(GeneratorConfig(rate=400, entities=300, duration_s=60, seed=9, start_ms=now - 120_000))
+    events = table.to_pylist()
+    codec = codec_for(repo, "events")
+    p = Producer({"bootstrap.servers": stack.bootstrap_servers, "enable.idempotence": True, "linger.ms": 5})
+    topic = repo.topics.events.name
+    appends = []  # (offset, append ms) per event, in order
+    for i, e in enumerate(events):
+        append = now - 60_000 + i  # CreateTime: the append time is ours, one ms apart
+        appends.append(append)
+        p.produce(topic, codec.encode(e), e["card_id"].encode(), partition=0, timestamp=append)
+    assert p.flush(60) == 0
+    job = compile_features(stack, repo, defs, bounds=KafkaBounds(startup="earliest-offset", bounded="latest-offset"),
+                           group_id=f"markers-{unique}")
+    assert job.markers
+    submit(stack, job).wait(600_000)
+
+    by_part = _read_in_order(stack, repo)
+    lateness = {v.name: v.allowed_lateness_ms for v in defs.plan.views}
+    key_field = {v.name: v.entity_key for v in defs.plan.views}
+    et = {v.name: v.event_time_field for v in defs.plan.views}
+    # per query: offsets of its on-time events per tile key, sorted
+    expected: dict[tuple[str, int], dict[tuple[str, int], list[int]]] = defaultdict(lambda: defaultdict(list))
+    for vp in defs.plan.views:
+        for off, e in enumerate(events):
+            if appends[off] - e[et[vp.name]] > lateness[vp.name]:
+                continue
+            for r in vp.ladder:
+                expected[(vp.name, r)][(str(e[key_field[vp.name]]), e[et[vp.name]] - e[et[vp.name]] % r)].append(off)
+    home: dict[tuple[str, int], int] = {}
+    checked = 0
+    for part, recs in by_part.items():
+        seen: dict[tuple[str, int], dict[tuple[str, int], int]] = defaultdict(dict)
+        last_marker: dict[tuple[str, int], int] = {}
+        for rec in recs:
+            q = (rec["view"], rec["resolution_ms"])
+            assert home.setdefault(q, part) == part, f"query {q} writes more than one tiles partition"
+            if q[1] == 0:
+                continue  # progress
+            if rec["entity"] != MARKER_ENTITY:
+                seen[q][(rec["entity"], rec["tile_start"])] = rec["n_events"]
+                continue
+            assert rec["tile_start"] == -1  # source partition 0
+            assert rec["max_append_ms"] == appends[rec["n_events"] - 1]  # the copied record's append time
+            before = last_marker.get(q)
+            assert before is None or rec["n_events"] > before
+            last_marker[q] = rec["n_events"]
+            if before is None:
+                continue
+            for tile, offs in expected[q].items():  # every tile of the events before `before` is in
+                need = bisect.bisect_left(offs, before)
+                if need:
+                    assert seen[q].get(tile, 0) >= need, (q, tile, before, seen[q].get(tile), need)
+            checked += 1
+    ladder = sum(len(v.ladder) for v in defs.plan.views)
+    assert len([q for q in home if q[1] != 0]) == ladder
+    assert checked >= ladder, f"too few marker pairs to check ({checked}): the job made too few flushes"
+
+    # the writer, with a settle rule that never fires (10 min) and a CreateTime topic (no
+    # idleness rule): whatever as_of it publishes comes from the markers alone
+    client = redis_lib.Redis.from_url(stack.redis_url)
+    stop, out = threading.Event(), {}
+    th = threading.Thread(target=lambda: out.update(stats=run_writer(
+        stack, repo, defs.plan, group_id=f"w-{unique}", stop_event=stop, settle_ms=600_000, redis_client=client)))
+    th.start()
+    try:
+        deadline = time.monotonic() + 60
+        as_of = None
+        while time.monotonic() < deadline:
+            as_of = fetch(client, repo.project, defs.plan, ["nobody"]).as_of_ms
+            if as_of and all(a is not None for a in as_of.values()):
+                break
+            time.sleep(0.2)
+        assert as_of and all(a is not None for a in as_of.values()), f"no as_of from markers: {as_of}"
+        for vp in defs.plan.views:  # confirmed = a marker's event, at most the last one's
+            assert as_of[vp.name] in set(appends) and as_of[vp.name] <= appends[-1]
+            assert client.hget(keys.progress_key(repo.project, vp), "p:0") is not None
+    finally:
+        stop.set()
+        th.join(30)
+    assert out["stats"].markers > 0 and out["stats"].written > 0
+    for k in client.scan_iter(match=keys.project_pattern(repo.project)):
+        client.delete(k)
