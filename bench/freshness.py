@@ -79,7 +79,7 @@ def one_rate(rate: float, seconds: float, warmup_s: float = 25.0, breakdown: boo
         """Kafka timestamp - max_append_ms of every tile and progress record the job writes."""
         from confluent_kafka import Consumer
 
-        from online_store.tiles import is_progress
+        from online_store.tiles import is_marker, is_progress
         from online_store.writer import _open
         _, dec = _open(conn, repo, r)
         c = Consumer({"bootstrap.servers": conn.bootstrap_servers, "group.id": f"fresh-{os.getpid()}-{rate:.0f}",
@@ -89,7 +89,8 @@ def one_rate(rate: float, seconds: float, warmup_s: float = 25.0, breakdown: boo
             for m in c.consume(1000, 0.1):
                 if m.error() is None and m.value() is not None:
                     rec = dec.decode(m.value())
-                    lags["progress" if is_progress(rec) else "tile"].append(m.timestamp()[1] - rec["max_append_ms"])
+                    if not is_marker(rec):
+                        lags["progress" if is_progress(rec) else "tile"].append(m.timestamp()[1] - rec["max_append_ms"])
         c.close()
 
     r = redis_client(conn.redis_url)

@@ -105,7 +105,8 @@ def cmd_features(args) -> int:
         print(describe_plan(defs.plan))
         if not args.no_sql:
             from streamjobs.job import compile_features
-            print("\n-- generated Flink SQL (streaming mode; replay runs the same SELECTs in batch mode)\n")
+            print("\n-- generated Flink SQL (streaming mode, with markers at parallelism 1; replay runs the same "
+                  "SELECTs without markers in batch mode)\n")
             print(compile_features(load_connection(), repo, defs).text())
         return 0
     from headwater import features_service

@@ -6,15 +6,20 @@ one flush before any of the next, its sink writes one tiles-topic partition thro
 producer, and a key appears at most once per flush. So once the writer has read a query's marker
 for a source partition *and the one after it*, it has read every tile that query emitted before
 the first: everything aggregated from that partition up to the first marker's copied record
-(offset ``n_events - 1``, appended at ``max_append_ms``). Once that holds for every resolution of
+(offset ``n_events - 1``; ``max_append_ms`` is the newest append time among the copies, which
+errs low if append times ever went back). Once that holds for every resolution of
 a view, the view's progress for the partition can rise to those values as soon as the tiles read
 so far are in Redis; no waiting on the clock (the settle rule in ``online_store.writer`` remains for
 partitions whose events stopped before a second marker).
 
-A marker lower than the last one read for its key means the job restarted from a checkpoint: the
-pair starts over. One case stays inexact: a job that died between a flush's marker and the rest of
-that flush, restarted with a first marker *above* the last one read, lets that marker confirm
-tiles the new run re-emits only in its first flush, i.e. at most one flush early, once.
+Markers carry the id of the source reader that made them (random, new at every job start and
+every restore after a failure), and only two markers of one id pair up: a restored job's markers
+start new pairs, so a flush cut short by a crash is never confirmed by the next run's markers, and
+two jobs writing one tiles topic never confirm each other. A confirmation stays true across runs (its tiles are in Redis), so per
+(view, resolution, partition) the writer keeps the highest of any run. Still not covered: after a
+failed send the Kafka producer may go on writing later records (an idempotent producer keeps the
+order of what it writes, not the absence of gaps); the Flink job then fails and replays from its
+checkpoint, and until it has, a later marker pair can vouch for the tiles that send lost.
 """
 
 from __future__ import annotations
@@ -27,27 +32,30 @@ __all__ = ["MarkerTracker"]
 
 
 class MarkerTracker:
-    """Per (view, resolution, source partition) the last two markers; per (view, partition) the
-    progress they confirm across all of the view's resolutions."""
+    """Per (view, resolution, source partition, reader id) the last two markers; per (view, resolution,
+    partition) the highest confirmed; per (view, partition) the minimum over the view's resolutions."""
 
     def __init__(self, plan: FeaturePlan) -> None:
         self._views = {v.name: v for v in plan.views}
-        # (view, resolution, partition) -> (previous, latest), each (next_offset, append_ms) or None
-        self._pair: dict[tuple[str, int, int], tuple[tuple[int, int] | None, tuple[int, int]]] = {}
+        # (view, resolution, partition, marker entity: the reader id) -> the latest marker read, (next_offset, append_ms)
+        self._last: dict[tuple[str, int, int, str], tuple[int, int]] = {}
+        self._confirmed: dict[tuple[str, int, int], tuple[int, int]] = {}
         self._sent: dict[tuple[str, int], tuple[int, int]] = {}
         self._dirty: set[tuple[str, int]] = set()
 
-    def add(self, view: str, resolution_ms: int, partition: int, next_offset: int, append_ms: int) -> None:
+    def add(self, view: str, resolution_ms: int, partition: int, reader: str, next_offset: int, append_ms: int) -> None:
         """One marker, in tiles-topic order. Unknown views and resolutions are ignored."""
         v = self._views.get(view)
         if v is None or resolution_ms not in v.ladder:
             return
-        key, new = (view, resolution_ms, partition), (next_offset, append_ms)
-        pair = self._pair.get(key)
-        if pair is None or next_offset < pair[1][0]:  # first, or the job restarted: start over
-            self._pair[key] = (None, new)
-        elif next_offset > pair[1][0]:  # the same value again is a re-read, not a newer marker
-            self._pair[key] = (pair[1], new)
+        key, new = (view, resolution_ms, partition, reader), (next_offset, append_ms)
+        last = self._last.get(key)
+        self._last[key] = max(new, last) if last is not None else new
+        if last is None or next_offset <= last[0]:  # the first of its reader, or one read again
+            return
+        c = (view, resolution_ms, partition)
+        if last > self._confirmed.get(c, (-1, -1)):
+            self._confirmed[c] = last
             self._dirty.add((view, partition))
 
     def confirmed(self) -> list[dict[str, Any]]:
@@ -56,7 +64,7 @@ class MarkerTracker:
         out = []
         for view, p in sorted(self._dirty):
             v = self._views[view]
-            got = [self._pair.get((view, r, p), (None, None))[0] for r in v.ladder]
+            got = [self._confirmed.get((view, r, p)) for r in v.ladder]
             if any(g is None for g in got):
                 continue
             best = (min(g[0] for g in got), min(g[1] for g in got))  # type: ignore[index]

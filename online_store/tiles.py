@@ -20,13 +20,16 @@ partition's next offset (``MAX(offset) + 1``: the writer compares it with the pa
 offset to tell a fully aggregated, idle partition). The writer turns progress into the ``as_of``
 that fetches report.
 
-``entity == MARKER_ENTITY`` marks a *marker* (streaming job, parallelism 1): emitted by a tile
-query itself, from a copy of one record in ``MARK_EVERY`` the job reads (``streamjobs.compiler``),
-so it shares the query's aggregation and its order on the tiles topic (one partition per query). ``tile_start``
-holds ``-1 - partition`` (the source partition), ``n_events`` the next offset after the newest copied record and
-``max_append_ms`` that record's append time; the IR fields are null. Once a query's *next* marker
-for the partition is read, every tile the query emitted before this one has been read
-(``online_store.markers``).
+An entity ``MARKER_PREFIX + <reader id>`` marks a *marker* (streaming job, parallelism 1): emitted
+by a tile query itself, from a copy of one record in ``MARK_EVERY`` the job reads
+(``streamjobs.compiler``), so it shares the query's aggregation and its order on the tiles topic
+(one partition per query). The reader id is new at every start of the job and every restore after
+a failure, so markers of two runs, or of two jobs, never pair up. ``tile_start`` holds
+``-1 - partition`` (the source partition), ``n_events`` the next offset after the newest copied
+record and ``max_append_ms`` the newest append time among the copies (that record's, as append
+times do not decrease along a partition); the IR fields are those of no events. Once a query's
+*next* marker of the same reader id for the partition is read, every tile the query emitted before this
+one has been read (``online_store.markers``).
 
 Version (monotonic writes): ``(n_events, max_append_ms)``. A tile only ever gains events, so a
 newer version of a tile has strictly more of them; a replayed or duplicated tile carries the
@@ -42,14 +45,14 @@ from streamjobs import ir
 from streamjobs.plan import ViewPlan
 
 __all__ = ["TILE_KEY_SCHEMA", "HEADER_FIELDS", "PROGRESS_RESOLUTION", "tile_value_schema",
-           "tile_subject", "key_subject", "is_progress", "tile_ir", "tile_version", "MARKER_ENTITY",
+           "tile_subject", "key_subject", "is_progress", "tile_ir", "tile_version", "MARKER_PREFIX",
            "MARK_EVERY", "is_marker"]
 
 PROGRESS_RESOLUTION = 0
-#: A marker's entity. Markers also carry ``tile_start = -1 - partition``: a tile's start is never
-#: negative (an event is on time only within the lateness of its append time), so an event whose
-#: key happens to be this string cannot pass for a marker.
-MARKER_ENTITY = "\x00hw-marker"
+#: A marker's entity starts so (the source reader's id follows). Markers also carry ``tile_start = -1 -
+#: partition``: a tile's start is never negative (an event is on time only within the lateness of
+#: its append time), so an event whose key happens to start so cannot pass for a marker.
+MARKER_PREFIX = "\x00hw-marker:"
 #: One record in this many that the streaming job reads also feeds its queries' markers.
 MARK_EVERY = 32
 HEADER_FIELDS = ("view", "entity", "resolution_ms", "tile_start", "plan_hash", "n_events", "max_append_ms")
@@ -106,7 +109,7 @@ def is_progress(record: Mapping[str, Any]) -> bool:
 
 
 def is_marker(record: Mapping[str, Any]) -> bool:
-    return record["entity"] == MARKER_ENTITY and record["tile_start"] < 0
+    return record["tile_start"] < 0 and record["entity"].startswith(MARKER_PREFIX)
 
 
 def tile_ir(view: ViewPlan, record: Mapping[str, Any]) -> dict[str, Any]:

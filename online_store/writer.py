@@ -63,7 +63,7 @@ from online_store import keys
 from online_store.errors import StoreUnavailableError
 from online_store.metrics import WriterMetrics
 from online_store.markers import MarkerTracker
-from online_store.tiles import MARKER_ENTITY, is_marker, is_progress, tile_ir, tile_value_schema, tile_version
+from online_store.tiles import MARKER_PREFIX, is_marker, is_progress, tile_ir, tile_value_schema, tile_version
 from online_store.transcode import ERRORS as TRANSCODE_ERRORS
 from online_store.transcode import Transcoded, compile_transcoder
 from schemas.store import canonical_json
@@ -178,7 +178,7 @@ class TileWriter:
         now_s = self._clock()
         fresh = self.metrics.freshness.observe if self.metrics is not None else None
         for name, (entity, r, s, n, a, value) in transcoded:
-            if entity == MARKER_ENTITY and s < 0:  # the Kafka loop takes markers out first; never stored
+            if s < 0 and entity.startswith(MARKER_PREFIX):  # the Kafka loop takes markers out first; never stored
                 stats.markers += 1
                 continue
             index, args = per_view.setdefault(name, ({}, []))
@@ -564,8 +564,9 @@ def _write_loop(consumer: Any, ends: _EndOffsets, writer: TileWriter, decoder: _
             fast = decoder.transcode(value)
             if fast is not None:
                 entity, r, start, n, a, _ = fast[1]
-                if entity == MARKER_ENTITY and start < 0:
-                    markers.add(fast[0], r, -1 - start, n, a)
+                if start < 0 and entity.startswith(MARKER_PREFIX):
+                    markers.add(fast[0], r, -1 - start, entity, n, a)
+                    total.records += 1
                     total.markers += 1
                 else:
                     transcoded.append(fast)
@@ -583,10 +584,11 @@ def _write_loop(consumer: Any, ends: _EndOffsets, writer: TileWriter, decoder: _
                 rec[_AT] = (m.partition(), m.offset())
                 progress.append(rec)
             elif is_marker(rec):
-                if writer.check(rec, total) is not None:
-                    markers.add(rec["view"], int(rec["resolution_ms"]), -1 - int(rec["tile_start"]),
+                total.records += 1
+                if writer.check(rec, total) is not None:  # else counted as another view's or plan's
+                    markers.add(rec["view"], int(rec["resolution_ms"]), -1 - int(rec["tile_start"]), rec["entity"],
                                 int(rec["n_events"]), int(rec["max_append_ms"]))
-                total.markers += 1
+                    total.markers += 1
             else:
                 tiles.append(rec)
         if tiles or transcoded:

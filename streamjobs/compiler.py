@@ -7,8 +7,9 @@ tiles (every aggregate text comes from ``ir.field_sql``, every time expression f
 ``online_store.tiles``). No Python runs per event: this is all JVM operators.
 
 Streaming at parallelism 1 adds *markers* to every tile query (``markers=True``): the source's
-format emits one record in ``MARK_EVERY`` a second time, right after itself and flagged
-(``hw_marked``), and each tile query groups that copy under its marker key (per source partition)
+format emits one record in ``MARK_EVERY`` a second time, right after itself, with ``hw_marked`` set
+to the reader's id (random, new at every start and every failover restore; 0 in all other rows),
+and each tile query groups that copy under its marker key (per source partition and reader id)
 with every aggregated column null, in its own ``GROUP BY``. The aggregation is one-phase so that
 nothing reorders events between the source and it, and each query's sink writes one partition of
 the tiles topic (``io.headwater.flink.QueryPartitioner``), so the topic keeps the query's
@@ -21,7 +22,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Literal
 
-from online_store.tiles import MARK_EVERY, MARKER_ENTITY, PROGRESS_RESOLUTION
+from online_store.tiles import MARK_EVERY, MARKER_PREFIX, PROGRESS_RESOLUTION
 from streamjobs import ir, windows
 from streamjobs.avro_ddl import ddl_columns
 from streamjobs.plan import FeaturePlan, ViewPlan
@@ -96,11 +97,11 @@ def _with(opts: dict[str, str]) -> str:
 
 
 def source_ddl(src: SourceBinding, bootstrap: str, group_id: str, bounds: KafkaBounds, markers: bool = False) -> str:
-    """``markers``: the format also emits one record in ``MARK_EVERY`` again, flagged in a last
-    physical column (module docstring)."""
+    """``markers``: the format also emits one record in ``MARK_EVERY`` again, with the source
+    reader's id (never 0) in a last physical column that is 0 in every other row (module docstring)."""
     cols = [f"{q(n)} {t}" for n, t in ddl_columns(src.schema)]
     if markers:
-        cols.append(f"{q(MARKED)} BOOLEAN NOT NULL")
+        cols.append(f"{q(MARKED)} BIGINT NOT NULL")
     cols += [f"{q(PARTITION)} INT METADATA FROM 'partition' VIRTUAL",
              f"{q(OFFSET)} BIGINT METADATA FROM 'offset' VIRTUAL",
              f"{q(APPEND_TS)} TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL"]
@@ -160,7 +161,7 @@ def _ttl_hint(view: ViewPlan, resolution_ms: int, alias: str) -> str:
     return f"/*+ STATE_TTL('{alias}' = '{ttl_ms} ms') */ "
 
 
-_MARK, MARKED = "hw_mark", "hw_marked"  # per query: the copy's offset; per source row: is it the copy
+_MARK, MARKED = "hw_mark", "hw_marked"  # per query: the copy's offset; per source row: the reader id of a copy, else 0
 
 
 def _marked_events(view: ViewPlan, src: SourceBinding, r: int, where: str) -> str:
@@ -169,8 +170,8 @@ def _marked_events(view: ViewPlan, src: SourceBinding, r: int, where: str) -> st
     the query aggregates is null in it, so its group holds no state beyond a few scalars."""
     columns = {f.column for f in view.fields} | {view.event_time_field, view.entity_key}
     columns |= {_last_col(f) for f in view.fields if f.kind == "last"}
-    ev, copy = f"NOT {q(MARKED)}", q(MARKED)
-    marker = "CONCAT(CHR(0), '" + MARKER_ENTITY[1:].replace("'", "''") + "')"
+    ev, copy = f"{q(MARKED)} = 0", f"{q(MARKED)} <> 0"
+    marker = f"CONCAT(CHR(0), '{MARKER_PREFIX[1:]}', CAST({q(MARKED)} AS STRING))"
     nulled = ",\n      ".join(f"CASE WHEN {ev} THEN {q(c)} END AS {q(c)}" for c in sorted(columns - {APPEND_MS}))
     return (f"(SELECT CASE WHEN {ev} THEN CAST({q(view.entity_key)} AS STRING) ELSE {marker} END AS hw_k_entity,\n"
             f"      CASE WHEN {ev} THEN {q(_tile_col(r))} ELSE -1 - CAST({q(PARTITION)} AS BIGINT) END AS hw_k_tile,\n"
@@ -240,13 +241,13 @@ def partition_slot(view: ViewPlan, resolution_ms: int) -> int:
 
 
 def tile_sink_ddl(view: ViewPlan, resolution_ms: int, value_schema: dict, tiles_topic: str, bootstrap: str,
-                  key_schema_id: int, value_schema_id: int) -> str:
+                  key_schema_id: int, value_schema_id: int, pinned: bool = False) -> str:
     """Upsert-Kafka, one table per query. The primary key is what the query groups by (entity,
     tile_start; progress: tile_start), so no UPDATE_BEFORE reaches the sink (upsert-kafka would
     write it as a tombstone before every tile update). The Kafka key is still the whole
     ``TileKey(view, entity, resolution_ms, tile_start)``: the ``headwater-tile-key`` format
-    (``streamjobs/java``) adds the parts fixed per table. All of a query's records go to one
-    partition, in order (idempotent producer): see the module docstring."""
+    (``streamjobs/java``) adds the parts fixed per table. ``pinned`` (with markers): all of a
+    query's records go to one partition, in order (idempotent producer): see the module docstring."""
     cols = [f"{q(n)} {t}" for n, t in ddl_columns(value_schema)]
     pk = ("tile_start",) if resolution_ms == PROGRESS_RESOLUTION else ("entity", "tile_start")
     cols.append(f"PRIMARY KEY ({', '.join(q(k) for k in pk)}) NOT ENFORCED")
@@ -256,10 +257,11 @@ def tile_sink_ddl(view: ViewPlan, resolution_ms: int, value_schema: dict, tiles_
             "key.headwater-tile-key.resolution-ms": str(resolution_ms),
             **({"key.headwater-tile-key.entity": ""} if resolution_ms == PROGRESS_RESOLUTION else {}),
             "value.format": "headwater-avro", "value.headwater-avro.schema-id": str(value_schema_id),
-            "value.fields-include": "ALL",
-            "properties.partitioner.class": PARTITIONER_CLASS,
-            f"properties.{PARTITION_SLOT}": str(partition_slot(view, resolution_ms)),
-            "properties.enable.idempotence": "true"}  # order kept within a partition, retries included
+            "value.fields-include": "ALL"}
+    if pinned:
+        opts.update({"properties.partitioner.class": PARTITIONER_CLASS,
+                     f"properties.{PARTITION_SLOT}": str(partition_slot(view, resolution_ms)),
+                     "properties.enable.idempotence": "true"})  # order kept within a partition, retries included
     return (f"CREATE TEMPORARY TABLE {q(tile_sink_table(view, resolution_ms))} (\n  " + ",\n  ".join(cols)
             + f"\n) WITH (\n  {_with(opts)}\n)")
 
@@ -315,6 +317,6 @@ def compile_job(plan: FeaturePlan, sources: dict[str, SourceBinding], tiles_topi
     for view in plan.views:
         schema, sid = value_schemas[view.name]
         for r, select in tile_selects(view, sources[view.topic], markers):
-            ddl.append(tile_sink_ddl(view, r, schema, tiles_topic, bootstrap, key_schema_id, sid))
+            ddl.append(tile_sink_ddl(view, r, schema, tiles_topic, bootstrap, key_schema_id, sid, markers))
             inserts.append(f"INSERT INTO {q(tile_sink_table(view, r))}\n{select}")
     return CompiledJob(tuple(ddl), tuple(inserts), job_config(mode, checkpoint_dir, markers=markers), markers)

@@ -64,13 +64,17 @@ def bindings(repo, defs):
     return sources, key_id, values
 
 
+def markers_default(mode: str = "streaming") -> bool:
+    """Markers (the writer's exact as_of rule, ``streamjobs.compiler``) need streaming at parallelism 1."""
+    return mode == "streaming" and default_parallelism() == 1
+
+
 def compile_features(conn: Connection, repo, defs, *, bounds=None, mode="streaming", checkpoint_dir=None,
                      group_id: str | None = None, markers: bool | None = None):
-    """``markers``: default on in streaming at parallelism 1 (``default_parallelism``), the only
-    setting where the writer's exact as_of rule holds (``streamjobs.compiler``)."""
+    """``markers``: default ``markers_default(mode)``."""
     from streamjobs.compiler import KafkaBounds, compile_job
     if markers is None:
-        markers = mode == "streaming" and default_parallelism() == 1
+        markers = markers_default(mode)
     sources, key_id, values = bindings(repo, defs)
     return compile_job(defs.plan, sources, repo.topics.tiles.name, conn.bootstrap_servers, key_id, values,
                        group_id or f"headwater-features-{repo.project}", bounds or KafkaBounds(), mode,
@@ -112,9 +116,10 @@ def submit(conn: Connection, job, mode="streaming", restore_from: str | None = N
 STATE_FORMAT = 3
 
 
-def checkpoint_dir(project: str) -> Path:
+def checkpoint_dir(project: str, markers: bool = True) -> Path:
+    """Jobs with and without markers keep their checkpoints apart: neither restores the other's."""
     from headwater.config import stack_dir
-    return stack_dir() / "flink" / project / "checkpoints" / f"state-v{STATE_FORMAT}"
+    return stack_dir() / "flink" / project / "checkpoints" / f"state-v{STATE_FORMAT}{'' if markers else '-wide'}"
 
 
 def older_checkpoints(directory: Path) -> list[Path]:
@@ -141,14 +146,15 @@ def run_streaming(conn: Connection, repo, defs, *, fresh: bool = False, progress
     Returns the TableResult; the job runs in this process's MiniCluster until the process ends.
     Tile writes are whole-IR upserts, so resuming (even replaying some events twice) never double counts.
     """
-    ckpt = checkpoint_dir(repo.project)
+    ckpt = checkpoint_dir(repo.project, markers_default())
     ckpt.mkdir(parents=True, exist_ok=True)
     restore = None if fresh else latest_checkpoint(ckpt)
     if restore is None and not fresh:
         stale = older_checkpoints(ckpt)
         if stale:
-            raise StackError(f"checkpoint {stale[-1]} was written by an older Headwater whose accumulator format this "
-                             "version cannot restore: rerun with `--fresh` to start from the committed offsets "
+            raise StackError(f"checkpoint {stale[-1]} was written by an older Headwater, or by this job at another "
+                             "parallelism (HEADWATER_FLINK_PARALLELISM: 1 runs with markers, more without), and "
+                             "cannot be restored: rerun with `--fresh` to start from the committed offsets "
                              "(tiles still open at the restart then hold only the events read after it)")
     job = compile_features(conn, repo, defs, checkpoint_dir=ckpt.as_uri())
     progress(f"features job: {len(defs.plan.views)} view(s), {len(job.inserts)} tile queries, "

@@ -8,6 +8,7 @@ events up to the previous marker has been read, with at least those events in it
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import struct
 import threading
 import time
@@ -17,7 +18,7 @@ import pytest
 import yaml
 
 from online_store.markers import MarkerTracker
-from online_store.tiles import MARKER_ENTITY
+from online_store.tiles import MARKER_PREFIX
 from streamjobs.dsl import Aggregation, Entity, FeatureView, Source
 from streamjobs.plan import build_plan
 
@@ -39,50 +40,50 @@ def test_a_marker_confirms_the_one_before_it_for_every_resolution() -> None:
     low, high = vp.ladder[0], vp.ladder[-1]
     assert low != high
     t = MarkerTracker(plan)
-    t.add("v", low, 0, 33, 1000)
-    t.add("v", low, 0, 65, 2000)
+    t.add("v", low, 0, "a", 33, 1000)
+    t.add("v", low, 0, "a", 65, 2000)
     assert t.confirmed() == []  # the other resolution has no pair yet
-    t.add("v", high, 0, 97, 3000)
+    t.add("v", high, 0, "a", 97, 3000)
     assert t.confirmed() == []
-    t.add("v", high, 0, 129, 4000)
+    t.add("v", high, 0, "a", 129, 4000)
     [rec] = t.confirmed()  # low confirms (33, 1000), high (97, 3000): the smaller holds
     assert (rec["tile_start"], rec["n_events"], rec["max_append_ms"], rec["resolution_ms"]) == (0, 33, 1000, 0)
     assert rec["plan_hash"] == vp.plan_hash and rec["view"] == "v"
     assert t.confirmed() == []  # nothing new
-    t.add("v", low, 0, 161, 5000)
+    t.add("v", low, 0, "a", 161, 5000)
     [rec] = t.confirmed()
     assert (rec["n_events"], rec["max_append_ms"]) == (65, 2000)
 
 
-def test_a_reread_marker_is_not_a_newer_one_and_a_lower_one_starts_over() -> None:
+def test_only_markers_of_one_reader_pair_up_and_a_reread_is_not_a_newer_one() -> None:
     plan = _plan()
     vp = plan.views[0]
     t = MarkerTracker(plan)
     for r in vp.ladder:
-        t.add("v", r, 1, 33, 1000)
-        t.add("v", r, 1, 33, 1000)  # the same marker read again (a writer restart)
+        t.add("v", r, 1, "a", 33, 1000)
+        t.add("v", r, 1, "a", 33, 1000)  # the same marker read again (a writer restart)
     assert t.confirmed() == []
     for r in vp.ladder:
-        t.add("v", r, 1, 65, 2000)
-    assert [x["n_events"] for x in t.confirmed()] == [33]
+        t.add("v", r, 1, "b", 70, 2500)  # a restored job: another reader, its first marker
+    assert t.confirmed() == []  # never confirms reader a's last marker (its flush may have been cut short)
     for r in vp.ladder:
-        t.add("v", r, 1, 40, 1500)  # the job restarted from a checkpoint: the pair starts over
+        t.add("v", r, 1, "b", 90, 2600)
+    assert [x["n_events"] for x in t.confirmed()] == [70]
     for r in vp.ladder:
-        t.add("v", r, 1, 70, 2500)
-    # (40, 1500) is sent: below what was sent before, and the store keeps the max of both
-    assert [x["n_events"] for x in t.confirmed()] == [40]
-    t.add("other", vp.ladder[0], 1, 99, 1)  # unknown view, unknown resolution: ignored
-    t.add("v", 7, 1, 99, 1)
+        t.add("v", r, 1, "a", 99, 2700)  # reader a's pair confirms 33: below what holds already
+    assert t.confirmed() == []
+    t.add("other", vp.ladder[0], 1, "a", 99, 1)  # unknown view, unknown resolution: ignored
+    t.add("v", 7, 1, "a", 99, 1)
     assert t.confirmed() == []
 
 
 # ---------------------------------------------------------------- the real job
 
 
-def _one_partition_repo(temp_repo):
+def _two_partition_repo(temp_repo):
     from headwater.config import load_repo
     cfg = yaml.safe_load((temp_repo / "headwater.yaml").read_text())
-    cfg["topics"]["events"].update({"log_append_time": False, "partitions": 1})
+    cfg["topics"]["events"].update({"log_append_time": False, "partitions": 2})
     (temp_repo / "headwater.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     return load_repo(temp_repo)
 
@@ -125,7 +126,7 @@ def test_markers_prove_what_the_writer_has_read(stack, temp_repo, unique) -> Non
     from streamjobs.job import compile_features, submit
     from streamjobs.repo import load_definitions
 
-    repo = _one_partition_repo(temp_repo)
+    repo = _two_partition_repo(temp_repo)
     create_topics(stack, repo.topics)
     defs = load_definitions(repo)
     now = int(time.time() * 1000)
@@ -134,57 +135,70 @@ def test_markers_prove_what_the_writer_has_read(stack, temp_repo, unique) -> Non
     codec = codec_for(repo, "events")
     p = Producer({"bootstrap.servers": stack.bootstrap_servers, "enable.idempotence": True, "linger.ms": 5})
     topic = repo.topics.events.name
-    appends = []  # (offset, append ms) per event, in order
+    where: list[tuple[int, int]] = []  # (partition, offset) per event
+    appends: dict[tuple[int, int], int] = {}
+    count = [0, 0]
     for i, e in enumerate(events):
-        append = now - 60_000 + i  # CreateTime: the append time is ours, one ms apart
-        appends.append(append)
-        p.produce(topic, codec.encode(e), e["card_id"].encode(), partition=0, timestamp=append)
+        part = i % 3 % 2  # uneven: two of three events to partition 0
+        where.append((part, count[part]))
+        appends[(part, count[part])] = now - 60_000 + i  # CreateTime: the append time is ours
+        p.produce(topic, codec.encode(e), e["card_id"].encode(), partition=part, timestamp=now - 60_000 + i)
+        count[part] += 1
     assert p.flush(60) == 0
     job = compile_features(stack, repo, defs, bounds=KafkaBounds(startup="earliest-offset", bounded="latest-offset"),
                            group_id=f"markers-{unique}")
     assert job.markers
-    submit(stack, job).wait(600_000)
+    # many flushes (the size trigger counts rows per aggregate): many marker pairs to check, and
+    # flushes in the middle of a mini-batch, which a two-phase aggregation would reorder
+    submit(stack, dataclasses.replace(job, config={**job.config, "table.exec.mini-batch.size": "256"})).wait(600_000)
 
     by_part = _read_in_order(stack, repo)
     lateness = {v.name: v.allowed_lateness_ms for v in defs.plan.views}
     key_field = {v.name: v.entity_key for v in defs.plan.views}
     et = {v.name: v.event_time_field for v in defs.plan.views}
-    # per query: offsets of its on-time events per tile key, sorted
-    expected: dict[tuple[str, int], dict[tuple[str, int], list[int]]] = defaultdict(lambda: defaultdict(list))
+    # per query and source partition: offsets of its on-time events per tile key, sorted
+    expected: dict[tuple[str, int, int], dict[tuple[str, int], list[int]]] = defaultdict(lambda: defaultdict(list))
     for vp in defs.plan.views:
-        for off, e in enumerate(events):
-            if appends[off] - e[et[vp.name]] > lateness[vp.name]:
+        for i, e in enumerate(events):
+            part, off = where[i]
+            if appends[(part, off)] - e[et[vp.name]] > lateness[vp.name]:
                 continue
             for r in vp.ladder:
-                expected[(vp.name, r)][(str(e[key_field[vp.name]]), e[et[vp.name]] - e[et[vp.name]] % r)].append(off)
+                tile = (str(e[key_field[vp.name]]), e[et[vp.name]] - e[et[vp.name]] % r)
+                expected[(vp.name, r, part)][tile].append(off)
     home: dict[tuple[str, int], int] = {}
     checked = 0
-    for part, recs in by_part.items():
+    for tiles_part, recs in by_part.items():
         seen: dict[tuple[str, int], dict[tuple[str, int], int]] = defaultdict(dict)
-        last_marker: dict[tuple[str, int], int] = {}
+        last_marker: dict[tuple[str, int, int, str], int] = {}
         for rec in recs:
             q = (rec["view"], rec["resolution_ms"])
-            assert home.setdefault(q, part) == part, f"query {q} writes more than one tiles partition"
+            assert home.setdefault(q, tiles_part) == tiles_part, f"query {q} writes more than one tiles partition"
             if q[1] == 0:
                 continue  # progress
-            if rec["entity"] != MARKER_ENTITY:
+            if not rec["entity"].startswith(MARKER_PREFIX):
                 seen[q][(rec["entity"], rec["tile_start"])] = rec["n_events"]
                 continue
-            assert rec["tile_start"] == -1  # source partition 0
-            assert rec["max_append_ms"] == appends[rec["n_events"] - 1]  # the copied record's append time
-            before = last_marker.get(q)
+            part = -1 - rec["tile_start"]
+            assert part in (0, 1)
+            assert rec["max_append_ms"] == appends[(part, rec["n_events"] - 1)]  # the copied record's append time
+            mk = (*q, part, rec["entity"])
+            before = last_marker.get(mk)
             assert before is None or rec["n_events"] > before
-            last_marker[q] = rec["n_events"]
+            last_marker[mk] = rec["n_events"]
             if before is None:
                 continue
-            for tile, offs in expected[q].items():  # every tile of the events before `before` is in
+            # every tile holds at least the events of this partition before `before` (its other
+            # events come from the other partition: a tile may hold more, never fewer)
+            for tile, offs in expected[(*q, part)].items():
                 need = bisect.bisect_left(offs, before)
                 if need:
-                    assert seen[q].get(tile, 0) >= need, (q, tile, before, seen[q].get(tile), need)
+                    assert seen[q].get(tile, 0) >= need, (q, part, tile, before, seen[q].get(tile), need)
             checked += 1
     ladder = sum(len(v.ladder) for v in defs.plan.views)
     assert len([q for q in home if q[1] != 0]) == ladder
-    assert checked >= ladder, f"too few marker pairs to check ({checked}): the job made too few flushes"
+    assert len(set(home.values())) > 1  # the queries spread over the tiles partitions
+    assert checked >= 20 * ladder, f"too few marker pairs to check ({checked}): the job made too few flushes"
 
     # the writer, with a settle rule that never fires (10 min) and a CreateTime topic (no
     # idleness rule): whatever as_of it publishes comes from the markers alone
@@ -203,8 +217,8 @@ def test_markers_prove_what_the_writer_has_read(stack, temp_repo, unique) -> Non
             time.sleep(0.2)
         assert as_of and all(a is not None for a in as_of.values()), f"no as_of from markers: {as_of}"
         for vp in defs.plan.views:  # confirmed = a marker's event, at most the last one's
-            assert as_of[vp.name] in set(appends) and as_of[vp.name] <= appends[-1]
-            assert client.hget(keys.progress_key(repo.project, vp), "p:0") is not None
+            assert as_of[vp.name] in set(appends.values()) and as_of[vp.name] <= max(appends.values())
+            assert client.hget(keys.progress_key(repo.project, vp), "p:1") is not None
     finally:
         stop.set()
         th.join(30)

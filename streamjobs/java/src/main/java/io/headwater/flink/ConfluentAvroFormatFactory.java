@@ -52,9 +52,10 @@ public final class ConfluentAvroFormatFactory
                     .intType()
                     .defaultValue(0)
                     .withDescription(
-                            "Read only. When > 0 the table's last physical column is a BOOLEAN"
-                                    + " marker flag, false on every row; every mark-every-th record"
-                                    + " is emitted again right after itself with the flag true.");
+                            "Read only. When > 0 the table's last physical column is a BIGINT"
+                                    + " marker column, 0 on every row; every mark-every-th record"
+                                    + " is emitted again right after itself with the reader's id"
+                                    + " (random, never 0) there.");
 
     @Override
     public String factoryIdentifier() {
@@ -91,10 +92,10 @@ public final class ConfluentAvroFormatFactory
                 }
                 List<DataType> fields = physicalDataType.getChildren();
                 int n = fields.size();
-                if (n < 2 || fields.get(n - 1).getLogicalType().getTypeRoot() != LogicalTypeRoot.BOOLEAN) {
+                if (n < 2 || fields.get(n - 1).getLogicalType().getTypeRoot() != LogicalTypeRoot.BIGINT) {
                     throw new IllegalArgumentException(
-                            "format headwater-avro with 'mark-every' needs a last physical BOOLEAN"
-                                    + " column for the marker flag: declare it after the Avro fields");
+                            "format headwater-avro with 'mark-every' needs a last physical BIGINT"
+                                    + " column for the marker id: declare it after the Avro fields");
                 }
                 int[] avroFields = IntStream.range(0, n - 1).toArray();
                 DataType avroType = Projection.of(avroFields).project(physicalDataType);

@@ -17,10 +17,12 @@ import org.apache.flink.util.Collector;
  * metric: the feature job must not die on data. The scoring consumer routes the same records to
  * the dead-letter topic with a reason.
  *
- * <p>With {@code markEvery > 0} (the streaming features job) every row gets a last BOOLEAN
- * column, false, and every {@code markEvery}-th record read is emitted a second time right
- * after itself with true: the copy a tile query turns into its marker (Headwater's
- * {@code streamjobs/compiler.py}). Emitting it here, in the source, keeps it in the record's
+ * <p>With {@code markEvery > 0} (the streaming features job) every row gets a last BIGINT
+ * column, 0, and every {@code markEvery}-th record read is emitted a second time right after
+ * itself with this reader's id there: the copy a tile query turns into its marker (Headwater's
+ * {@code streamjobs/compiler.py}). The id is random and never 0, drawn at every {@code open},
+ * i.e. at every start of the job and every restore after a failure, so the writer never pairs
+ * markers from before a restore with markers from after it. Emitting it here, in the source, keeps it in the record's
  * place in the stream at no per-row cost to the queries (an {@code UNNEST} per query cost the
  * job 15-20 % of its throughput).
  */
@@ -33,6 +35,7 @@ final class FramedDeserializer implements DeserializationSchema<RowData> {
     private final TypeInformation<RowData> producedType;
     private transient Counter skipped;
     private transient int sinceMark;
+    private transient long readerId;
 
     FramedDeserializer(DeserializationSchema<RowData> avro, int expectedId) {
         this(avro, expectedId, 0, null);
@@ -58,14 +61,14 @@ final class FramedDeserializer implements DeserializationSchema<RowData> {
         }
         // the Kafka source casts what a format emits to GenericRowData, as Flink's Avro decoder makes
         GenericRowData in = (GenericRowData) row;
-        out.collect(flagged(in, false));
+        out.collect(flagged(in, 0L));
         if (++sinceMark >= markEvery) {
             sinceMark = 0;
-            out.collect(flagged(in, true));
+            out.collect(flagged(in, readerId));
         }
     }
 
-    private static GenericRowData flagged(GenericRowData in, boolean marked) {
+    private static GenericRowData flagged(GenericRowData in, long marked) {
         int n = in.getArity();
         GenericRowData row = new GenericRowData(in.getRowKind(), n + 1);
         for (int i = 0; i < n; i++) {
@@ -78,6 +81,11 @@ final class FramedDeserializer implements DeserializationSchema<RowData> {
     @Override
     public void open(InitializationContext context) throws Exception {
         avro.open(context);
+        long id = 0;
+        while (id <= 0) {
+            id = java.util.concurrent.ThreadLocalRandom.current().nextLong() >>> 1;
+        }
+        readerId = id;
         skipped = context.getMetricGroup().counter("headwaterSkipped");
     }
 

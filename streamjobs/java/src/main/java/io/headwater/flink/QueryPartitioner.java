@@ -19,6 +19,7 @@ public final class QueryPartitioner implements Partitioner {
     public static final String SLOT = "headwater.partition.slot";
 
     private int slot;
+    private int partitions = -1;
 
     @Override
     public void configure(Map<String, ?> configs) {
@@ -33,7 +34,16 @@ public final class QueryPartitioner implements Partitioner {
     public int partition(String topic, Object key, byte[] keyBytes, Object value, byte[] valueBytes,
                          Cluster cluster) {
         Integer n = cluster.partitionCountForTopic(topic);
-        return n == null || n <= 0 ? 0 : Math.floorMod(slot, n);
+        if (n == null || n <= 0) {
+            throw new IllegalStateException("no partition count for " + topic + " yet");
+        }
+        if (partitions < 0) {
+            partitions = n;
+        } else if (n != partitions) {  // the query would move: its old partition's backlog could be read after the new one's markers
+            throw new IllegalStateException("tiles topic " + topic + " went from " + partitions + " to " + n
+                    + " partitions: restart the features job (`headwater features run`)");
+        }
+        return Math.floorMod(slot, n);
     }
 
     @Override
