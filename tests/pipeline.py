@@ -103,9 +103,9 @@ def setup(stack: Connection, temp_repo: Path) -> RepoConfig:
     return repo
 
 
-def read_tiles(conn, repo):
-    """Latest tile record per key from the tiles topic (decoded with the ids in their headers).
-    Every record's Kafka key must be the TileKey of its value (compaction keeps one per tile)."""
+def tiles_in_order(conn, repo) -> dict[int, list[tuple[dict, dict]]]:
+    """Every (key, value) record of the tiles topic, decoded with the ids in their headers, per
+    partition in offset order (tombstones left out)."""
     from confluent_kafka import Consumer, TopicPartition
     from headwater.kafka_offsets import watermarks
     from schemas import AvroCodec, open_store
@@ -115,24 +115,35 @@ def read_tiles(conn, repo):
     md = c.list_topics(topic, timeout=10).topics[topic]
     ends = {p: hi for p, (_, hi) in watermarks(c, topic, md.partitions).items()}
     c.assign([TopicPartition(topic, p, 0) for p in md.partitions])
-    codecs, latest, done = {}, {}, {p: e == 0 for p, e in ends.items()}
+    codecs: dict = {}
+    out: dict[int, list[tuple[dict, dict]]] = {p: [] for p in md.partitions}
+
+    def decode(data: bytes) -> dict:
+        sid = struct.unpack(">I", data[1:5])[0]
+        return codecs.setdefault(sid, AvroCodec(store.get_by_id(sid), sid, store)).decode(data)
+
+    done = {p: e == 0 for p, e in ends.items()}
     while not all(done.values()):
         for m in c.consume(10_000, timeout=1.0):
             if m.error():
                 continue
             if m.offset() + 1 >= ends[m.partition()]:
                 done[m.partition()] = True
-            if m.value() is None:
-                continue
-            sid = struct.unpack(">I", m.value()[1:5])[0]
-            codec = codecs.setdefault(sid, AvroCodec(store.get_by_id(sid), sid, store))
-            r = codec.decode(m.value())
-            ksid = struct.unpack(">I", m.key()[1:5])[0]
-            key = codecs.setdefault(("key", ksid), AvroCodec(store.get_by_id(ksid), ksid, store)).decode(m.key())
+            if m.value() is not None:
+                out[m.partition()].append((decode(m.key()), decode(m.value())))
+    c.close()
+    return out
+
+
+def read_tiles(conn, repo):
+    """Latest tile record per key from the tiles topic. Every record's Kafka key must be the
+    TileKey of its value (compaction keeps one per tile)."""
+    latest = {}
+    for recs in tiles_in_order(conn, repo).values():
+        for key, r in recs:
             k = (r["view"], r["entity"], r["resolution_ms"], r["tile_start"])
             assert (key["view"], key["entity"], key["resolution_ms"], key["tile_start"]) == k, (key, k)
             latest[k] = r
-    c.close()
     return latest
 
 

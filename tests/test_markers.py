@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-import struct
 import threading
 import time
 from collections import defaultdict
@@ -18,6 +17,7 @@ import pytest
 import yaml
 
 from online_store.markers import MarkerTracker
+from tests.pipeline import tiles_in_order
 from online_store.tiles import MARKER_PREFIX
 from streamjobs.dsl import Aggregation, Entity, FeatureView, Source
 from streamjobs.plan import build_plan
@@ -88,31 +88,6 @@ def _two_partition_repo(temp_repo):
     return load_repo(temp_repo)
 
 
-def _read_in_order(conn, repo):
-    """Every tiles-topic record, decoded, per partition in offset order."""
-    from confluent_kafka import Consumer, TopicPartition
-    from headwater.kafka_offsets import watermarks
-    from schemas import AvroCodec, open_store
-    store = open_store(repo.resolve(repo.schema_store))
-    topic = repo.topics.tiles.name
-    c = Consumer({"bootstrap.servers": conn.bootstrap_servers, "group.id": "markers-check", "enable.auto.commit": False})
-    md = c.list_topics(topic, timeout=10).topics[topic]
-    ends = {p: hi for p, (_, hi) in watermarks(c, topic, md.partitions).items()}
-    c.assign([TopicPartition(topic, p, 0) for p in md.partitions])
-    codecs, out = {}, defaultdict(list)
-    left = sum(ends.values())
-    while left > 0:
-        for m in c.consume(10_000, timeout=1.0):
-            if m.error():
-                continue
-            left -= 1
-            sid = struct.unpack(">I", m.value()[1:5])[0]
-            codec = codecs.setdefault(sid, AvroCodec(store.get_by_id(sid), sid, store))
-            out[m.partition()].append(codec.decode(m.value()))
-    c.close()
-    return out
-
-
 @pytest.mark.integration
 @pytest.mark.flink
 def test_markers_prove_what_the_writer_has_read(stack, temp_repo, unique) -> None:
@@ -152,7 +127,7 @@ def test_markers_prove_what_the_writer_has_read(stack, temp_repo, unique) -> Non
     # flushes in the middle of a mini-batch, which a two-phase aggregation would reorder
     submit(stack, dataclasses.replace(job, config={**job.config, "table.exec.mini-batch.size": "256"})).wait(600_000)
 
-    by_part = _read_in_order(stack, repo)
+    by_part = {p: [v for _, v in recs] for p, recs in tiles_in_order(stack, repo).items()}
     lateness = {v.name: v.allowed_lateness_ms for v in defs.plan.views}
     key_field = {v.name: v.entity_key for v in defs.plan.views}
     et = {v.name: v.event_time_field for v in defs.plan.views}
