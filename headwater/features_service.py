@@ -29,7 +29,7 @@ def _sigterm_as_interrupt() -> None:
 
 
 def _writer_metrics(port: int | None):
-    """Writer metrics (lag, tiles written, freshness histogram, as_of age) on http://:port/metrics."""
+    """Writer metrics (lag, tiles written, freshness histogram, as_of age, progress by rule) on http://:port/metrics."""
     if not port:
         return None
     from prometheus_client import start_http_server

@@ -32,6 +32,9 @@ class WriterMetrics:
         self.freshness = Histogram("headwater_writer_freshness_seconds",
                                    "now - max_append_ms of each tile when written", buckets=_FRESHNESS_BUCKETS, registry=r)
         self.as_of_age = Gauge("headwater_writer_as_of_age_seconds", "now - published as_of", ["view"], registry=r)
+        self.progress = Counter("headwater_writer_progress_published",
+                                "Per-partition progress values published, by the rule that vouched for them "
+                                "(markers: exact; settle: the 1 s fallback)", ["rule"], registry=r)
 
 
 class ReaderMetrics:

@@ -596,6 +596,8 @@ def _write_loop(consumer: Any, ends: _EndOffsets, writer: TileWriter, decoder: _
         confirmed = markers.confirmed()  # exact: every tile read so far, this batch's too, is in Redis
         if confirmed:
             as_of.update(writer.publish_progress(confirmed))
+            if writer.metrics is not None:
+                writer.metrics.progress.labels("markers").inc(len(confirmed))
         if offsets:
             for p, o in offsets.items():
                 pos[p] = max(pos.get(p, 0), o)
@@ -610,6 +612,8 @@ def _write_loop(consumer: Any, ends: _EndOffsets, writer: TileWriter, decoder: _
         ready = settler.poll(now, pos, lambda: ends(parts) if parts else None)
         if ready:
             as_of.update(writer.publish_progress(ready))
+            if writer.metrics is not None:
+                writer.metrics.progress.labels("settle").inc(len(ready))
         held = settler.held()
         safe = {p: min(o, held.get(p, o)) for p, o in read_to.items()}  # tiles up to there are in Redis
         mine = set(parts)  # a partition revoked by a rebalance cannot have offsets stored

@@ -97,6 +97,7 @@ def test_markers_prove_what_the_writer_has_read(stack, temp_repo, unique) -> Non
     from headwater.repo_schemas import codec_for
     from headwater.topics import create_topics
     from online_store import fetch, keys, run_writer
+    from online_store.metrics import WriterMetrics
     from streamjobs.compiler import KafkaBounds
     from streamjobs.job import compile_features, submit
     from streamjobs.repo import load_definitions
@@ -178,9 +179,10 @@ def test_markers_prove_what_the_writer_has_read(stack, temp_repo, unique) -> Non
     # the writer, with a settle rule that never fires (10 min) and a CreateTime topic (no
     # idleness rule): whatever as_of it publishes comes from the markers alone
     client = redis_lib.Redis.from_url(stack.redis_url)
-    stop, out = threading.Event(), {}
+    stop, out, metrics = threading.Event(), {}, WriterMetrics()
     th = threading.Thread(target=lambda: out.update(stats=run_writer(
-        stack, repo, defs.plan, group_id=f"w-{unique}", stop_event=stop, settle_ms=600_000, redis_client=client)))
+        stack, repo, defs.plan, group_id=f"w-{unique}", stop_event=stop, settle_ms=600_000, redis_client=client,
+        metrics=metrics)))
     th.start()
     try:
         deadline = time.monotonic() + 60
@@ -198,5 +200,8 @@ def test_markers_prove_what_the_writer_has_read(stack, temp_repo, unique) -> Non
         stop.set()
         th.join(30)
     assert out["stats"].markers > 0 and out["stats"].written > 0
+    published = {smp.labels["rule"]: smp.value for metric in metrics.progress.collect() for smp in metric.samples
+                 if smp.name.endswith("_total")}
+    assert published.get("markers", 0) > 0 and published.get("settle", 0) == 0, published
     for k in client.scan_iter(match=keys.project_pattern(repo.project)):
         client.delete(k)
