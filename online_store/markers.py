@@ -15,8 +15,9 @@ partitions whose events stopped before a second marker).
 Markers carry the id of the source reader that made them (random, new at every job start and
 every restore after a failure), and only two markers of one id pair up: a restored job's markers
 start new pairs, so a flush cut short by a crash is never confirmed by the next run's markers, and
-two jobs writing one tiles topic never confirm each other. A confirmation stays true across runs (its tiles are in Redis), so per
-(view, resolution, partition) the writer keeps the highest of any run. Still not covered: after a
+two jobs writing one tiles topic never confirm each other. A confirmation stays true across runs
+(its tiles are in Redis), so per (view, resolution, partition) the writer keeps the highest of any
+run. Still not covered: after a
 failed send the Kafka producer may go on writing later records (an idempotent producer keeps the
 order of what it writes, not the absence of gaps); the Flink job then fails and replays from its
 checkpoint, and until it has, a later marker pair can vouch for the tiles that send lost.
@@ -37,7 +38,7 @@ class MarkerTracker:
 
     def __init__(self, plan: FeaturePlan) -> None:
         self._views = {v.name: v for v in plan.views}
-        # (view, resolution, partition, marker entity: the reader id) -> the latest marker read, (next_offset, append_ms)
+        # (view, resolution, partition, marker entity = reader id) -> latest marker: (next_offset, append_ms)
         self._last: dict[tuple[str, int, int, str], tuple[int, int]] = {}
         self._confirmed: dict[tuple[str, int, int], tuple[int, int]] = {}
         self._sent: dict[tuple[str, int], tuple[int, int]] = {}

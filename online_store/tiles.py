@@ -28,8 +28,8 @@ a failure, so markers of two runs, or of two jobs, never pair up. ``tile_start``
 ``-1 - partition`` (the source partition), ``n_events`` the next offset after the newest copied
 record and ``max_append_ms`` the newest append time among the copies (that record's, as append
 times do not decrease along a partition); the IR fields are those of no events. Once a query's
-*next* marker of the same reader id for the partition is read, every tile the query emitted before this
-one has been read (``online_store.markers``).
+*next* marker of the same reader id for the partition is read, every tile the query emitted
+before this one has been read (``online_store.markers``).
 
 Version (monotonic writes): ``(n_events, max_append_ms)``. A tile only ever gains events, so a
 newer version of a tile has strictly more of them; a replayed or duplicated tile carries the
@@ -46,12 +46,12 @@ from streamjobs.plan import ViewPlan
 
 __all__ = ["TILE_KEY_SCHEMA", "HEADER_FIELDS", "PROGRESS_RESOLUTION", "tile_value_schema",
            "tile_subject", "key_subject", "is_progress", "tile_ir", "tile_version", "MARKER_PREFIX",
-           "MARK_EVERY", "is_marker"]
+           "MARK_EVERY", "is_marker", "marker_key"]
 
 PROGRESS_RESOLUTION = 0
-#: A marker's entity starts so (the source reader's id follows). Markers also carry ``tile_start = -1 -
-#: partition``: a tile's start is never negative (an event is on time only within the lateness of
-#: its append time), so an event whose key happens to start so cannot pass for a marker.
+#: A marker's entity starts so (the source reader's id follows). Markers also carry
+#: ``tile_start = -1 - partition``: a tile's start is never negative (an event is on time only
+#: within the lateness of its append time), so an event whose key starts so cannot pass for one.
 MARKER_PREFIX = "\x00hw-marker:"
 #: One record in this many that the streaming job reads also feeds its queries' markers.
 MARK_EVERY = 32
@@ -108,8 +108,13 @@ def is_progress(record: Mapping[str, Any]) -> bool:
     return record["resolution_ms"] == PROGRESS_RESOLUTION
 
 
+def marker_key(entity: str, tile_start: int) -> bool:
+    """Whether a tile key is a marker's: the one test, for decoded records and generated-path tuples."""
+    return tile_start < 0 and entity.startswith(MARKER_PREFIX)
+
+
 def is_marker(record: Mapping[str, Any]) -> bool:
-    return record["tile_start"] < 0 and record["entity"].startswith(MARKER_PREFIX)
+    return marker_key(record["entity"], record["tile_start"])
 
 
 def tile_ir(view: ViewPlan, record: Mapping[str, Any]) -> dict[str, Any]:

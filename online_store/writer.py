@@ -63,7 +63,7 @@ from online_store import keys
 from online_store.errors import StoreUnavailableError
 from online_store.metrics import WriterMetrics
 from online_store.markers import MarkerTracker
-from online_store.tiles import MARKER_PREFIX, is_marker, is_progress, tile_ir, tile_value_schema, tile_version
+from online_store.tiles import is_marker, marker_key, is_progress, tile_ir, tile_value_schema, tile_version
 from online_store.transcode import ERRORS as TRANSCODE_ERRORS
 from online_store.transcode import Transcoded, compile_transcoder
 from schemas.store import canonical_json
@@ -177,16 +177,13 @@ class TileWriter:
         progress: list[Mapping[str, Any]] = []
         now_s = self._clock()
         fresh = self.metrics.freshness.observe if self.metrics is not None else None
-        for name, (entity, r, s, n, a, value) in transcoded:
-            if s < 0 and entity.startswith(MARKER_PREFIX):  # the Kafka loop takes markers out first; never stored
-                stats.markers += 1
-                continue
+        for name, (entity, r, s, n, a, value) in transcoded:  # markers: taken out by the Kafka loop
             index, args = per_view.setdefault(name, ({}, []))
             args.append((index.setdefault(entity, len(index) + 1), r, s, n, a, value))
             if fresh is not None:
                 fresh(max(0.0, now_s - a / 1000.0))
         stats.records += len(transcoded)
-        stats.transcoded += len(transcoded) - stats.markers
+        stats.transcoded += len(transcoded)
         for rec in records:
             if rec is None:
                 continue
@@ -563,9 +560,9 @@ def _write_loop(consumer: Any, ends: _EndOffsets, writer: TileWriter, decoder: _
                 continue
             fast = decoder.transcode(value)
             if fast is not None:
-                entity, r, start, n, a, _ = fast[1]
-                if start < 0 and entity.startswith(MARKER_PREFIX):
-                    markers.add(fast[0], r, -1 - start, entity, n, a)
+                t = fast[1]  # (entity, resolution, tile_start, n_events, max_append_ms, value)
+                if marker_key(t[0], t[2]):
+                    markers.add(fast[0], t[1], -1 - t[2], t[0], t[3], t[4])
                     total.records += 1
                     total.markers += 1
                 else:

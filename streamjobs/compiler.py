@@ -230,7 +230,7 @@ def tile_sink_table(view: ViewPlan, resolution_ms: int) -> str:
     return f"tiles__{view.name}__{resolution_ms}"
 
 
-#: the Kafka partitioner every tile sink uses (``streamjobs/java``), and where it reads its slot
+#: the Kafka partitioner of every tile sink of a job with markers (``streamjobs/java``), and its slot option
 PARTITIONER_CLASS, PARTITION_SLOT = "io.headwater.flink.QueryPartitioner", "headwater.partition.slot"
 
 

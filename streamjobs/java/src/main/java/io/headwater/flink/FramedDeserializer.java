@@ -1,6 +1,7 @@
 package io.headwater.flink;
 
 import java.util.Arrays;
+import java.util.concurrent.ThreadLocalRandom;
 
 import org.apache.flink.api.common.serialization.DeserializationSchema;
 import org.apache.flink.api.common.typeinfo.TypeInformation;
@@ -22,9 +23,9 @@ import org.apache.flink.util.Collector;
  * itself with this reader's id there: the copy a tile query turns into its marker (Headwater's
  * {@code streamjobs/compiler.py}). The id is random and never 0, drawn at every {@code open},
  * i.e. at every start of the job and every restore after a failure, so the writer never pairs
- * markers from before a restore with markers from after it. Emitting it here, in the source, keeps it in the record's
- * place in the stream at no per-row cost to the queries (an {@code UNNEST} per query cost the
- * job 15-20 % of its throughput).
+ * markers from before a restore with markers from after it. Emitting the copy here, in the
+ * source, keeps it in the record's place in the stream at no per-row cost to the queries (an
+ * {@code UNNEST} per query cost the job 15-20 % of its throughput).
  */
 final class FramedDeserializer implements DeserializationSchema<RowData> {
     private static final long serialVersionUID = 1L;
@@ -83,7 +84,7 @@ final class FramedDeserializer implements DeserializationSchema<RowData> {
         avro.open(context);
         long id = 0;
         while (id <= 0) {
-            id = java.util.concurrent.ThreadLocalRandom.current().nextLong() >>> 1;
+            id = ThreadLocalRandom.current().nextLong() >>> 1;
         }
         readerId = id;
         skipped = context.getMetricGroup().counter("headwaterSkipped");

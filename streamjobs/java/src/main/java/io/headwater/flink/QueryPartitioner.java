@@ -39,7 +39,8 @@ public final class QueryPartitioner implements Partitioner {
         }
         if (partitions < 0) {
             partitions = n;
-        } else if (n != partitions) {  // the query would move: its old partition's backlog could be read after the new one's markers
+        } else if (n != partitions) {
+            // the query would move: its old partition's backlog could be read after the new one's markers
             throw new IllegalStateException("tiles topic " + topic + " went from " + partitions + " to " + n
                     + " partitions: restart the features job (`headwater features run`)");
         }
