@@ -27,7 +27,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from headwater import produce  # noqa: E402
-from headwater.config import clone_repo, load_connection, load_repo  # noqa: E402
+from headwater.config import load_connection, load_repo  # noqa: E402
+from headwater.teardown import scratch_repo  # noqa: E402
+from headwater.topics import delete_topics  # noqa: E402
 from headwater.generator import GeneratorConfig  # noqa: E402
 from headwater.topics import create_topics  # noqa: E402
 from streamjobs.compiler import KafkaBounds  # noqa: E402
@@ -35,8 +37,9 @@ from streamjobs.job import compile_features, default_parallelism, submit  # noqa
 from streamjobs.repo import load_definitions  # noqa: E402
 
 
-def temp_repo(src: Path, suffix: str) -> Path:
-    return clone_repo(src, Path(tempfile.mkdtemp()) / "repo", suffix)
+def temp_repo(src: Path, suffix: str):
+    """A suffixed copy of ``src`` whose topics, keys and Flink state go when the block ends."""
+    return scratch_repo(src, Path(tempfile.mkdtemp()) / "repo", suffix)
 
 
 def topic_counts(conn, topic: str) -> tuple[int, int]:
@@ -74,32 +77,33 @@ def main() -> None:
     overrides = dict(kv.split("=", 1) for kv in args.set)
     conn = load_connection()
     suffix = uuid.uuid4().hex[:6]
-    repo_dir = temp_repo(Path(args.repo), suffix)
-    repo = load_repo(repo_dir)
-    create_topics(conn, repo.topics)
-    rate = 100_000.0
-    cfg = GeneratorConfig(rate=rate, entities=50_000, duration_s=args.events / rate, seed=9)
-    out = produce.to_kafka(repo_dir, cfg, pace=False, quiet=True)
-    n = out["events"]
-    defs = load_definitions(repo)
-    rows = []
-    for mode in args.modes.split(","):
-        tiles_name = f"bench.tiles.{mode}.{suffix}"
-        r2 = repo.copy_with(topics={**repo.topics.model_dump(by_alias=True),
-                                    "tiles": {**repo.topics.tiles.model_dump(by_alias=True), "name": tiles_name}})
-        create_topics(conn, r2.topics)
-        job = compile_features(conn, r2, defs, mode=mode, group_id=f"bench-{mode}-{suffix}",
-                               bounds=KafkaBounds(startup="earliest-offset", bounded="latest-offset"))
-        job = dataclasses.replace(job, config={**job.config, **overrides})
-        t0 = time.perf_counter()
-        res = submit(conn, job, mode=mode)
-        t_submit = time.perf_counter() - t0
-        res.wait()
-        total = time.perf_counter() - t0
-        values, tombstones = topic_counts(conn, tiles_name)
-        rows.append((mode, n, total, t_submit, values, tombstones))
-        print(f"{mode}: {n:,} events in {total:.1f}s (submit {t_submit:.1f}s); tiles topic: {values:,} values, "
-              f"{tombstones:,} tombstones", file=sys.stderr)
+    with temp_repo(Path(args.repo), suffix) as repo_dir:
+        repo = load_repo(repo_dir)
+        create_topics(conn, repo.topics)
+        rate = 100_000.0
+        cfg = GeneratorConfig(rate=rate, entities=50_000, duration_s=args.events / rate, seed=9)
+        out = produce.to_kafka(repo_dir, cfg, pace=False, quiet=True)
+        n = out["events"]
+        defs = load_definitions(repo)
+        rows = []
+        for mode in args.modes.split(","):
+            tiles_name = f"bench.tiles.{mode}.{suffix}"
+            r2 = repo.copy_with(topics={**repo.topics.model_dump(by_alias=True),
+                                        "tiles": {**repo.topics.tiles.model_dump(by_alias=True), "name": tiles_name}})
+            create_topics(conn, r2.topics)
+            job = compile_features(conn, r2, defs, mode=mode, group_id=f"bench-{mode}-{suffix}",
+                                   bounds=KafkaBounds(startup="earliest-offset", bounded="latest-offset"))
+            job = dataclasses.replace(job, config={**job.config, **overrides})
+            t0 = time.perf_counter()
+            res = submit(conn, job, mode=mode)
+            t_submit = time.perf_counter() - t0
+            res.wait()
+            total = time.perf_counter() - t0
+            values, tombstones = topic_counts(conn, tiles_name)
+            rows.append((mode, n, total, t_submit, values, tombstones))
+            print(f"{mode}: {n:,} events in {total:.1f}s (submit {t_submit:.1f}s); tiles topic: {values:,} values, "
+                  f"{tombstones:,} tombstones", file=sys.stderr)
+            delete_topics(conn, [tiles_name])  # not one of the repository's topics: teardown would miss it
     print(f"\nMachine: {platform.machine()}, {os.cpu_count()} cores; Flink 2.2.1 MiniCluster, parallelism {default_parallelism()}; "
           f"plan: {len(defs.plan.views)} views, "
           f"{sum(len(v.ladder) + 1 for v in defs.plan.views)} aggregations per event; overrides {overrides or 'none'}; "

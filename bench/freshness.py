@@ -55,8 +55,13 @@ from streamjobs.repo import load_definitions  # noqa: E402
 
 def one_rate(rate: float, seconds: float, warmup_s: float = 25.0, breakdown: bool = False,
              shape: str = "generated", warmup_load_s: float = 0.0, per_second: bool = False) -> dict:
+    with temp_repo(Path("examples/fraud"), f"fr{int(rate)}{os.getpid()}") as repo_dir:
+        return _one_rate(repo_dir, rate, seconds, warmup_s, breakdown, shape, warmup_load_s, per_second)
+
+
+def _one_rate(repo_dir: Path, rate: float, seconds: float, warmup_s: float, breakdown: bool,
+              shape: str, warmup_load_s: float, per_second: bool) -> dict:
     conn = load_connection()
-    repo_dir = temp_repo(Path("examples/fraud"), f"fr{int(rate)}{os.getpid()}")
     repo = load_repo(repo_dir)
     create_topics(conn, repo.topics)
     plan = load_definitions(repo).plan

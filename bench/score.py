@@ -43,9 +43,10 @@ REFS = ("card_velocity:txn_count_10m", "card_velocity:amount_sum_1h", "card_velo
         "card_velocity:amount_max_1h", "merchant_activity:merchant_txn_count_1h")
 
 
-def setup(tmp: Path, entities: int):
+def setup(path: Path, entities: int):
+    """Tiles and models for ``path``, a scratch copy of examples/fraud."""
     import redis as redis_lib
-    from headwater.config import clone_repo, load_connection, load_repo
+    from headwater.config import load_connection, load_repo
     from headwater.generator import GeneratorConfig, generate_table
     from headwater.topics import create_topics
     from online_store import TileWriter
@@ -54,7 +55,6 @@ def setup(tmp: Path, entities: int):
     from streamjobs.repo import load_definitions
     from test_online_store import progress_record, tile_records
 
-    path = clone_repo(ROOT / "examples" / "fraud", tmp / "repo", uuid.uuid4().hex[:8])
     repo, conn = load_repo(path), load_connection()
     create_topics(conn, repo.topics)
     plan = load_definitions(repo).plan
@@ -223,8 +223,10 @@ def main() -> None:
                     help="seconds of each offered rate not counted in its percentiles (first batches: cold caches, "
                          "the batch target adapting)")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as d:
-        path, repo, conn, rds = setup(Path(d), args.entities)
+    from headwater.teardown import scratch_repo
+    with tempfile.TemporaryDirectory() as d, \
+            scratch_repo(ROOT / "examples" / "fraud", Path(d) / "repo", uuid.uuid4().hex[:8]) as path:
+        path, repo, conn, rds = setup(path, args.entities)
         produce_fast(path, args.events, args.entities)
         ceil = ceiling(repo, conn, args.events, 4096)
         print(f"ceiling (bare consume->produce): {ceil:,.0f} events/s", flush=True)
@@ -236,9 +238,6 @@ def main() -> None:
             rows.append((f, sat * f, p50, p99, n))
             print(f"  offered {sat * f:,.0f}/s ({f:.0%} of max): p50 {p50:.1f} ms, p99 {p99:.1f} ms over {n:,} events",
                   flush=True)
-        ks = list(rds.scan_iter(match=f"hw1:{repo.project}:*", count=1000))
-        if ks:
-            rds.delete(*ks)
     print(f"\nheadwater / ceiling = {sat / ceil:.2f} (target >= 0.45); events/s per process {sat:,.0f} "
           f"(target >= 50,000)")
     half = [r for r in rows if abs(r[0] - 0.5) < 1e-9]

@@ -19,6 +19,7 @@ import argparse
 import os
 import platform
 import sys
+import tempfile
 import time
 import uuid
 from datetime import date
@@ -26,9 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.flink_job import temp_repo  # noqa: E402
 from headwater import produce  # noqa: E402
-from headwater.config import load_connection, load_repo  # noqa: E402
+from headwater.config import clone_repo, load_connection, load_repo  # noqa: E402
 from headwater.generator import GeneratorConfig  # noqa: E402
 from headwater.topics import create_topics  # noqa: E402
 from online_store.repo_fetch import redis_client  # noqa: E402
@@ -42,7 +42,7 @@ def fill(events: int) -> Path:
     """A fresh repository copy whose tiles topic holds the streaming job's output over ``events``."""
     conn = load_connection()
     suffix = uuid.uuid4().hex[:6]
-    repo_dir = temp_repo(Path("examples/fraud"), f"wr{suffix}")
+    repo_dir = clone_repo(Path("examples/fraud"), Path(tempfile.mkdtemp()) / "repo", f"wr{suffix}")  # kept for --repo
     repo = load_repo(repo_dir)
     create_topics(conn, repo.topics)
     rate = 10_000.0
@@ -91,7 +91,8 @@ def main() -> None:
             print(f"round {i + 1}, {'generated' if generated else 'full'} path: {x['records']:,} records in "
                   f"{x['wall']:.1f} s (writer CPU {x['cpu']:.1f} s, Redis {x['redis']:.1f} s)", file=sys.stderr, flush=True)
     print(f"\nMachine: {platform.machine()}, {os.cpu_count()} cores; Kafka and Redis on the same machine; "
-          f"tiles topic of {repo_dir}; date {date.today()}\n")
+          f"tiles topic of {repo_dir} (reuse it with --repo; remove it with `headwater teardown --repo {repo_dir} --yes`); "
+          f"date {date.today()}\n")
     print("| path | records | through the generated path | wall s | records/s | writer CPU s per 1M records "
           "| Redis CPU s per 1M records |")
     print("|---|---:|---:|---:|---:|---:|---:|")

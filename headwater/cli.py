@@ -57,6 +57,31 @@ def cmd_topics(args) -> int:
     return 0
 
 
+def cmd_teardown(args) -> int:
+    from headwater.config import load_connection, load_repo
+    from headwater.teardown import find, remove
+    conn = load_connection()
+    left = find(load_repo(args.repo), conn)
+    if left.empty:
+        print(f"nothing to remove for project {left.project}")
+        return 0
+    for t in left.topics:
+        print(f"topic          {t}")
+    for g in left.groups:
+        print(f"consumer group {g}")
+    print(f"redis keys     {left.redis_keys}")
+    if left.flink_dir:
+        print(f"flink state    {left.flink_dir}")
+    if not args.yes:
+        print("nothing removed: run again with --yes to delete these (stop the project's jobs first)")
+        return 0
+    problems = remove(left, conn)
+    for problem in problems:
+        print(problem)
+    print(f"removed: {left.summary()}" if not problems else "some parts were left: see above")
+    return 1 if problems else 0
+
+
 def cmd_schemas(args) -> int:
     from headwater import repo_schemas
     problems = repo_schemas.check_or_register(args.repo, register=args.action == "register")
@@ -197,6 +222,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("action", choices=["create"])
     t.add_argument("--repo", required=True, help="feature repository directory (with headwater.yaml)")
     t.set_defaults(func=cmd_topics)
+
+    td = sub.add_parser("teardown", help="delete a project's topics, consumer groups, Redis keys and Flink state")
+    td.add_argument("--repo", required=True)
+    td.add_argument("--yes", action="store_true", help="delete (without it: only list what would go)")
+    td.set_defaults(func=cmd_teardown)
 
     sc = sub.add_parser("schemas", help="check (backward compatibility) or register the repo's schemas")
     sc.add_argument("action", choices=["check", "register"])

@@ -73,7 +73,9 @@ def run(repo_path: str | Path, events: int = 20_000, rate: float = 1_000.0, scor
         return 0
     finally:
         stop(job)
-        print(f"\nfeatures job stopped (log: {log_path}). Stop the stack with `headwater stack down`.")
+        print(f"\nfeatures job stopped (log: {log_path}). Its copy of the repository, {repo_dir}, keeps its topics, "
+              f"keys and models for you to inspect: remove them with `headwater teardown --repo {repo_dir} --yes`; "
+              f"stop the stack with `headwater stack down`.")
 
 
 def _live(conn, repo, repo_dir, job, log_path, events, rate) -> tuple[list[dict], int]:

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaError, KafkaException
@@ -16,7 +17,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 from headwater.config import Connection, TopicsConfig, TopicSpec
 from headwater.errors import StackError
 
-__all__ = ["TopicResult", "topic_configs", "create_topics", "describe_topics"]
+__all__ = ["TopicResult", "topic_configs", "create_topics", "describe_topics", "existing_topics", "delete_topics"]
 
 
 @dataclass(frozen=True)
@@ -43,13 +44,38 @@ def admin(conn: Connection) -> AdminClient:
     return AdminClient({"bootstrap.servers": conn.bootstrap_servers, "log_level": 0})
 
 
-def create_topics(conn: Connection, topics: TopicsConfig, timeout: float = 30.0) -> list[TopicResult]:
-    client = admin(conn)
+def _metadata(client: AdminClient, conn: Connection, timeout: float) -> dict:
     try:
-        existing = client.list_topics(timeout=timeout).topics
+        return client.list_topics(timeout=timeout).topics
     except KafkaException as exc:
         raise StackError(f"cannot reach Kafka at {conn.bootstrap_servers} ({exc}): "
                          f"run `headwater stack up` or set HEADWATER_BOOTSTRAP_SERVERS") from exc
+
+
+def existing_topics(conn: Connection, timeout: float = 30.0) -> set[str]:
+    return set(_metadata(admin(conn), conn, timeout))
+
+
+def delete_topics(conn: Connection, names: Sequence[str], timeout: float = 30.0) -> list[str]:
+    """Delete ``names``; the ones already gone are skipped. Returns those deleted."""
+    if not names:
+        return []
+    deleted = []
+    client = admin(conn)  # held while its futures run
+    for name, fut in client.delete_topics(list(names), operation_timeout=timeout, request_timeout=timeout).items():
+        try:
+            fut.result()
+            deleted.append(name)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                raise StackError(f"deleting topic {name} failed: {exc.args[0]}; check the broker log "
+                                 f"(`headwater stack logs kafka`)") from exc
+    return sorted(deleted)
+
+
+def create_topics(conn: Connection, topics: TopicsConfig, timeout: float = 30.0) -> list[TopicResult]:
+    client = admin(conn)
+    existing = _metadata(client, conn, timeout)
     results: list[TopicResult] = []
     new: dict[str, tuple[str, NewTopic]] = {}
     for role, spec in topics.all().items():

@@ -26,6 +26,41 @@ def _healthy(conn: Connection) -> bool:
     return probe("kafka", conn.bootstrap_servers)[0] and probe("redis", redis_addr)[0]
 
 
+_SUFFIXES: set[str] = set()
+
+
+def new_suffix() -> str:
+    """A short unique suffix for a test's copy of the example (topics, project, groups); the
+    session removes what carries it when it ends."""
+    s = uuid.uuid4().hex[:8]
+    _SUFFIXES.add(s)
+    return s
+
+
+def _remove_test_leftovers(conn: Connection) -> None:
+    """Delete the topics, Redis keys and Flink state of this session's copies, so that a
+    developer's stack does not grow with every run (``HEADWATER_KEEP=1`` keeps them)."""
+    import shutil
+
+    import redis
+
+    from headwater.teardown import KEEP_ENV
+    from headwater.topics import delete_topics, existing_topics
+    if not _SUFFIXES or os.environ.get(KEEP_ENV) == "1":
+        return
+    try:
+        delete_topics(conn, [t for t in existing_topics(conn) if t.rsplit(".", 1)[-1] in _SUFFIXES])
+        for d in (stack_dir() / "flink").glob("*_*"):
+            if d.name.rsplit("_", 1)[-1] in _SUFFIXES:
+                shutil.rmtree(d, ignore_errors=True)
+        r = redis.Redis.from_url(conn.redis_url)
+        ks = [k for k in r.scan_iter(match="hw1:*", count=5000) if k.split(b":")[1].rsplit(b"_", 1)[-1].decode() in _SUFFIXES]
+        for i in range(0, len(ks), 1000):
+            r.unlink(*ks[i:i + 1000])
+    except Exception as exc:  # noqa: BLE001 - cleanup never fails the session
+        print(f"\ntest leftovers not removed ({exc})")
+
+
 @pytest.fixture(scope="session")
 def stack() -> Connection:
     from headwater import compose, stack as local
@@ -33,6 +68,7 @@ def stack() -> Connection:
         conn = load_connection()
         if (stack_dir() / "connection.json").exists() and _healthy(conn):
             yield conn
+            _remove_test_leftovers(conn)
             return
     except Exception:
         pass
@@ -44,6 +80,7 @@ def stack() -> Connection:
     try:
         yield conn
     finally:
+        _remove_test_leftovers(conn)
         local.down(settings)
 
 
@@ -67,7 +104,7 @@ def _testcontainers_stack():
 @pytest.fixture
 def unique() -> str:
     """A short unique suffix for topic and group names, so tests never see each other's data."""
-    return uuid.uuid4().hex[:8]
+    return new_suffix()
 
 
 @pytest.fixture
@@ -86,7 +123,7 @@ def conformance_pipeline(stack, tmp_path_factory):
     from tests.oracle import feature_view_from_case
     from tests.pipeline import EVENT_TIME, event_schema, pipeline_view, produce_cases, run_job, setup
     from tests.test_conformance_ir import CASES
-    suffix = uuid.uuid4().hex[:8]
+    suffix = new_suffix()
     repo = setup(stack, clone_repo(EXAMPLE_REPO, tmp_path_factory.mktemp("conf") / "repo", suffix))
     schema = event_schema()
     cases = [json.loads(p.read_text()) for p in CASES]

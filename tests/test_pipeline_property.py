@@ -6,7 +6,6 @@ windows/hops. Each hypothesis example runs one Flink job over a batch of random 
 from __future__ import annotations
 
 import math
-import uuid
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -61,9 +60,9 @@ def test_random_streams_through_pipeline_equal_oracle(stack, tmp_path_factory, r
     import redis as redis_lib
     from headwater.config import clone_repo
     from online_store import fetch, run_writer
-    from tests.conftest import EXAMPLE_REPO
+    from tests.conftest import EXAMPLE_REPO, new_suffix
 
-    unique = uuid.uuid4().hex[:8]
+    unique = new_suffix()
     dest = clone_repo(EXAMPLE_REPO, tmp_path_factory.mktemp("prop") / "repo", unique)
     repo = setup(stack, dest)
     schema = event_schema()

@@ -8,7 +8,6 @@ equal, field for field, the tiles ``ir.update`` builds from exactly the records 
 from __future__ import annotations
 
 import json
-import uuid
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -30,8 +29,8 @@ def produced(stack, tmp_path_factory):
     from headwater.config import clone_repo
     from streamjobs.plan import build_plan
     from streamjobs.repo import Definitions
-    from tests.conftest import EXAMPLE_REPO
-    unique = uuid.uuid4().hex[:8]
+    from tests.conftest import EXAMPLE_REPO, new_suffix
+    unique = new_suffix()
     repo = setup(stack, clone_repo(EXAMPLE_REPO, tmp_path_factory.mktemp("replay") / "repo", unique))
     schema = event_schema()
     cases = [json.loads(p.read_text()) for p in CASES]
