@@ -132,6 +132,8 @@ def _ceiling(repo, conn, n: int, batch: int) -> float:
         done += len(msgs)
     dt = time.perf_counter() - t0
     c.close()
+    from headwater.topics import delete_topics
+    delete_topics(conn, [out])  # not one of the repository's topics: its teardown would miss it
     return done / dt
 
 
