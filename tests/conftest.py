@@ -8,6 +8,7 @@ what it started.
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from pathlib import Path
 
@@ -49,7 +50,7 @@ def _remove_test_leftovers(conn: Connection) -> None:
     if not _SUFFIXES or os.environ.get(KEEP_ENV) == "1":
         return
     try:
-        delete_topics(conn, [t for t in existing_topics(conn) if t.rsplit(".", 1)[-1] in _SUFFIXES])
+        delete_topics(conn, [t for t in existing_topics(conn) if re.split(r"[.-]", t)[-1] in _SUFFIXES])
         for d in (stack_dir() / "flink").glob("*_*"):
             if d.name.rsplit("_", 1)[-1] in _SUFFIXES:
                 shutil.rmtree(d, ignore_errors=True)
