@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from headwater.config import Connection, RepoConfig, clone_repo, load_connection, load_repo, stack_dir
+from headwater.errors import StackError
 
 __all__ = ["Leftovers", "find", "remove", "scratch_repo", "default_groups", "KEEP_ENV"]
 
@@ -53,11 +54,17 @@ def _redis(conn: Connection):
 
 
 def _key_names(conn: Connection, project: str) -> list[bytes]:
+    import redis
+
     from online_store.keys import project_pattern
-    return list(_redis(conn).scan_iter(match=project_pattern(project), count=5000))
+    try:
+        return list(_redis(conn).scan_iter(match=project_pattern(project), count=5000))
+    except redis.exceptions.ConnectionError as exc:
+        raise StackError(f"cannot reach Redis at {conn.redis_url} ({exc}): run `headwater stack up` "
+                         f"or set HEADWATER_REDIS_URL") from exc
 
 
-def find(repo: RepoConfig, conn: Connection | None = None, timeout_s: float = 30.0) -> Leftovers:
+def find(repo: RepoConfig, conn: Connection | None = None, timeout_s: float = 10.0) -> Leftovers:
     """What of ``repo``'s project exists now (reads only)."""
     from confluent_kafka import ConsumerGroupState
 

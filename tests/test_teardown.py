@@ -82,3 +82,12 @@ def test_scratch_repo_removes_on_error_and_keeps_on_request(stack, tmp_path, mon
     left = find(repo, stack)
     assert not left.empty
     remove(left, stack)
+
+
+def test_teardown_without_redis_says_what_to_do(stack, temp_repo):
+    import os
+    r = subprocess.run([sys.executable, "-m", "headwater.cli", "teardown", "--repo", str(temp_repo)],
+                       capture_output=True, text=True, env={**os.environ, "HEADWATER_REDIS_URL": "redis://127.0.0.1:1/0"})
+    assert r.returncode == 2, r.stdout + r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot reach Redis" in lines[0] and "headwater stack up" in lines[0]
