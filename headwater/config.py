@@ -34,6 +34,8 @@ __all__ = [
     "save_connection",
     "load_repo",
     "clone_repo",
+    "default_group",
+    "DEFAULT_GROUP_ROLES",
 ]
 
 CONNECTION_FILE = "connection.json"
@@ -203,3 +205,13 @@ def clone_repo(src: Path, dest: Path, suffix: str) -> Path:
             spec["name"] = f"{spec['name']}.{suffix}"
     (dest / REPO_FILE).write_text(yaml.safe_dump(cfg, sort_keys=False))
     return dest
+
+
+DEFAULT_GROUP_ROLES = ("features", "writer", "score")
+
+
+def default_group(project: str, role: str) -> str:
+    """The consumer group a project's features job, online writer or scorer uses unless given one
+    (``headwater teardown`` deletes these)."""
+    return {"features": f"headwater-features-{project}", "writer": f"headwater-online-writer.{project}",
+            "score": f"headwater-score.{project}"}[role]

@@ -16,7 +16,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from headwater.config import Connection, RepoConfig, clone_repo, load_connection, load_repo, stack_dir
+from headwater.config import (DEFAULT_GROUP_ROLES, Connection, RepoConfig, clone_repo, default_group, load_connection,
+                              load_repo, stack_dir)
 from headwater.errors import StackError
 
 __all__ = ["Leftovers", "find", "remove", "scratch_repo", "default_groups", "KEEP_ENV"]
@@ -45,7 +46,7 @@ class Leftovers:
 
 def default_groups(project: str) -> tuple[str, ...]:
     """The consumer groups Headwater's commands use for a project when no ``--group`` is given."""
-    return (f"headwater-features-{project}", f"headwater-online-writer.{project}", f"headwater-score.{project}")
+    return tuple(default_group(project, role) for role in DEFAULT_GROUP_ROLES)
 
 
 def _redis(conn: Connection):

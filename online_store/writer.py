@@ -653,9 +653,10 @@ def run_writer(conn: Connection, repo_cfg: RepoConfig, plan: FeaturePlan, group_
     ``idle_margin_ms``: see "Idle source partitions" in the module docstring."""
     from confluent_kafka import Consumer
 
+    from headwater.config import default_group
     topic = repo_cfg.topics.tiles.name
     client, decoder = _open(conn, repo_cfg, redis_client, plan)
-    consumer = Consumer(_consumer_conf(conn, group_id or f"headwater-online-writer.{repo_cfg.project}", True))
+    consumer = Consumer(_consumer_conf(conn, group_id or default_group(repo_cfg.project, "writer"), True))
     try:
         sources = _sources(consumer, plan, repo_cfg)
         writer = TileWriter(client, repo_cfg.project, plan, metrics=metrics, history_ms=history_ms,

@@ -109,7 +109,7 @@ class _Models:
 def build(repo_path: str | Path, opts: ScoreOptions, *, redis: Any = None, clock: Any = time.time,
           on_batch: Any = None):
     """(ScoreLoop, Scorer) for a repository; nothing is consumed until ``loop.run()``."""
-    from headwater.config import load_connection, load_repo
+    from headwater.config import default_group, load_connection, load_repo
     from headwater.repo_schemas import codec_for
     from online_store.feature_log import FeatureLogWriter
     from online_store.repo_fetch import redis_client
@@ -151,7 +151,7 @@ def build(repo_path: str | Path, opts: ScoreOptions, *, redis: Any = None, clock
                     feature_log_rate=opts.feature_log_rate, clock=clock)
     t = repo.topics
     settings = ConsumerSettings(
-        bootstrap_servers=conn.bootstrap_servers, group_id=opts.group_id or f"headwater-score.{repo.project}",
+        bootstrap_servers=conn.bootstrap_servers, group_id=opts.group_id or default_group(repo.project, "score"),
         events_topic=t.events.name, predictions_topic=t.predictions.name, shadow_topic=t.shadow.name,
         dlq_topic=t.dlq.name, feature_log_topic=t.feature_log.name, max_batch=opts.max_batch,
         max_wait_ms=opts.max_wait_ms, exactly_once=opts.exactly_once, instance_id=opts.instance_id)

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from headwater.config import Connection
+from headwater.config import Connection, default_group
 from headwater.errors import StackError
 
 __all__ = ["table_env", "STATE_FORMAT", "checkpoint_dir", "latest_checkpoint", "older_checkpoints"]
@@ -77,7 +77,7 @@ def compile_features(conn: Connection, repo, defs, *, bounds=None, mode="streami
         markers = markers_default(mode)
     sources, key_id, values = bindings(repo, defs)
     return compile_job(defs.plan, sources, repo.topics.tiles.name, conn.bootstrap_servers, key_id, values,
-                       group_id or f"headwater-features-{repo.project}", bounds or KafkaBounds(), mode,
+                       group_id or default_group(repo.project, "features"), bounds or KafkaBounds(), mode,
                        checkpoint_dir, markers=markers)
 
 
