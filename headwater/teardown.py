@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +19,9 @@ from pathlib import Path
 from headwater.config import (DEFAULT_GROUP_ROLES, Connection, RepoConfig, clone_repo, default_group, load_connection,
                               load_repo, stack_dir)
 from headwater.errors import StackError
+from online_store.keys import project_pattern
 
-__all__ = ["Leftovers", "find", "remove", "scratch_repo", "default_groups", "KEEP_ENV"]
+__all__ = ["Leftovers", "find", "remove", "delete_keys", "scratch_repo", "default_groups", "KEEP_ENV"]
 
 KEEP_ENV = "HEADWATER_KEEP"
 """Set to 1 to keep a scratch repository's topics, keys and state after the run (to debug it)."""
@@ -54,15 +55,22 @@ def _redis(conn: Connection):
     return redis.Redis.from_url(conn.redis_url)
 
 
-def _key_names(conn: Connection, project: str) -> list[bytes]:
+def _key_names(conn: Connection, pattern: str) -> list[bytes]:
     import redis
-
-    from online_store.keys import project_pattern
     try:
-        return list(_redis(conn).scan_iter(match=project_pattern(project), count=5000))
+        return list(_redis(conn).scan_iter(match=pattern, count=5000))
     except redis.exceptions.ConnectionError as exc:
         raise StackError(f"cannot reach Redis at {conn.redis_url} ({exc}): run `headwater stack up` "
                          f"or set HEADWATER_REDIS_URL") from exc
+
+
+def delete_keys(conn: Connection, pattern: str, where: Callable[[bytes], bool] | None = None) -> int:
+    """UNLINK every key matching the SCAN ``pattern`` (and ``where``, if given); returns how many."""
+    keys = [k for k in _key_names(conn, pattern) if where is None or where(k)]
+    client = _redis(conn)
+    for i in range(0, len(keys), 1000):
+        client.unlink(*keys[i:i + 1000])
+    return len(keys)
 
 
 def find(repo: RepoConfig, conn: Connection | None = None, timeout_s: float = 10.0) -> Leftovers:
@@ -77,7 +85,7 @@ def find(repo: RepoConfig, conn: Connection | None = None, timeout_s: float = 10
     described = client.describe_consumer_groups(list(default_groups(repo.project)), request_timeout=timeout_s)
     groups = tuple(g for g, fut in described.items() if fut.result().state != ConsumerGroupState.DEAD)  # DEAD: none
     flink = stack_dir() / "flink" / repo.project
-    return Leftovers(repo.project, topics, groups, len(_key_names(conn, repo.project)),
+    return Leftovers(repo.project, topics, groups, len(_key_names(conn, project_pattern(repo.project))),
                      flink if flink.exists() else None)
 
 
@@ -95,10 +103,7 @@ def remove(left: Leftovers, conn: Connection | None = None, timeout_s: float = 3
             except Exception as exc:  # noqa: BLE001 - a group in use is reported, the rest still goes
                 problems.append(f"consumer group {group} not deleted ({exc}): stop the process using it "
                                 f"(scorer, writer, features job) and run `headwater teardown` again")
-    keys = _key_names(conn, left.project)
-    client = _redis(conn)
-    for i in range(0, len(keys), 1000):
-        client.unlink(*keys[i:i + 1000])
+    delete_keys(conn, project_pattern(left.project))
     if left.flink_dir is not None:
         shutil.rmtree(left.flink_dir, ignore_errors=True)
     return problems

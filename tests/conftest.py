@@ -43,10 +43,9 @@ def _remove_test_leftovers(conn: Connection) -> None:
     developer's stack does not grow with every run (``HEADWATER_KEEP=1`` keeps them)."""
     import shutil
 
-    import redis
-
-    from headwater.teardown import KEEP_ENV
+    from headwater.teardown import KEEP_ENV, delete_keys
     from headwater.topics import delete_topics, existing_topics
+    from online_store.keys import PREFIX
     if not _SUFFIXES or os.environ.get(KEEP_ENV) == "1":
         return
     try:
@@ -54,10 +53,7 @@ def _remove_test_leftovers(conn: Connection) -> None:
         for d in (stack_dir() / "flink").glob("*_*"):
             if d.name.rsplit("_", 1)[-1] in _SUFFIXES:
                 shutil.rmtree(d, ignore_errors=True)
-        r = redis.Redis.from_url(conn.redis_url)
-        ks = [k for k in r.scan_iter(match="hw1:*", count=5000) if k.split(b":")[1].rsplit(b"_", 1)[-1].decode() in _SUFFIXES]
-        for i in range(0, len(ks), 1000):
-            r.unlink(*ks[i:i + 1000])
+        delete_keys(conn, f"{PREFIX}:*", where=lambda k: k.split(b":")[1].rsplit(b"_", 1)[-1].decode() in _SUFFIXES)
     except Exception as exc:  # noqa: BLE001 - cleanup never fails the session
         print(f"\ntest leftovers not removed ({exc})")
 
