@@ -19,7 +19,9 @@ regression production model and one shadow (5 features, card + merchant views) i
    caches (read layouts, first Arrow/NumPy calls) while its batch target adapts, 60-100 ms once
    per process, which at 10 % of max would otherwise be the whole p99. Per rate it also prints the
    mean stage times per batch and append -> batch start (the consumer's fetch, and waiting for the
-   batch before to finish), the part of the latency outside the stages.
+   batch before to finish), the part of the latency outside the stages. ``--rates 10000,40000``
+   offers fixed rates instead: A/B runs of a change compare at the same rates, whatever each run's
+   saturation.
 """
 
 from __future__ import annotations
@@ -221,6 +223,8 @@ def main() -> None:
     ap.add_argument("--entities", type=int, default=20_000)
     ap.add_argument("--duration", type=float, default=10.0, help="seconds per offered rate")
     ap.add_argument("--fractions", default="0.1,0.25,0.5", help="offered rates as fractions of saturation")
+    ap.add_argument("--rates", default="", help="offered rates in events/s instead of --fractions (A/B runs: the same "
+                                                "rates whatever each run's saturation)")
     ap.add_argument("--warmup", type=float, default=1.0,
                     help="seconds of each offered rate not counted in its percentiles (first batches: cold caches, "
                          "the batch target adapting)")
@@ -235,7 +239,9 @@ def main() -> None:
         sat = saturation(path, rds, args.events)
         print(f"headwater (decode + fetch + model + 1 shadow + produce): {sat:,.0f} events/s", flush=True)
         rows = []
-        for f in [float(x) for x in args.fractions.split(",") if x]:
+        fractions = ([float(x) / sat for x in args.rates.split(",") if x] if args.rates else
+                     [float(x) for x in args.fractions.split(",") if x])
+        for f in fractions:
             p50, p99, n = offered(path, rds, sat * f, args.duration, args.entities, args.warmup)
             rows.append((f, sat * f, p50, p99, n))
             print(f"  offered {sat * f:,.0f}/s ({f:.0%} of max): p50 {p50:.1f} ms, p99 {p99:.1f} ms over {n:,} events",
