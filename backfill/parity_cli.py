@@ -20,31 +20,15 @@ def recent_entities(conn: Any, repo: Any, keys: list[str], n: int, *, per_partit
                     seed: int = 0) -> dict[str, list[str]]:
     """``n`` rows of entity ids (one id per key field, from the same event) sampled from the newest
     ``per_partition`` events of each events-topic partition."""
-    from confluent_kafka import Consumer, TopicPartition
-    from headwater.kafka_offsets import watermarks
     from headwater.repo_schemas import codec_for
+    from headwater.topic_read import read_to_end
     from schemas import ColumnarCodec
 
     topic = repo.topics.events.name
-    c = Consumer({"bootstrap.servers": conn.bootstrap_servers, "group.id": f"parity-now-{time.time_ns()}",
-                  "enable.auto.commit": False})  # sampling must not move anyone's offsets
-    try:
-        md = c.list_topics(topic, timeout=10).topics.get(topic)
-        if md is None or md.error is not None:
-            raise ParityError(f"events topic {topic!r} does not exist: produce events first (`headwater produce`)")
-        ends = watermarks(c, topic, md.partitions)
-        todo = {p: hi for p, (lo, hi) in ends.items() if hi > lo}
-        c.assign([TopicPartition(topic, p, max(ends[p][0], hi - per_partition)) for p, hi in todo.items()])
-        values = []
-        while todo:
-            for m in c.consume(10_000, timeout=1.0):
-                if m.error():
-                    continue
-                if m.offset() + 1 >= todo.get(m.partition(), 0):
-                    todo.pop(m.partition(), None)
-                values.append(m.value() or b"")
-    finally:
-        c.close()
+    values = [m.value() or b"" for batch in read_to_end(conn.bootstrap_servers, topic, tail=per_partition,
+                                                         timeout_s=120, error=ParityError,
+                                                         if_missing="produce events first (`headwater produce`)")
+              for m in batch]
     if not values:
         raise ParityError(f"events topic {topic!r} is empty: produce events first (`headwater produce`)")
     table, ok, _ = ColumnarCodec.from_codec(codec_for(repo, "events")).decode_batch(values)

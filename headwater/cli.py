@@ -176,6 +176,17 @@ def cmd_score(args) -> int:
     return run(args.repo, opts, idle_timeout_s=args.idle_exit)
 
 
+def cmd_spine(args) -> int:
+    import pyarrow.parquet as pq
+    from backfill.labelled import labelled_spine
+    from headwater.config import load_connection, load_repo
+    res = labelled_spine(load_repo(args.repo), load_connection(), join=args.join, timeout_s=args.timeout,
+                         progress=lambda m: print(f"  {m}", file=sys.stderr, flush=True))
+    pq.write_table(res.table, args.out)
+    print(f"wrote {res.summary()} to {args.out}")
+    return 0
+
+
 def cmd_training_set(args) -> int:
     from backfill import write_training_set
     features = [f.strip() for f in args.features.split(",") if f.strip()]
@@ -324,6 +335,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="share of events whose fetched features go to the feature-log topic (0-1)")
     sc_.add_argument("--idle-exit", type=float, default=None, metavar="S", help="stop after S seconds without events")
     sc_.set_defaults(func=cmd_score)
+
+    sp = sub.add_parser("spine", help="training spine from the events and labels topics: labelled events -> Parquet")
+    sp.add_argument("--repo", required=True)
+    sp.add_argument("--out", required=True, help="output Parquet file (event id, entity keys, ts, label fields)")
+    sp.add_argument("--join", default="event_id", help="field naming the event in both schemas")
+    sp.add_argument("--timeout", type=float, default=600.0, metavar="S", help="give up reading after S seconds")
+    sp.set_defaults(func=cmd_spine)
 
     ts = sub.add_parser("training-set", help="point-in-time training set: spine + features -> Parquet")
     ts.add_argument("--repo", required=True)

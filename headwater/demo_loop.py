@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from headwater import produce
@@ -45,20 +44,6 @@ def _pct(values: list[float] | np.ndarray, q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=float), q)) if len(values) else float("nan")
 
 
-def _spine(events: list[dict], labels: list[dict]) -> pa.Table:
-    """Labelled events as the spine: keys, event time as ``ts``, the label; unlabelled rows left out."""
-    label = {r["event_id"]: bool(r["is_fraud"]) for r in labels}
-    rows = [e for e in events if e["event_id"] in label]
-    return pa.table({
-        "event_id": [e["event_id"] for e in rows],
-        "card_id": [e["card_id"] for e in rows],
-        "merchant_id": [e["merchant_id"] for e in rows],
-        "ts": pa.array([int(e["event_time"].timestamp() * 1000) if hasattr(e["event_time"], "timestamp")
-                        else int(e["event_time"]) for e in rows], pa.int64()),
-        "is_fraud": [label[e["event_id"]] for e in rows],
-    })
-
-
 def _replay(repo_dir: Path, out: Path) -> Any:
     from replay import run_replay
     return run_replay(repo_dir, out, progress=lambda m: print(f"  {m}", flush=True))
@@ -67,6 +52,7 @@ def _replay(repo_dir: Path, out: Path) -> Any:
 def train_score_parity(conn, repo, repo_dir: Path, events: list[dict], n_labels: int, work: Path,
                        score_events: int, rate: float, log_dir: Path) -> None:
     from backfill import parity_check, training_set
+    from backfill.labelled import labelled_spine
     from headwater.demo import stop
     from scoring.registry import Registry
     from scoring.train import TrainConfig, train
@@ -77,8 +63,11 @@ def train_score_parity(conn, repo, repo_dir: Path, events: list[dict], n_labels:
     _replay(repo_dir, work / "tiles")
 
     _step("8/11 point-in-time training set: labelled events x features at their own event time")
-    labels = list(produce.read_back(repo_dir, "labels", n_labels, timeout_s=60))
-    spine = _spine(events, labels)
+    found = labelled_spine(repo, conn, timeout_s=120)  # what `headwater spine` writes
+    if found.labels_read < n_labels:
+        raise HeadwaterError(f"read {found.labels_read} of {n_labels} labels back: see `headwater stack logs kafka`")
+    spine = found.table
+    print(f"  spine: {found.summary()}")
     if spine.num_rows == 0 or len(set(spine.column("is_fraud").to_pylist())) < 2:
         raise HeadwaterError("the generated run has too few labels of both classes to train: run the demo with more events")
     t0 = time.perf_counter()

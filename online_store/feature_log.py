@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import struct
-import time
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -197,47 +196,26 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 def _read_topic(topic: str, conn: Connection, store: Any, timeout_s: float) -> list[dict[str, Any]]:
     """Every record from the start to the end offsets seen on entry (a bounded read)."""
     import fastavro
-    from confluent_kafka import Consumer, TopicPartition
-    from headwater.kafka_offsets import watermarks
+    from headwater.topic_read import read_to_end
     from schemas import AvroCodec, load_schema
 
-    schema = load_schema("feature_log")
-    parsed = fastavro.parse_schema(schema)
-    c = Consumer({"bootstrap.servers": conn.bootstrap_servers, "group.id": f"feature-log-read-{time.time_ns()}",
-                  "enable.auto.commit": False})  # a read-back must not move anyone's offsets
-    try:
-        md = c.list_topics(topic, timeout=10).topics.get(topic)
-        if md is None or md.error is not None or not md.partitions:
-            raise FeatureLogError(f"feature log topic {topic!r} does not exist: run `headwater topics create` "
-                                  f"or pass --feature-log FILE.jsonl")
-        ends = watermarks(c, topic, md.partitions)
-        todo = {p: hi for p, (lo, hi) in ends.items() if hi > lo}
-        c.assign([TopicPartition(topic, p, ends[p][0]) for p in todo])
-        codecs: dict[int, Any] = {}
-        out: list[dict[str, Any]] = []
-        deadline = time.monotonic() + timeout_s
-        while todo:
-            if time.monotonic() > deadline:
-                raise FeatureLogError(f"reading {topic!r} timed out after {timeout_s:.0f}s with "
-                                      f"{sum(todo.values())} offsets left: is Kafka up?")
-            for m in c.consume(10_000, timeout=0.5):
-                if m.error():
-                    continue
-                if m.offset() + 1 >= todo.get(m.partition(), 0):
-                    todo.pop(m.partition(), None)
-                if not m.value():
-                    continue
-                sid = struct.unpack(">I", m.value()[1:5])[0]
-                if sid not in codecs:
-                    codecs[sid] = AvroCodec(store.get_by_id(sid), sid, store) if store is not None else None
-                if codecs[sid] is not None:
-                    out.append(codecs[sid].decode(m.value()))
-                else:  # no store: read with the packaged schema
-                    import io
-                    out.append(fastavro.schemaless_reader(io.BytesIO(m.value()[5:]), parsed, None))
-        return out
-    finally:
-        c.close()
+    parsed = fastavro.parse_schema(load_schema("feature_log"))
+    codecs: dict[int, Any] = {}
+    out: list[dict[str, Any]] = []
+    for batch in read_to_end(conn.bootstrap_servers, topic, timeout_s=timeout_s, error=FeatureLogError,
+                             if_missing="run `headwater topics create` or pass --feature-log FILE.jsonl"):
+        for m in batch:
+            if not m.value():
+                continue
+            sid = struct.unpack(">I", m.value()[1:5])[0]
+            if sid not in codecs:
+                codecs[sid] = AvroCodec(store.get_by_id(sid), sid, store) if store is not None else None
+            if codecs[sid] is not None:
+                out.append(codecs[sid].decode(m.value()))
+            else:  # no store: read with the packaged schema
+                import io
+                out.append(fastavro.schemaless_reader(io.BytesIO(m.value()[5:]), parsed, None))
+    return out
 
 
 def read(source: str | Path, *, connection: Connection | None = None, repo: RepoConfig | None = None,

@@ -57,13 +57,14 @@ class Decoded:
 class BatchDecoder:
     """Decodes and validates event batches of one schema (``codec``: the events topic codec)."""
 
-    def __init__(self, codec: AvroCodec, key_fields: Sequence[str], event_time_field: str,
+    def __init__(self, codec: AvroCodec, key_fields: Sequence[str], event_time_field: str | None,
                  event_id_field: str = "event_id") -> None:
+        """``event_time_field`` None: no event-time check (a labels topic)."""
         self.codec = codec
         self.columnar = ColumnarCodec.from_codec(codec)  # ColumnarUnsupported: not a flat schema
         names = set(self.columnar.arrow_schema.names)
         for f in (*key_fields, event_time_field, event_id_field):
-            if f not in names:
+            if f is not None and f not in names:
                 raise ScoreConfigError(f"the events schema has no field {f!r} (fields: {', '.join(sorted(names))}): "
                                        "fix the events topic schema or the model's features")
         self.key_fields = tuple(key_fields)
@@ -144,6 +145,8 @@ class BatchDecoder:
             rejected += [Rejected(int(index[i]), "missing_entity_key", f"field {f} is empty or null: "
                                   "producers must set the entity key", "validate") for i in np.flatnonzero(m)]
             bad |= m
+        if self.event_time_field is None:
+            return (table.filter(pa.array(~bad)), index[~bad]) if bad.any() else (table, index)
         ts = table.column(self.event_time_field)
         m = pc.fill_null(pc.less_equal(ts, 0), True).to_numpy(zero_copy_only=False) & ~bad
         for i in np.flatnonzero(m):

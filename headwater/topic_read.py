@@ -1,0 +1,61 @@
+"""Bounded reads: a topic from its start (or its newest ``tail`` records per partition) up to the
+end offsets seen on entry, so a read-back finishes even while producers keep writing.
+
+A partition is done once the consumer's position reaches that end offset, not only once a
+message with offset ``end - 1`` arrives: the last offset of a partition written by a
+transactional producer (``headwater score --exactly-once``) is a commit marker, which is never
+delivered as a message. The read uses a throwaway group and never commits, so it moves nobody's
+offsets.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from headwater.errors import HeadwaterError
+
+__all__ = ["read_to_end"]
+
+
+def read_to_end(bootstrap: str, topic: str, *, tail: int | None = None, timeout_s: float = 60.0,
+                error: type[Exception] = HeadwaterError,
+                if_missing: str = "create it with `headwater topics create`") -> Iterator[list[Any]]:
+    """Batches of messages (errors left out, tombstones kept) from ``topic`` up to its end on entry.
+
+    Raises ``error`` when the topic does not exist (its message ends with ``if_missing``) or when
+    the end is not reached within ``timeout_s``.
+    """
+    from confluent_kafka import Consumer, TopicPartition
+    from headwater.kafka_offsets import watermarks
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"headwater-read-{time.time_ns()}",
+                  "enable.auto.commit": False, "log_level": 3})
+    try:
+        md = c.list_topics(topic, timeout=10).topics.get(topic)
+        if md is None or md.error is not None or not md.partitions:
+            raise error(f"topic {topic!r} does not exist: {if_missing}")
+        ends = watermarks(c, topic, md.partitions)
+        todo = {p: hi for p, (lo, hi) in ends.items() if hi > lo}
+        start = {p: lo if tail is None else max(lo, todo[p] - tail) for p, (lo, _) in ends.items() if p in todo}
+        c.assign([TopicPartition(topic, p, start[p]) for p in todo])
+        deadline = time.monotonic() + timeout_s
+        while todo:
+            if time.monotonic() > deadline:
+                left = sum(hi - lo for p, (lo, hi) in ends.items() if p in todo)
+                raise error(f"reading {topic!r} timed out after {timeout_s:.0f}s with up to {left:,} offsets "
+                            "left: is Kafka up (`headwater stack status`)?")
+            msgs = c.consume(10_000, timeout=0.5)
+            got = [m for m in msgs if not m.error() and m.offset() < ends[m.partition()][1]]
+            for m in got:
+                if m.offset() + 1 >= todo.get(m.partition(), 0):
+                    todo.pop(m.partition(), None)
+            if todo and len(msgs) < 10_000:  # caught up with what was fetched: markers may end a partition
+                for tp in c.position([TopicPartition(topic, p) for p in todo]):
+                    if tp.offset >= 0 and tp.offset >= todo[tp.partition]:
+                        todo.pop(tp.partition, None)
+            if got:
+                yield got
+    finally:
+        c.close()
