@@ -44,26 +44,12 @@ def temp_repo(src: Path, suffix: str):
 
 def topic_counts(conn, topic: str) -> tuple[int, int]:
     """(values, tombstones) in ``topic``, read from the beginning to its end offsets."""
-    from confluent_kafka import Consumer, TopicPartition
-    from headwater.kafka_offsets import watermarks
-    c = Consumer({"bootstrap.servers": conn.bootstrap_servers, "group.id": f"bench-count-{uuid.uuid4().hex[:6]}",
-                  "enable.auto.commit": False})
-    parts = sorted(c.list_topics(topic, timeout=10).topics[topic].partitions)
-    ends = {p: hi for p, (_, hi) in watermarks(c, topic, parts).items()}
-    c.assign([TopicPartition(topic, p, 0) for p in parts])
+    from headwater.topic_read import read_to_end
     values = tombstones = 0
-    left = {p for p, e in ends.items() if e > 0}
-    while left:
-        for m in c.consume(10_000, timeout=1.0):
-            if m.error():
-                continue
-            if m.value() is None:
-                tombstones += 1
-            else:
-                values += 1
-            if m.offset() + 1 >= ends[m.partition()]:
-                left.discard(m.partition())
-    c.close()
+    for batch in read_to_end(conn.bootstrap_servers, topic, timeout_s=600):
+        nulls = sum(m.value() is None for m in batch)
+        tombstones += nulls
+        values += len(batch) - nulls
     return values, tombstones
 
 

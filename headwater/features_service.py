@@ -9,6 +9,7 @@ the writer commits the offsets of what it wrote.
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import sys
 import threading
@@ -28,6 +29,34 @@ def _sigterm_as_interrupt() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def _stop_on_signals() -> threading.Event:
+    """Ctrl-C and SIGTERM set the returned event instead of raising: a KeyboardInterrupt inside a
+    blocking py4j call makes py4j log a traceback and drop its gateway connection."""
+    stopping = threading.Event()
+
+    def handler(_sig, _frame):
+        stopping.set()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handler)
+    return stopping
+
+
+def _wait_for(result, stopping: threading.Event) -> bool:
+    """Poll the job once a second until it ends (True; a failed job raises its cause) or a stop is
+    asked for (False)."""
+    while not stopping.wait(1.0):
+        try:
+            status = result.get_job_client().get_job_status().result()
+        except Exception:
+            if stopping.is_set():  # SIGTERM to the process group: the gateway may go first
+                return False
+            raise
+        if status.is_globally_terminal_state():
+            result.wait()
+            return True
+    return False
+
+
 def _writer_metrics(port: int | None):
     """Writer metrics (lag, tiles written, freshness histogram, as_of age, progress by rule) on http://:port/metrics."""
     if not port:
@@ -44,7 +73,7 @@ def run(repo, defs, *, with_writer: bool = True, fresh: bool = False, metrics_po
     from streamjobs.job import run_streaming
     conn = load_connection()
     create_topics(conn, repo.topics)
-    _sigterm_as_interrupt()
+    stopping = _stop_on_signals()
     stop = threading.Event()
     writer = None
     if with_writer:
@@ -57,13 +86,16 @@ def run(repo, defs, *, with_writer: bool = True, fresh: bool = False, metrics_po
         writer.start()
         print("online writer: tiles topic -> Redis, running in this process")
     try:
-        result.wait()
-    except KeyboardInterrupt:
-        print("stopping: cancelling the Flink job (checkpoint kept) and the writer ...")
-        try:
-            result.get_job_client().cancel().result()
-        except Exception:  # already finished or cluster gone: nothing to cancel
-            pass
+        if not _wait_for(result, stopping):
+            print("stopping: cancelling the Flink job (checkpoint kept) and the writer ...", flush=True)
+            # a SIGTERM to the whole process group (systemd, `kill -- -PGID`) stops the JVM too; then
+            # the cancel fails (as expected) and py4j logs a traceback for it and for every Java
+            # object released until exit: logging stays off, the process is on its way out
+            logging.disable(logging.CRITICAL)
+            try:
+                result.get_job_client().cancel().result()
+            except Exception:  # already finished or cluster gone: nothing to cancel
+                pass
     finally:
         stop.set()
         if writer is not None:
@@ -149,5 +181,11 @@ def fetch_cli(repo_path, entity_args: list[str], features: str | None, at: str |
         for k, v in row.items():
             if k not in ids:
                 print(f"  {k:48} {v}")
-    print(f"t={result.t_ms}  as_of={as_of}  freshness={'unknown (no progress published yet)' if freshness is None else f'{freshness} ms'}")
+    if freshness is None:
+        fresh = "unknown (no progress published yet)"
+    elif freshness < 0:  # --at in the past: t - as_of is no staleness
+        fresh = f"n/a (a read of the past: as_of is {-freshness:,} ms after t)"
+    else:
+        fresh = f"{freshness} ms"
+    print(f"t={result.t_ms}  as_of={as_of}  freshness={fresh}")
     return 0

@@ -536,7 +536,8 @@ def _write_loop(consumer: Any, ends: _EndOffsets, writer: TileWriter, decoder: _
     pos: dict[int, int] = {}
     read_to: dict[int, int] = {}  # next offset read, per tiles partition
     stored: dict[int, int] = {}  # offsets stored for commit: never past a progress record still settling
-    last_msg = last_status = time.monotonic()
+    last_msg = last_status = last_line = time.monotonic()
+    shown: tuple[int, int, int] | None = None  # (written, stale, lag) of the last status line
     as_of: dict[str, int | None] = {}
     once = _Once()
     while True:
@@ -626,7 +627,8 @@ def _write_loop(consumer: Any, ends: _EndOffsets, writer: TileWriter, decoder: _
                       for p in parts)
             if writer.metrics is not None:
                 writer.metrics.lag.set(lag)
-            if verbose:
+            if verbose and ((total.written, total.stale, lag) != shown or now - last_line >= 60.0):
+                shown, last_line = (total.written, total.stale, lag), now  # idle: one line a minute
                 ages = {v: f"{time.time() - a / 1000:.1f}s" for v, a in as_of.items() if a is not None}
                 print(f"writer: {total.written} tiles written, {total.stale} stale, lag {lag} records, "
                       f"as_of age {ages or 'n/a'}", flush=True)

@@ -106,32 +106,21 @@ def setup(stack: Connection, temp_repo: Path) -> RepoConfig:
 def tiles_in_order(conn, repo) -> dict[int, list[tuple[dict, dict]]]:
     """Every (key, value) record of the tiles topic, decoded with the ids in their headers, per
     partition in offset order (tombstones left out)."""
-    from confluent_kafka import Consumer, TopicPartition
-    from headwater.kafka_offsets import watermarks
+    from headwater.topic_read import read_to_end
     from schemas import AvroCodec, open_store
     store = open_store(repo.resolve(repo.schema_store))
-    topic = repo.topics.tiles.name
-    c = Consumer({"bootstrap.servers": conn.bootstrap_servers, "group.id": "tiles-check", "enable.auto.commit": False})
-    md = c.list_topics(topic, timeout=10).topics[topic]
-    ends = {p: hi for p, (_, hi) in watermarks(c, topic, md.partitions).items()}
-    c.assign([TopicPartition(topic, p, 0) for p in md.partitions])
     codecs: dict = {}
-    out: dict[int, list[tuple[dict, dict]]] = {p: [] for p in md.partitions}
+    out: dict[int, list[tuple[dict, dict]]] = {}
 
     def decode(data: bytes) -> dict:
         sid = struct.unpack(">I", data[1:5])[0]
         return codecs.setdefault(sid, AvroCodec(store.get_by_id(sid), sid, store)).decode(data)
 
-    done = {p: e == 0 for p, e in ends.items()}
-    while not all(done.values()):
-        for m in c.consume(10_000, timeout=1.0):
-            if m.error():
-                continue
-            if m.offset() + 1 >= ends[m.partition()]:
-                done[m.partition()] = True
+    for batch in read_to_end(conn.bootstrap_servers, repo.topics.tiles.name, timeout_s=120):
+        for m in batch:
+            part = out.setdefault(m.partition(), [])
             if m.value() is not None:
-                out[m.partition()].append((decode(m.key()), decode(m.value())))
-    c.close()
+                part.append((decode(m.key()), decode(m.value())))
     return out
 
 

@@ -3,7 +3,6 @@ files, and a round trip through a real Kafka topic in framed Avro."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -175,3 +174,26 @@ def test_cli_fetch_log_to_file_and_topic(stack, temp_repo: Path, tmp_path: Path,
         ("card_id", "c1", 1704067205000), ("merchant_id", "m1", 1704067205000)]
     assert from_file[0]["card_velocity:txn_count_1m"] == 0  # no data: count 0
     assert main(args + ["--log", str(tmp_path / "x.csv")]) == 2  # one-line error, exit 2
+
+
+@pytest.mark.integration
+def test_cli_fetch_of_the_past_says_so_instead_of_a_negative_freshness(stack, temp_repo: Path, capsys):
+    import redis as redis_lib
+    from headwater.cli import main
+    from online_store import keys
+    from streamjobs.repo import load_definitions as defs_of
+    repo = load_repo(temp_repo)
+    plan = defs_of(repo).plan
+    rds = redis_lib.Redis.from_url(stack.redis_url)
+    try:
+        for vp in plan.views:
+            rds.hset(keys.progress_key(repo.project, vp), keys.AS_OF_FIELD, 1_704_067_260_000)
+        base = ["fetch", "--repo", str(temp_repo), "--entity", "card_id=c1", "--features", "card_velocity:txn_count_1m"]
+        assert main(base + ["--at", "1704067205000"]) == 0
+        assert "freshness=n/a (a read of the past: as_of is 55,000 ms after t)" in capsys.readouterr().out
+        assert main(base + ["--at", "1704067265000"]) == 0
+        assert "freshness=5000 ms" in capsys.readouterr().out
+    finally:
+        for vp in plan.views:
+            rds.delete(keys.progress_key(repo.project, vp))
+        rds.close()

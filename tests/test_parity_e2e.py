@@ -128,6 +128,8 @@ def test_parity_end_to_end_then_rebuild(stack, temp_repo: Path, tmp_path: Path):
         writer.flush()
     finally:
         stop_job(proc)
+    said = (tmp_path / "features.log").read_text(errors="replace")
+    assert "stopping: cancelling the Flink job" in said and "Traceback" not in said, said[-3000:]  # a clean stop
     t_stream = time.monotonic()
 
     tiles = tmp_path / "tiles"
