@@ -22,7 +22,7 @@ from pathlib import Path
 from headwater import produce, stack
 from headwater.config import StackSettings, clone_repo, load_connection, load_repo, stack_dir
 from headwater.errors import HeadwaterError
-from headwater.generator import GeneratorConfig, generate_table
+from headwater.generator import GeneratorConfig
 from headwater.topics import create_topics
 
 __all__ = ["run"]

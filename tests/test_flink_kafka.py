@@ -66,7 +66,7 @@ def test_headwater_avro_format_reads_and_writes_confluent_framing(stack, temp_re
     from headwater.topics import create_topics
     from headwater.generator import GeneratorConfig, generate_table
     from confluent_kafka import Consumer, Producer
-    from schemas import AvroCodec, load_schema, open_store
+    from schemas import AvroCodec, open_store
     from streamjobs.avro_ddl import ddl_columns
     from streamjobs.job import table_env
 

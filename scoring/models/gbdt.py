@@ -207,8 +207,7 @@ class ForestExecutor:
         self.n_value = xp.asarray(np.asarray(value, np.float64))
         self.n_roots = xp.asarray(np.asarray(roots, np.int64))
 
-    def _margin_nodes(self, Xe):
-        xp = self.xp
+    def _margin_nodes(self, Xe):  # host only: a GPU forest takes _gpu_scores
         n = Xe.shape[0]
         flat = Xe.ravel()
         rowoff = (np.arange(n, dtype=np.int64) * self.ncol)[:, None]
