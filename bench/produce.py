@@ -30,7 +30,7 @@ from headwater.produce import producer_config  # noqa: E402
 from headwater.topics import create_topics  # noqa: E402
 from schemas import AvroCodec  # noqa: E402
 from schemas.columnar import ColumnarCodec  # noqa: E402
-from scoring.consumer import FETCH_QUEUE_BACKOFF_MS  # noqa: E402
+from headwater.topic_read import FETCH_QUEUE_BACKOFF_MS  # noqa: E402
 
 
 def _topic(conn, repo, name: str) -> str:

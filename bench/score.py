@@ -99,7 +99,7 @@ def ceiling(repo, conn, n: int, batch: int) -> float:
 
 def _ceiling(repo, conn, n: int, batch: int) -> float:
     from confluent_kafka import Consumer, Producer, TopicPartition
-    from scoring.consumer import FETCH_QUEUE_BACKOFF_MS
+    from headwater.topic_read import FETCH_QUEUE_BACKOFF_MS
     c = Consumer({"bootstrap.servers": conn.bootstrap_servers, "group.id": f"ceiling-{uuid.uuid4().hex}",
                   "auto.offset.reset": "earliest", "enable.auto.offset.store": False,
                   # as the scorer: librdkafka's default (1000 ms) idled this loop 0.5-1 s per run, the

@@ -16,7 +16,14 @@ from typing import Any
 
 from headwater.errors import HeadwaterError
 
-__all__ = ["read_to_end"]
+__all__ = ["read_to_end", "FETCH_QUEUE_BACKOFF_MS"]
+
+#: librdkafka waits this long before fetching a partition again once its prefetch queue holds
+#: ``queued.min.messages`` (default 100k). Its default, 1000 ms, makes a consumer that drains the
+#: queue faster than that sit idle: bench/score.py's bare consume -> produce loop stalled 0.5-1 s
+#: per 300k-event backlog (100k per partition), which made it read 135k or 215k events/s between
+#: identical runs instead of 340k-425k. Shared by the scorer, that ceiling loop and bounded reads.
+FETCH_QUEUE_BACKOFF_MS = 100
 
 
 def read_to_end(bootstrap: str, topic: str, *, tail: int | None = None, timeout_s: float = 60.0,
@@ -31,12 +38,14 @@ def read_to_end(bootstrap: str, topic: str, *, tail: int | None = None, timeout_
     from headwater.kafka_offsets import watermarks
 
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"headwater-read-{time.time_ns()}",
-                  "enable.auto.commit": False, "log_level": 3})
+                  "enable.auto.commit": False, "log_level": 3, "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS,
+                  "fetch.max.bytes": 64 << 20, "max.partition.fetch.bytes": 16 << 20})
     try:
         md = c.list_topics(topic, timeout=10).topics.get(topic)
         if md is None or md.error is not None or not md.partitions:
             raise error(f"topic {topic!r} does not exist: {if_missing}")
         ends = watermarks(c, topic, md.partitions)
+        end = {p: hi for p, (_, hi) in ends.items()}
         todo = {p: hi for p, (lo, hi) in ends.items() if hi > lo}
         start = {p: lo if tail is None else max(lo, todo[p] - tail) for p, (lo, _) in ends.items() if p in todo}
         c.assign([TopicPartition(topic, p, start[p]) for p in todo])
@@ -47,10 +56,15 @@ def read_to_end(bootstrap: str, topic: str, *, tail: int | None = None, timeout_
                 raise error(f"reading {topic!r} timed out after {timeout_s:.0f}s with up to {left:,} offsets "
                             "left: is Kafka up (`headwater stack status`)?")
             msgs = c.consume(10_000, timeout=0.5)
-            got = [m for m in msgs if not m.error() and m.offset() < ends[m.partition()][1]]
-            for m in got:
-                if m.offset() + 1 >= todo.get(m.partition(), 0):
-                    todo.pop(m.partition(), None)
+            got = []
+            for m in msgs:  # one pass: this loop is most of a read's Python time
+                if m.error():
+                    continue
+                p, o = m.partition(), m.offset()
+                if o < end[p]:
+                    got.append(m)
+                    if o + 1 == end[p]:
+                        todo.pop(p, None)
             if todo and len(msgs) < 10_000:  # caught up with what was fetched: markers may end a partition
                 for tp in c.position([TopicPartition(topic, p) for p in todo]):
                     if tp.offset >= 0 and tp.offset >= todo[tp.partition]:

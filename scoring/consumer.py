@@ -43,6 +43,7 @@ from confluent_kafka import Message as _Message  # unbound accessors: map() per 
 
 from headwater.heap import frozen_heap
 from headwater.kafka_batch import take
+from headwater.topic_read import FETCH_QUEUE_BACKOFF_MS
 from online_store.errors import StoreUnavailableError
 from scoring.errors import DeliveryError, ScoringError
 from scoring.metrics import ScoringMetrics, observe_many
@@ -52,14 +53,6 @@ from scoring.scorer import BatchOutput, Scorer
 __all__ = ["ConsumerSettings", "ScoreLoop", "AdaptiveBatch", "LoopStats", "pipelined"]
 
 log = logging.getLogger(__name__)
-
-
-#: librdkafka waits this long before fetching a partition again once its prefetch queue holds
-#: ``queued.min.messages`` (default 100k). Its default, 1000 ms, makes a consumer that drains the
-#: queue faster than that sit idle: bench/score.py's bare consume -> produce loop stalled 0.5-1 s
-#: per 300k-event backlog (100k per partition), which made it read 135k or 215k events/s between
-#: identical runs instead of 340k-425k. Shared by the scorer and that ceiling loop.
-FETCH_QUEUE_BACKOFF_MS = 100
 
 
 @dataclass(frozen=True)
