@@ -6,8 +6,9 @@ spine is the join of the two topics on the event id, read up to the end offsets 
 Rules, so that the result does not depend on delivery accidents:
 
 * an event delivered twice (a producer retry) is one row: the first occurrence in the topic;
-* an event labelled twice keeps the label with the greatest label time (the later offset of the
-  same partition on a tie; across partitions, the one read last);
+* an event labelled twice keeps the label with the greatest label time, the labels schema's first
+  timestamp field (on a tie, or without such a field, the later offset of the same partition;
+  across partitions, the one read last);
 * labels whose event is not in the topic (retention expired, another producer) are left out and
   counted; so are events and labels that cannot be decoded, with the reason.
 
@@ -75,7 +76,7 @@ def labelled_spine(repo: Any, conn: Any, *, join: str = "event_id", timeout_s: f
     if join not in label_names:
         raise SpineError(f"the labels schema has no field {join!r} (fields: {', '.join(label_names)}): "
                          "pass the field that names the labelled event with --join")
-    label_time = next((n for n in ("label_time", "labelled_at", "ts") if n in label_names), None)
+    label_time = _time_field(label_codec.schema)
     out = LabelledSpine(pa.table({}))
 
     labels, out.labels_read = _read(conn, repo.topics.labels.name, BatchDecoder(label_codec, [join], None, join),
@@ -103,6 +104,15 @@ def labelled_spine(repo: Any, conn: Any, *, join: str = "event_id", timeout_s: f
                       **{n: labels.column(n).take(at) for n in extra}})
     out.table = table.take(pc.sort_indices(table, [("ts", "ascending"), (join, "ascending")]))
     return out
+
+
+def _time_field(schema: dict) -> str | None:
+    """The labels schema's first ``timestamp-millis``/``-micros`` field: when the label became known."""
+    for f in schema["fields"]:
+        types = f["type"] if isinstance(f["type"], list) else [f["type"]]
+        if any(isinstance(t, dict) and t.get("logicalType") in ("timestamp-millis", "timestamp-micros") for t in types):
+            return f["name"]
+    return None
 
 
 def _read(conn: Any, topic: str, decoder: Any, role: str, timeout_s: float, out: LabelledSpine,

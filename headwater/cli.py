@@ -202,7 +202,7 @@ def cmd_train(args) -> int:
     return train_command(args.repo, args.training_set, args.model, args.kind, label=args.label,
                          features=args.features, timestamp_column=args.timestamp_column, holdout=args.holdout,
                          k=args.k, seed=args.seed, library=args.library, trees=args.trees, depth=args.depth,
-                         onnx=args.onnx, models_dir=args.models_dir)
+                         onnx=args.onnx, models_dir=args.models_dir, alias=args.alias)
 
 
 def cmd_models(args) -> int:
@@ -370,6 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--depth", type=int, default=6, help="gbdt: max tree depth")
     tr.add_argument("--onnx", action="store_true", help="also register the ONNX export as the next version")
     tr.add_argument("--models-dir", default=None, help="registry root (default <repo>/models)")
+    tr.add_argument("--alias", default=None, help="also point this alias at the new version (e.g. challenger)")
     tr.set_defaults(func=cmd_train)
 
     mo = sub.add_parser("models", help="registry: list | show NAME | alias NAME ALIAS VERSION|none | "

@@ -244,10 +244,14 @@ class Registry:
                 shutil.rmtree(staging, ignore_errors=True)
         return meta
 
-    def set_alias(self, name: str, alias: str, version: int | None) -> Aliases:
-        """Point ``alias`` at ``version`` (None removes it); every move is kept in ``history``."""
+    @staticmethod
+    def check_alias(alias: str) -> None:
         if not re.match(r"^[a-z][a-z0-9_-]*$", alias) or alias.isdigit():
             raise RegistryError(f"alias {alias!r} is invalid: use lowercase letters, digits, '_' or '-'")
+
+    def set_alias(self, name: str, alias: str, version: int | None) -> Aliases:
+        """Point ``alias`` at ``version`` (None removes it); every move is kept in ``history``."""
+        self.check_alias(alias)
         if version is not None:
             self.meta(name, int(version))
         with self._lock(name):

@@ -144,3 +144,17 @@ def test_iso_string_timestamps_and_bad_ones(tmp_path, tset, capsys):
     pq.write_table(t.set_column(t.column_names.index("ts"), "ts", pa.array(["soon"] * len(t))), tmp_path / "bad.parquet")
     assert main(args + ["--training-set", str(tmp_path / "bad.parquet")]) == 2
     assert "cannot be read as times" in capsys.readouterr().err
+
+
+def test_train_alias_points_at_the_new_version_and_a_bad_one_fails_before_the_fit(tmp_path, tset, capsys):
+    models = tmp_path / "models"
+    base = ["train", "--repo", str(EXAMPLE_REPO), "--training-set", str(tset), "--model", "fraud",
+            "--features", ",".join(FEATURES), "--trees", "5", "--models-dir", str(models)]
+    assert main(base + ["--kind", "gbdt"]) == 0
+    for _ in range(2):  # a repeated tour: the alias follows the newest run, not a fixed number
+        assert main(base + ["--kind", "logreg", "--alias", "challenger"]) == 0
+    assert Registry(models).aliases("fraud").aliases == {"champion": 1, "challenger": 3}
+    assert "fraud: challenger=3 champion=1" in capsys.readouterr().out
+    assert main(base + ["--kind", "logreg", "--alias", "Bad Alias"]) == 2
+    assert "alias 'Bad Alias' is invalid" in capsys.readouterr().err
+    assert len(Registry(models).versions("fraud")) == 3  # nothing fitted or registered

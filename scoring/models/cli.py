@@ -12,8 +12,7 @@ __all__ = ["train_command", "models_command"]
 
 def train_command(repo, training_set, model, kind, *, label="is_fraud", features=None, timestamp_column="ts",
                   holdout=0.2, k=100, seed=0, library="xgboost", trees=200, depth=6, onnx=False,
-                  models_dir=None) -> int:
-    from scoring.registry import Registry
+                  models_dir=None, alias=None) -> int:
     from scoring.train import TrainConfig, train
     refs = tuple(f.strip() for f in features.split(",") if f.strip()) if features else ()
     if refs and any(r.endswith(":*") for r in refs):
@@ -23,7 +22,13 @@ def train_command(repo, training_set, model, kind, *, label="is_fraud", features
         refs = tuple(fr.ref for fr in plan.features_by_ref(refs))
     cfg = TrainConfig(model=model, kind=kind, label=label, features=refs, timestamp_column=timestamp_column,
                       holdout=holdout, k=k, seed=seed, library=library, trees=trees, depth=depth, onnx=onnx)
-    train(repo, training_set, cfg, registry=Registry(models_dir) if models_dir else None)
+    reg = _registry(repo, models_dir)
+    if alias is not None:
+        reg.check_alias(alias)  # before the fit, not after it
+    metas = train(repo, training_set, cfg, registry=reg)
+    if alias is not None:
+        al = reg.set_alias(model, alias, int(metas[0].version))
+        print(f"{model}: " + " ".join(f"{a}={v}" for a, v in sorted(al.aliases.items())))
     return 0
 
 
