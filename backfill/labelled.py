@@ -22,12 +22,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from backfill.errors import SpineError
 
-__all__ = ["LabelledSpine", "labelled_spine"]
+__all__ = ["LabelledSpine", "labelled_spine", "latest_labels", "first_events"]
 
 
 @dataclass
@@ -76,34 +77,51 @@ def labelled_spine(repo: Any, conn: Any, *, join: str = "event_id", timeout_s: f
     if join not in label_names:
         raise SpineError(f"the labels schema has no field {join!r} (fields: {', '.join(label_names)}): "
                          "pass the field that names the labelled event with --join")
-    label_time = _time_field(label_codec.schema)
+    ev_codec = codec_for(repo, "events")
+    ev_types = {f["name"]: f["type"] for f in ev_codec.schema["fields"]}
+    lab_types = {f["name"]: f["type"] for f in label_codec.schema["fields"]}
+    if join not in ev_types:
+        raise SpineError(f"the events schema has no field {join!r}: pass the field that names an event with --join")
+    if ev_types[join] != lab_types[join]:
+        raise SpineError(f"field {join!r} is {ev_types[join]} in the events schema but {lab_types[join]} in the "
+                         "labels schema: give both the same type")
     out = LabelledSpine(pa.table({}))
 
     labels, out.labels_read = _read(conn, repo.topics.labels.name, BatchDecoder(label_codec, [join], None, join),
                                     "labels", timeout_s, out, say)
-    if label_time is not None:  # stable: equal label times keep read order, so the later read wins
-        labels = labels.take(pc.sort_indices(labels, [(label_time, "ascending")]))
-    last = dict(zip(labels.column(join).to_pylist(), range(labels.num_rows)))  # later rows overwrite
-    out.duplicate_labels = labels.num_rows - len(last)
-    labels = labels.take(pa.array(list(last.values()), pa.int64()))
+    labels, out.duplicate_labels = latest_labels(labels, join, _time_field(label_codec.schema))
     wanted = labels.column(join)
+    cols = list(dict.fromkeys([join, *keys, time_field]))
 
     def keep(table: pa.Table) -> pa.Table:
-        return table.filter(pc.is_in(table.column(join), value_set=wanted)).select([join, *keys, time_field])
+        return table.filter(pc.is_in(table.column(join), value_set=wanted)).select(cols)
 
-    events, out.events_read = _read(conn, events_topic, BatchDecoder(codec_for(repo, "events"), keys, time_field, join), "events",
-                   timeout_s, out, say, keep)
-    first = dict(zip(reversed(events.column(join).to_pylist()), range(events.num_rows - 1, -1, -1)))
-    out.duplicate_events = events.num_rows - len(first)
-    events = events.take(pa.array(sorted(first.values()), pa.int64()))
+    events, out.events_read = _read(conn, events_topic, BatchDecoder(ev_codec, keys, time_field, join), "events",
+                                    timeout_s, out, say, keep)
+    events, out.duplicate_events = first_events(events, join)
     out.unmatched_labels = labels.num_rows - events.num_rows
     at = pc.index_in(events.column(join), value_set=labels.column(join))
-    extra = [n for n in labels.column_names if n != join and n not in keys and n != "ts"]
-    table = pa.table({join: events.column(join), **{k: events.column(k) for k in keys},
+    extra = [n for n in labels.column_names if n not in (join, "ts", *keys)]
+    table = pa.table({join: events.column(join), **{k: events.column(k) for k in keys if k != join},
                       "ts": events.column(time_field).cast(pa.int64()),
                       **{n: labels.column(n).take(at) for n in extra}})
     out.table = table.take(pc.sort_indices(table, [("ts", "ascending"), (join, "ascending")]))
     return out
+
+
+def latest_labels(labels: pa.Table, join: str, label_time: str | None) -> tuple[pa.Table, int]:
+    """One label per event id: the greatest ``label_time`` (a null one loses to any time), the
+    later row on a tie; and how many were superseded. ``labels`` is in read order."""
+    if label_time is not None:  # stable sort: equal times keep read order, so the later row wins below
+        labels = labels.take(pc.sort_indices(labels, [(label_time, "ascending")], null_placement="at_start"))
+    last = dict(zip(labels.column(join).to_pylist(), range(labels.num_rows)))  # later rows overwrite
+    return labels.take(pa.array(list(last.values()), pa.int64())), labels.num_rows - len(last)
+
+
+def first_events(events: pa.Table, join: str) -> tuple[pa.Table, int]:
+    """The first row of each event id, in read order; and how many repeated copies were left out."""
+    first = dict(zip(reversed(events.column(join).to_pylist()), range(events.num_rows - 1, -1, -1)))
+    return events.take(pa.array(sorted(first.values()), pa.int64())), events.num_rows - len(first)
 
 
 def _time_field(schema: dict) -> str | None:
@@ -132,8 +150,11 @@ def _read(conn: Any, topic: str, decoder: Any, role: str, timeout_s: float, out:
         for r in dec.rejected:
             out.undecodable[f"{role}: {r.reason}"] += 1
         n += len(batch)
-        if dec.table.num_rows:
-            parts.append(keep(dec.table) if keep else dec.table)
+        table = dec.table
+        if table.num_rows and np.any(np.diff(dec.index) < 0):  # rows of older schema ids come last
+            table = table.take(pa.array(np.argsort(dec.index, kind="stable")))
+        if table.num_rows:
+            parts.append(keep(table) if keep else table)
         if time.monotonic() - shown > 5:
             say(f"{role}: {n:,} records read from {topic}")
             shown = time.monotonic()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -29,26 +30,43 @@ def _sigterm_as_interrupt() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def _stop_on_signals() -> threading.Event:
-    """Ctrl-C and SIGTERM set the returned event instead of raising: a KeyboardInterrupt inside a
-    blocking py4j call makes py4j log a traceback and drop its gateway connection."""
-    stopping = threading.Event()
+class _Stop:
+    """Ctrl-C and SIGTERM ask for a stop instead of raising: a KeyboardInterrupt inside a blocking
+    py4j call makes py4j log a traceback and drop its gateway connection. The handler only sets a
+    flag (taking a lock there could deadlock with the main thread); a second signal stops at once."""
 
-    def handler(_sig, _frame):
-        stopping.set()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, handler)
-    return stopping
+    def __init__(self) -> None:
+        self.requested = False
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handler)
+
+    def _handler(self, sig, _frame) -> None:
+        if self.requested:
+            signal.signal(sig, signal.SIG_DFL)
+            raise KeyboardInterrupt
+        self.requested = True
 
 
-def _wait_for(result, stopping: threading.Event) -> bool:
+def _quiet_py4j() -> None:
+    """Once stopping: a SIGTERM to the whole process group (systemd, `kill -- -PGID`) stops the JVM
+    too, and py4j would log a traceback for the cancel and for every Java object released until
+    exit. Only py4j's records go; the writer's still show."""
+    for name in ("py4j", "py4j.java_gateway", "py4j.clientserver"):
+        logging.getLogger(name).disabled = True
+    logging.getLogger().addFilter(lambda r: f"{os.sep}py4j{os.sep}" not in r.pathname)  # its logging.exception
+
+
+def _wait_for(result, stop: _Stop) -> bool:
     """Poll the job once a second until it ends (True; a failed job raises its cause) or a stop is
     asked for (False)."""
-    while not stopping.wait(1.0):
+    while not stop.requested:
+        time.sleep(1.0)
+        if stop.requested:
+            break
         try:
             status = result.get_job_client().get_job_status().result()
         except Exception:
-            if stopping.is_set():  # SIGTERM to the process group: the gateway may go first
+            if stop.requested:  # SIGTERM to the process group: the gateway may go first
                 return False
             raise
         if status.is_globally_terminal_state():
@@ -73,7 +91,7 @@ def run(repo, defs, *, with_writer: bool = True, fresh: bool = False, metrics_po
     from streamjobs.job import run_streaming
     conn = load_connection()
     create_topics(conn, repo.topics)
-    stopping = _stop_on_signals()
+    stopping = _Stop()
     stop = threading.Event()
     writer = None
     if with_writer:
@@ -88,12 +106,9 @@ def run(repo, defs, *, with_writer: bool = True, fresh: bool = False, metrics_po
     try:
         if not _wait_for(result, stopping):
             print("stopping: cancelling the Flink job (checkpoint kept) and the writer ...", flush=True)
-            # a SIGTERM to the whole process group (systemd, `kill -- -PGID`) stops the JVM too; then
-            # the cancel fails (as expected) and py4j logs a traceback for it and for every Java
-            # object released until exit: logging stays off, the process is on its way out
-            logging.disable(logging.CRITICAL)
+            _quiet_py4j()
             try:
-                result.get_job_client().cancel().result()
+                result.get_job_client().cancel().result()  # a hang here: a second Ctrl-C stops at once
             except Exception:  # already finished or cluster gone: nothing to cancel
                 pass
     finally:

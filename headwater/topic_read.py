@@ -5,7 +5,8 @@ A partition is done once the consumer's position reaches that end offset, not on
 message with offset ``end - 1`` arrives: the last offset of a partition written by a
 transactional producer (``headwater score --exactly-once``) is a commit marker, which is never
 delivered as a message. The read uses a throwaway group and never commits, so it moves nobody's
-offsets.
+offsets. A compacted partition whose newest offsets the cleaner has removed never reaches that
+end: the read then fails with its timeout rather than stop short silently.
 """
 
 from __future__ import annotations
@@ -37,8 +38,13 @@ def read_to_end(bootstrap: str, topic: str, *, tail: int | None = None, timeout_
     from confluent_kafka import Consumer, TopicPartition
     from headwater.kafka_offsets import watermarks
 
+    if tail is not None and tail <= 0:
+        return
+
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"headwater-read-{time.time_ns()}",
                   "enable.auto.commit": False, "log_level": 3, "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS,
+                  # retention deleting the segment being read: go on from the new start, not the end
+                  "auto.offset.reset": "earliest",
                   "fetch.max.bytes": 64 << 20, "max.partition.fetch.bytes": 16 << 20})
     try:
         md = c.list_topics(topic, timeout=10).topics.get(topic)

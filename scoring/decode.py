@@ -138,9 +138,12 @@ class BatchDecoder:
         bad = np.zeros(table.num_rows, bool)
         for f in self.key_fields:
             col = table.column(f)
-            missing = pc.fill_null(pc.equal(pc.utf8_length(col) if pa.types.is_string(col.type)
-                                            or pa.types.is_large_string(col.type) else pc.binary_length(col), 0),
-                                   True)
+            if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+                missing = pc.fill_null(pc.equal(pc.utf8_length(col), 0), True)
+            elif pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type):
+                missing = pc.fill_null(pc.equal(pc.binary_length(col), 0), True)
+            else:  # a number or a flag: only a null is missing
+                missing = pc.is_null(col)
             m = missing.to_numpy(zero_copy_only=False) & ~bad
             rejected += [Rejected(int(index[i]), "missing_entity_key", f"field {f} is empty or null: "
                                   "producers must set the entity key", "validate") for i in np.flatnonzero(m)]

@@ -1,5 +1,6 @@
 """`headwater spine`: labelled events from the real events and labels topics, against a
-brute-force join written here from the module's rules (first copy of an event, latest label)."""
+brute-force join written here from the module's rules (first copy of an event, latest label),
+and the dedupe rules alone on tables (ties, null label times)."""
 
 from __future__ import annotations
 
@@ -22,8 +23,10 @@ def _events_and_labels(rng: random.Random, n: int):
     events = [{"event_id": f"e{i}", "card_id": f"c{rng.randrange(20)}", "merchant_id": f"m{rng.randrange(5)}",
                "device_id": "d1", "amount": round(rng.uniform(1, 500), 2), "currency": "EUR", "country": "DE",
                "event_time": T0 + rng.randrange(3_600_000)} for i in range(n)]
-    sent = events + rng.sample(events, n // 10)  # producer retries: the same event twice
+    again = [{**e, "merchant_id": "mDUP"} for e in rng.sample(events, n // 10)]  # a second copy, told apart
+    sent = events + again
     rng.shuffle(sent)
+    sent.sort(key=lambda e: e["merchant_id"] == "mDUP")  # stable: copies after their originals
     labels = []
     for e in rng.sample(events, n // 2):
         for _ in range(rng.choice([1, 1, 2, 3])):  # relabels, some at the same label time
@@ -72,6 +75,7 @@ def test_spine_equals_a_brute_force_join(stack, temp_repo: Path, tmp_path: Path)
     res = labelled_spine(repo, stack, timeout_s=60)
     want = _reference(sent, labels)
     assert res.table.to_pylist() == want
+    assert "mDUP" not in res.table.column("merchant_id").to_pylist()  # the first copy, not a later one
     assert res.events_read == len(sent) + 1 and res.labels_read == len(labels) + 1
     labelled = {lab["event_id"] for lab in labels}
     copies = [e["event_id"] for e in sent if e["event_id"] in labelled]
@@ -93,3 +97,21 @@ def test_spine_without_topics_is_a_one_line_error(stack, temp_repo: Path, tmp_pa
                         "--out", str(tmp_path / "s.parquet")], capture_output=True, text=True)
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "does not exist" in r.stderr and "headwater topics create" in r.stderr
+
+
+def test_latest_label_wins_ties_go_to_the_later_row_and_a_null_time_loses() -> None:
+    import pyarrow as pa
+    from backfill.labelled import first_events, latest_labels
+    labels = pa.table({"event_id": ["a", "a", "b", "b", "c", "c", "d"],
+                       "is_fraud": [True, False, True, False, True, False, True],
+                       "label_time": [5, 5, None, 1, 2, None, None]})
+    got, superseded = latest_labels(labels, "event_id", "label_time")
+    assert superseded == 3
+    assert dict(zip(got.column("event_id").to_pylist(), got.column("is_fraud").to_pylist())) == {
+        "a": False, "b": False, "c": True, "d": True}
+    no_time, _ = latest_labels(labels, "event_id", None)  # no timestamp field: the later row
+    assert dict(zip(no_time.column("event_id").to_pylist(), no_time.column("is_fraud").to_pylist())) == {
+        "a": False, "b": False, "c": False, "d": True}
+    events = pa.table({"event_id": ["x", "y", "x", "z", "y"], "n": [1, 2, 3, 4, 5]})
+    firsts, repeats = first_events(events, "event_id")
+    assert firsts.column("n").to_pylist() == [1, 2, 4] and repeats == 2

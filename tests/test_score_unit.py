@@ -161,6 +161,18 @@ def test_rowwise_decode_rejects_an_out_of_range_int() -> None:
     assert [(r.reason, r.index) for r in dec.decode([codec.encode(rec), big]).rejected] == [("avro_error", 1)]
 
 
+def test_numeric_key_fields_and_no_event_time() -> None:
+    """A labels topic keyed by an integer id: only a null key is missing; no event-time check."""
+    schema = {"type": "record", "name": "L", "fields": [{"name": "event_id", "type": ["null", "long"]},
+                                                        {"name": "ok", "type": "boolean"}]}
+    codec = AvroCodec(schema, 31)
+    dec = BatchDecoder(codec, ["event_id"], None, "event_id")
+    msgs = [codec.encode({"event_id": i, "ok": True}) for i in (0, None, 7)] * 10  # 30: the columnar path
+    for got in (dec.decode(msgs), dec.decode(msgs[:3])):
+        assert got.table.column("event_id").to_pylist() == [0, 7] * (len(got.index) // 2)
+        assert {r.reason for r in got.rejected} == {"missing_entity_key"}
+
+
 def test_decoder_refuses_a_schema_without_the_key_field() -> None:
     with pytest.raises(ScoreConfigError, match="merchant_id"):
         BatchDecoder(AvroCodec(EVENT, 11), ["merchant_id"], "event_time")
