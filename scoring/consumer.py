@@ -55,6 +55,16 @@ __all__ = ["ConsumerSettings", "ScoreLoop", "AdaptiveBatch", "LoopStats", "pipel
 log = logging.getLogger(__name__)
 
 
+def _permanent_codes() -> frozenset[int]:
+    from confluent_kafka import KafkaError as K
+    return frozenset({K.MSG_SIZE_TOO_LARGE, K.TOPIC_AUTHORIZATION_FAILED,
+                      K.CLUSTER_AUTHORIZATION_FAILED, K.INVALID_RECORD})
+
+
+#: Kafka errors no retry can fix: the scorer stops with a message instead of rewinding for ever.
+_PERMANENT = _permanent_codes()
+
+
 @dataclass(frozen=True)
 class ConsumerSettings:
     bootstrap_servers: str
@@ -176,7 +186,9 @@ class ScoreLoop:
         self.stats = LoopStats()
         self._stop = threading.Event()
         self.assigned = threading.Event()  # set once the group gave this instance partitions
-        self._failures: list[str] = []
+        self._failures: list[tuple[str, Any]] = []  # (topic, KafkaError) of failed deliveries
+        self._pending: _Unsettled | None = None  # a pipelined batch: produced, not yet settled
+        self._in_txn = False
         from confluent_kafka import Consumer, Producer
         self.producer = Producer({**settings.producer_conf(), "on_delivery": self._on_delivery,
                                   "delivery.report.only.error": True})  # success costs no Python call
@@ -194,7 +206,24 @@ class ScoreLoop:
 
     def _on_delivery(self, err: Any, msg: Any) -> None:
         if err is not None:
-            self._failures.append(f"{msg.topic()}: {err}")
+            self._failures.append((msg.topic(), err))
+
+    def _on_revoke(self, _consumer: Any, _parts: Any) -> None:
+        """Settle the pipelined batch and commit while its partitions are still ours: afterwards
+        its offsets can no longer be stored, and the new owner would score it all again."""
+        b, self._pending = self._pending, None
+        if b is None:
+            return
+        try:
+            self._settle(b)
+            self.consumer.commit(asynchronous=False)
+        except Exception as exc:  # noqa: BLE001 - at-least-once holds: the new owner re-reads it
+            log.warning("batch of %d events not settled before a rebalance (%s): its partitions' new "
+                        "owner scores it again", len(b.msgs), exc)
+
+    def _on_lost(self, _consumer: Any, _parts: Any) -> None:
+        """Partitions taken without a revoke (session timed out): nothing may be committed for them."""
+        self._pending = None
 
     # ---------------------------------------------------------------- loop
 
@@ -209,22 +238,23 @@ class ScoreLoop:
         if s.exactly_once:
             self.producer.init_transactions(30)
         assigned = self.assigned
-        self.consumer.subscribe([s.events_topic], on_assign=lambda c, parts: assigned.set())
+        self.consumer.subscribe([s.events_topic], on_assign=lambda c, parts: assigned.set(),
+                                on_revoke=self._on_revoke, on_lost=self._on_lost)
         batch = AdaptiveBatch(s.max_batch)
         wait_s = max(s.max_wait_ms, 1) / 1000.0
         last_msg = time.monotonic()
-        pending: _Unsettled | None = None
         try:
             while not self._stop.is_set():
-                if max_events is not None and self.stats.events + (len(pending.msgs) if pending else 0) >= max_events:
+                if max_events is not None and self.stats.events + (
+                        len(self._pending.msgs) if self._pending else 0) >= max_events:
                     break
-                msgs = self._next_batch(batch.target, 0.0 if pending is not None else min(wait_s, 1.0))
-                if pending is not None and not msgs:  # nothing prefetched: settle now, then block
+                msgs = self._next_batch(batch.target, 0.0 if self._pending is not None else min(wait_s, 1.0))
+                if self._pending is not None and not msgs:  # nothing prefetched: settle now, then block
+                    b, self._pending = self._pending, None
                     try:
-                        self._settle(pending)
+                        self._settle(b)
                     except DeliveryError as exc:
-                        self._rewind(pending.msgs, exc)
-                    pending = None
+                        self._rewind(b.msgs, exc)
                     continue
                 target = batch.target  # a full batch means more is waiting: pipeline its flush
                 batch.update(len(msgs))
@@ -239,13 +269,14 @@ class ScoreLoop:
                 if self.reload is not None:
                     self.reload()
                 try:
-                    pending = self._process(msgs, pending, defer=pipelined(len(msgs), target, s.max_batch))
+                    self._pending = self._process(msgs, defer=pipelined(len(msgs), target, s.max_batch))
                 except (DeliveryError, KafkaException, StoreUnavailableError) as exc:
-                    # not bad data: the unsettled batches are scored again
-                    self._rewind(msgs if pending is None else pending.msgs + msgs, exc)
-                    pending = None
+                    # not bad data: the unsettled batches are scored again, unless nothing can fix it
+                    self._permanent(exc)
+                    b, self._pending = self._pending, None
+                    self._rewind(msgs if b is None else b.msgs + msgs, exc)
         finally:
-            self._close(pending)
+            self._close()
         return self.stats
 
     def _next_batch(self, target: int, wait_s: float) -> list[Any]:
@@ -265,18 +296,20 @@ class ScoreLoop:
                                f"{self.s.instance_id} give each its own, else check `headwater stack status`")
         return True
 
-    def _process(self, msgs: list[Any], pending: _Unsettled | None, defer: bool) -> _Unsettled | None:
-        """Score ``msgs``, settle ``pending``, produce; returns the new unsettled batch when
+    def _process(self, msgs: list[Any], defer: bool) -> _Unsettled | None:
+        """Score ``msgs``, settle the pending batch, produce; returns the new unsettled batch when
         ``defer`` (None otherwise, and always with transactions: each batch commits before the
         next is consumed)."""
         s, m = self.s, self.metrics
         t0 = time.perf_counter()
         out = self.scorer.score_batch(list(map(_Message.value, msgs)))
-        if pending is not None:
-            self._settle(pending)
+        if self._pending is not None:
+            self._settle(self._pending)
+            self._pending = None  # settled: a failure below rewinds only ``msgs``
         t1 = time.perf_counter()
         if s.exactly_once:
             self.producer.begin_transaction()
+            self._in_txn = True
         self._failures.clear()
         self._produce_all(s.predictions_topic, out.predictions)
         self._produce_all(s.shadow_topic, out.shadows)
@@ -296,18 +329,50 @@ class ScoreLoop:
             self._settle(batch)
             return None
         self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), 30)
-        self.producer.commit_transaction(30)
+        self._commit_transaction()
         self._settled(batch, time.perf_counter() - t1)
         return None
+
+    def _commit_transaction(self) -> None:
+        """Commit; a commit whose outcome is unknown (a retriable error: it may still complete) is
+        retried, never aborted and scored again, which could commit the batch twice. Errors that
+        require an abort go to the rewind (abort, seek back); an outcome still unknown after two
+        minutes stops the scorer: a restart with the same transactional id resolves it."""
+        from confluent_kafka import KafkaException
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                self.producer.commit_transaction(30)
+                self._in_txn = False
+                return
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args else None
+                if err is None or err.txn_requires_abort():
+                    raise
+                if err.retriable() and time.monotonic() < deadline:
+                    log.warning("commit_transaction: %s: retrying", err)
+                    continue
+                raise ScoringError(f"committing a transaction failed ({err}) and its outcome is unknown: "
+                                   "stopped rather than risk a second commit; restart the scorer with the same "
+                                   "--instance-id (the restart completes or aborts it)") from exc
 
     def _settle(self, b: _Unsettled) -> None:
         """Wait for ``b``'s outputs (the only ones in flight), then store its offsets."""
         t = time.perf_counter()
         left = self.producer.flush(30)
         if left or self._failures:
-            raise DeliveryError(f"{left} outputs undelivered, {len(self._failures)} failed "
-                                f"({self._failures[:1]})")
-        self.consumer.store_offsets(offsets=b.offsets)
+            first = f"{self._failures[0][0]}: {self._failures[0][1]}" if self._failures else "none"
+            raise DeliveryError(f"{left} outputs undelivered, {len(self._failures)} failed ({first})",
+                                [err for _, err in self._failures])
+        from confluent_kafka import KafkaError, KafkaException
+        try:
+            self.consumer.store_offsets(offsets=b.offsets)
+        except KafkaException as exc:  # every partition of the batch revoked meanwhile
+            err = exc.args[0] if exc.args else None
+            if getattr(err, "code", lambda: None)() not in (KafkaError._STATE, KafkaError._UNKNOWN_PARTITION):
+                raise
+            log.warning("offsets of a batch of %d events not stored: its partitions were revoked; their "
+                        "new owner scores them again", len(b.msgs))
         self._settled(b, b.produce_s + time.perf_counter() - t)
 
     def _settled(self, b: _Unsettled, produce_s: float) -> None:
@@ -337,6 +402,9 @@ class ScoreLoop:
                 self.producer.produce(topic, value, key, headers=headers)
                 return
             except BufferError:  # queue full: serve delivery reports (backpressure), then retry
+                if self._stop.is_set():  # Kafka away and a stop asked for: do not outlast the grace period
+                    raise DeliveryError("stopping with the output queue full: the batch is scored again "
+                                        "after a restart") from None
                 self.producer.poll(0.05)
 
     def _produce_all(self, topic: str, triples: list[tuple[bytes, bytes, Any]]) -> None:
@@ -373,10 +441,7 @@ class ScoreLoop:
                 raise ScoringError(f"transactional producer failed fatally ({err}): another instance with "
                                    f"transactional id {self.s.transactional_id} fenced this one; "
                                    "give each instance its own --instance-id") from exc
-            try:
-                self.producer.abort_transaction(30)
-            except KafkaException as abort_exc:
-                log.warning("abort_transaction: %s", abort_exc)
+            self._abort()
         first: dict[tuple[str, int], int] = {}
         for msg in msgs:
             k = (msg.topic(), msg.partition())
@@ -399,8 +464,30 @@ class ScoreLoop:
                 lag += max(0, high - tp.offset)
         self.metrics.lag.set(lag)
 
-    def _close(self, pending: _Unsettled | None = None) -> None:
+    def _abort(self) -> None:
+        from confluent_kafka import KafkaException
         try:
+            self.producer.abort_transaction(30)
+        except KafkaException as abort_exc:
+            log.warning("abort_transaction: %s", abort_exc)
+        self._in_txn = False
+
+    def _permanent(self, exc: Exception) -> None:
+        """Raise instead of retrying for ever when Kafka refuses outputs for good (too large, not
+        authorised): each retry would produce the batch's outputs again and the partition stalls."""
+        errs = getattr(exc, "errors", None) or ([exc.args[0]] if exc.args else [])
+        codes = {getattr(e, "code", lambda: None)() for e in errs}
+        if codes & _PERMANENT:
+            if self.s.exactly_once and self._in_txn:
+                self._abort()
+            raise ScoringError(f"Kafka refuses this scorer's outputs for good ({errs[0]}): check the output "
+                               "topics' max.message.bytes and the scorer's ACLs, then restart") from exc
+
+    def _close(self) -> None:
+        pending, self._pending = self._pending, None
+        try:
+            if self._in_txn:  # an unexpected error mid-batch: readers must not wait for the timeout
+                self._abort()
             if pending is not None:
                 self._settle(pending)  # its offsets are committed below; on failure they are not
             elif not self.s.exactly_once:
@@ -411,6 +498,12 @@ class ScoreLoop:
             try:
                 if not self.s.exactly_once:
                     self.consumer.commit(asynchronous=False)
-            except Exception as exc:  # nothing stored yet: "No offset stored"
-                log.debug("final commit: %s", exc)
+            except Exception as exc:  # noqa: BLE001
+                from confluent_kafka import KafkaError
+                err = exc.args[0] if exc.args else None
+                if getattr(err, "code", lambda: None)() == KafkaError._NO_OFFSET:
+                    log.debug("final commit: %s", exc)  # nothing stored since the last commit
+                else:
+                    log.warning("final commit failed (%s): the events since the last commit are scored again",
+                                exc)
             self.consumer.close()

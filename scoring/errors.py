@@ -6,6 +6,9 @@ exits 2). Bad *data* is never raised: it goes to the DLQ with one of ``DLQ_REASO
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from headwater.errors import HeadwaterError
 from schemas.errors import DECODE_REASONS
 
@@ -28,3 +31,7 @@ class ScoreConfigError(ScoringError):
 
 class DeliveryError(ScoringError):
     """Outputs of a batch were not acknowledged by Kafka; the batch is rewound and retried."""
+
+    def __init__(self, message: str, errors: Sequence[Any] = ()) -> None:
+        super().__init__(message)
+        self.errors = list(errors)  # the KafkaErrors of the failed deliveries

@@ -28,7 +28,7 @@ from streamjobs.avro_ddl import ddl_columns
 from streamjobs.plan import FeaturePlan, ViewPlan
 
 __all__ = ["SourceBinding", "KafkaBounds", "CompiledJob", "source_ddl", "function_ddl", "events_view_sql",
-           "tile_selects", "tile_sink_ddl", "compile_job", "job_config", "q"]
+           "tile_selects", "tile_sink_ddl", "compile_job", "job_config", "q", "state_ttl_ms"]
 
 # metadata columns every source table gets (names chosen not to collide with user columns)
 PARTITION, OFFSET, APPEND_TS, APPEND_MS = "hw_partition", "hw_offset", "hw_append_ts", "hw_append_ms"
@@ -154,11 +154,18 @@ def events_view_sql(src: SourceBinding, views: list[ViewPlan]) -> str:
             + f"\nFROM {q(src.table)}")
 
 
-def _ttl_hint(view: ViewPlan, resolution_ms: int, alias: str) -> str:
+def state_ttl_ms(view: ViewPlan, resolution_ms: int, downtime_ms: int = 0) -> int:
     """Per-aggregation state TTL: a tile can still change for one resolution plus the lateness
-    after its first event; twice that is safe even while the job catches up."""
-    ttl_ms = 2 * (resolution_ms + view.allowed_lateness_ms) + 60_000
-    return f"/*+ STATE_TTL('{alias}' = '{ttl_ms} ms') */ "
+    after its first event; twice that is safe even while the job catches up. Flink counts it in
+    processing time from an entry's last write, so a job restored after ``downtime_ms`` would find
+    the tiles it had open expired and start them again from nothing (the writer would then keep
+    the older, fuller version and drop the rest): the restored run adds the downtime. Flink keeps
+    the TTL out of checkpoints, so each run may set its own."""
+    return 2 * (resolution_ms + view.allowed_lateness_ms) + 60_000 + max(0, int(downtime_ms))
+
+
+def _ttl_hint(view: ViewPlan, resolution_ms: int, alias: str, downtime_ms: int = 0) -> str:
+    return f"/*+ STATE_TTL('{alias}' = '{state_ttl_ms(view, resolution_ms, downtime_ms)} ms') */ "
 
 
 _MARK, MARKED = "hw_mark", "hw_marked"  # per query: the copy's offset; per source row: the reader id of a copy, else 0
@@ -181,7 +188,8 @@ def _marked_events(view: ViewPlan, src: SourceBinding, r: int, where: str) -> st
             f"    WHERE {copy} OR ({where}))")
 
 
-def tile_selects(view: ViewPlan, src: SourceBinding, markers: bool = False) -> list[tuple[int, str]]:
+def tile_selects(view: ViewPlan, src: SourceBinding, markers: bool = False,
+                 downtime_ms: int = 0) -> list[tuple[int, str]]:
     """``(resolution_ms, SELECT)``: one per ladder resolution (tiles), then progress
     (``PROGRESS_RESOLUTION``); the mode-independent core, plus markers in streaming
     (``markers``, module docstring).
@@ -206,7 +214,7 @@ def tile_selects(view: ViewPlan, src: SourceBinding, markers: bool = False) -> l
             key, tile, count = entity, q(_tile_col(r)), "COUNT(*)"
             source, filt = q(src.events_view), f"  WHERE {where}\n"
         out.append((r,
-            f"SELECT {_ttl_hint(view, r, 'e')}{name}, {key} AS {q('entity')}, "
+            f"SELECT {_ttl_hint(view, r, 'e', downtime_ms)}{name}, {key} AS {q('entity')}, "
             f"CAST({r} AS BIGINT) AS {q('resolution_ms')}, {tile} AS {q('tile_start')},\n"
             f"    '{view.plan_hash}' AS {q('plan_hash')}, {count} AS {q('n_events')},\n"
             f"    MAX({q(APPEND_MS)}) AS {q('max_append_ms')},\n    {aggs}\n"
@@ -304,9 +312,10 @@ def job_config(mode: Literal["streaming", "batch"], checkpoint_dir: str | None =
 def compile_job(plan: FeaturePlan, sources: dict[str, SourceBinding], tiles_topic: str, bootstrap: str,
                 key_schema_id: int, value_schemas: dict[str, tuple[dict, int]], group_id: str,
                 bounds: KafkaBounds = KafkaBounds(), mode: Literal["streaming", "batch"] = "streaming",
-                checkpoint_dir: str | None = None, markers: bool = False) -> CompiledJob:
+                checkpoint_dir: str | None = None, markers: bool = False, downtime_ms: int = 0) -> CompiledJob:
     """The whole features job. ``sources`` maps topic -> binding; ``value_schemas`` view -> (schema, id);
-    ``markers``: streaming at parallelism 1 only (module docstring)."""
+    ``markers``: streaming at parallelism 1 only (module docstring); ``downtime_ms``: how long the
+    job restored from a checkpoint was stopped (``state_ttl_ms``)."""
     if markers and mode != "streaming":
         raise ValueError("markers are a streaming-job feature")
     ddl: list[str] = function_ddl()
@@ -316,7 +325,7 @@ def compile_job(plan: FeaturePlan, sources: dict[str, SourceBinding], tiles_topi
     inserts = []
     for view in plan.views:
         schema, sid = value_schemas[view.name]
-        for r, select in tile_selects(view, sources[view.topic], markers):
+        for r, select in tile_selects(view, sources[view.topic], markers, downtime_ms):
             ddl.append(tile_sink_ddl(view, r, schema, tiles_topic, bootstrap, key_schema_id, sid, markers))
             inserts.append(f"INSERT INTO {q(tile_sink_table(view, r))}\n{select}")
     return CompiledJob(tuple(ddl), tuple(inserts), job_config(mode, checkpoint_dir, markers=markers), markers)

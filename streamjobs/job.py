@@ -7,6 +7,7 @@ compiled plan.
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Literal
 
@@ -70,15 +71,15 @@ def markers_default(mode: str = "streaming") -> bool:
 
 
 def compile_features(conn: Connection, repo, defs, *, bounds=None, mode="streaming", checkpoint_dir=None,
-                     group_id: str | None = None, markers: bool | None = None):
-    """``markers``: default ``markers_default(mode)``."""
+                     group_id: str | None = None, markers: bool | None = None, downtime_ms: int = 0):
+    """``markers``: default ``markers_default(mode)``; ``downtime_ms``: see ``compiler.state_ttl_ms``."""
     from streamjobs.compiler import KafkaBounds, compile_job
     if markers is None:
         markers = markers_default(mode)
     sources, key_id, values = bindings(repo, defs)
     return compile_job(defs.plan, sources, repo.topics.tiles.name, conn.bootstrap_servers, key_id, values,
                        group_id or default_group(repo.project, "features"), bounds or KafkaBounds(), mode,
-                       checkpoint_dir, markers=markers)
+                       checkpoint_dir, markers=markers, downtime_ms=downtime_ms)
 
 
 def default_parallelism() -> int:
@@ -132,12 +133,18 @@ def older_checkpoints(directory: Path) -> list[Path]:
 
 def latest_checkpoint(directory: Path) -> str | None:
     """The newest completed checkpoint (``chk-N/_metadata``) under ``directory``, for resuming."""
-    best: tuple[float, Path] | None = None
+    found = newest_checkpoint(directory)
+    return found[0].as_uri() if found else None
+
+
+def newest_checkpoint(directory: Path) -> tuple[Path, float] | None:
+    """(folder, completion time in epoch seconds) of the newest completed checkpoint."""
+    best: tuple[Path, float] | None = None
     for meta in directory.glob("*/chk-*/_metadata"):
         t = meta.stat().st_mtime
-        if best is None or t > best[0]:
-            best = (t, meta.parent)
-    return best[1].as_uri() if best else None
+        if best is None or t > best[1]:
+            best = (meta.parent, t)
+    return best
 
 
 def run_streaming(conn: Connection, repo, defs, *, fresh: bool = False, progress=print):
@@ -148,7 +155,9 @@ def run_streaming(conn: Connection, repo, defs, *, fresh: bool = False, progress
     """
     ckpt = checkpoint_dir(repo.project, markers_default())
     ckpt.mkdir(parents=True, exist_ok=True)
-    restore = None if fresh else latest_checkpoint(ckpt)
+    found = None if fresh else newest_checkpoint(ckpt)
+    restore = found[0].as_uri() if found else None
+    downtime_ms = int((time.time() - found[1]) * 1000) if found else 0
     if restore is None and not fresh:
         stale = older_checkpoints(ckpt)
         if stale:
@@ -156,8 +165,9 @@ def run_streaming(conn: Connection, repo, defs, *, fresh: bool = False, progress
                              "parallelism (HEADWATER_FLINK_PARALLELISM: 1 runs with markers, more without), and "
                              "cannot be restored: rerun with `--fresh` to start from the committed offsets "
                              "(tiles still open at the restart then hold only the events read after it)")
-    job = compile_features(conn, repo, defs, checkpoint_dir=ckpt.as_uri())
+    job = compile_features(conn, repo, defs, checkpoint_dir=ckpt.as_uri(), downtime_ms=downtime_ms)
     progress(f"features job: {len(defs.plan.views)} view(s), {len(job.inserts)} tile queries, "
              f"plan {defs.plan.plan_hash}; checkpoints in {ckpt}"
-             + (f"; resuming from {restore}" if restore else ""))
+             + (f"; resuming from {restore} (stopped {downtime_ms / 60_000:.1f} min: state TTL extended by that)"
+                if restore else ""))
     return submit(conn, job, restore_from=restore)

@@ -210,3 +210,19 @@ def test_progress_query_carries_the_next_offset():
     vp = build_plan([view(Aggregation("count", "amount", ("1m",)))]).views[0]
     sql = dict(tile_selects(vp, SourceBinding("fraud.transactions", SCHEMA, 1)))[PROGRESS_RESOLUTION]
     assert f"MAX({q(OFFSET)}) + 1" in sql and "COUNT(*)" not in sql, sql
+
+
+def test_a_restored_job_extends_each_state_ttl_by_its_downtime():
+    """Flink counts STATE_TTL in processing time: a job stopped longer than a tile's TTL would
+    restore with the tiles it had open expired, unless the restored run adds the downtime."""
+    import re
+    from streamjobs.compiler import SourceBinding, state_ttl_ms, tile_selects
+    vp = build_plan([view(Aggregation("count", "amount", ("1m",)))]).views[0]
+    src = SourceBinding("fraud.transactions", SCHEMA, 1)
+
+    def ttls(downtime_ms: int) -> dict[int, int]:
+        hints = {r: re.search(r"STATE_TTL\('e' = '(\d+) ms'\)", s) for r, s in tile_selects(vp, src, downtime_ms=downtime_ms)}
+        return {r: int(m.group(1)) for r, m in hints.items() if m}  # the progress query keeps no tile state
+    base, later = ttls(0), ttls(3_600_000)
+    assert base and all(later[r] == base[r] + 3_600_000 for r in base)
+    assert all(base[r] == state_ttl_ms(vp, r) == 2 * (r + vp.allowed_lateness_ms) + 60_000 for r in base)

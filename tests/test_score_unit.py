@@ -280,3 +280,28 @@ def test_next_batch_drops_kafka_errors_and_raises_on_fatal_ones() -> None:
     loop.s = type("S", (), {"instance_id": "0"})()
     with pytest.raises(ScoringError, match="instance-id"):
         loop._next_batch(8, 0.0)
+
+
+def test_a_dead_letter_of_a_huge_event_fits_the_producer_limit() -> None:
+    codec = AvroCodec(load_schema("dlq"), 41)
+    msg = Message(value=b"\x07" + b"x" * 2_000_000, key=b"k" * 100_000, topic="e", partition=1, offset=9)
+    rec = codec.decode(outputs.dead_letter(codec, msg, "bad_magic", "first byte is 7", "decode"))
+    assert rec["value"] == msg.value()[:outputs.DLQ_BYTES_MAX] and len(rec["key"]) == outputs.DLQ_BYTES_MAX // 10
+    assert "value of 2,000,001 bytes cut to its first 524,288" in rec["error"] and "key of 100,000" in rec["error"]
+    small = Message(value=b"\x07ab", key=None, topic="e", partition=1, offset=10)
+    rec = codec.decode(outputs.dead_letter(codec, small, "bad_magic", "first byte is 7", "decode"))
+    assert rec["value"] == b"\x07ab" and rec["key"] is None and rec["error"] == "first byte is 7"
+
+
+def test_outputs_kafka_refuses_for_good_stop_the_loop_instead_of_a_retry_loop() -> None:
+    from types import SimpleNamespace
+    from confluent_kafka import KafkaException
+    from scoring.consumer import ScoreLoop
+    from scoring.errors import DeliveryError, ScoringError
+    me = SimpleNamespace(s=SimpleNamespace(exactly_once=False), _in_txn=False)
+    ScoreLoop._permanent(me, DeliveryError("1 failed", [KafkaError(KafkaError._MSG_TIMED_OUT)]))  # retried
+    ScoreLoop._permanent(me, KafkaException(KafkaError(KafkaError._TRANSPORT)))
+    for exc in (DeliveryError("1 failed", [KafkaError(KafkaError.MSG_SIZE_TOO_LARGE)]),
+                KafkaException(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED))):
+        with pytest.raises(ScoringError, match="refuses this scorer's outputs for good"):
+            ScoreLoop._permanent(me, exc)
