@@ -7,7 +7,8 @@ producer, and a key appears at most once per flush. So once the writer has read 
 for a source partition *and the one after it*, it has read every tile that query emitted before
 the first: everything aggregated from that partition up to the first marker's copied record
 (offset ``n_events - 1``; ``max_append_ms`` is the newest append time among the copies, which
-errs low if append times ever went back). Once that holds for every resolution of
+errs low if append times ever went back). The progress published is one millisecond below that
+append time: later records of the same producer batch share it and need not be read yet. Once that holds for every resolution of
 a view, the view's progress for the partition can rise to those values as soon as the tiles read
 so far are in Redis; no waiting on the clock (the settle rule in ``online_store.writer`` remains for
 partitions whose events stopped before a second marker).
@@ -72,7 +73,9 @@ class MarkerTracker:
             if best == self._sent.get((view, p)):
                 continue
             self._sent[(view, p)] = best
+            # as_of is inclusive (every append at or before it is in) and LogAppendTime stamps a whole
+            # producer batch with one time: records after the copied one may share its ms, unread
             out.append({"view": view, "plan_hash": v.plan_hash, "entity": "", "resolution_ms": 0,
-                        "tile_start": p, "n_events": best[0], "max_append_ms": best[1]})
+                        "tile_start": p, "n_events": best[0], "max_append_ms": best[1] - 1})
         self._dirty.clear()
         return out

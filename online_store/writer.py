@@ -61,6 +61,7 @@ from headwater.heap import frozen_heap
 from headwater.kafka_batch import take
 from online_store import keys
 from online_store.errors import StoreUnavailableError
+from schemas.errors import SchemaStoreError
 from online_store.metrics import WriterMetrics
 from online_store.markers import MarkerTracker
 from online_store.tiles import is_marker, marker_key, is_progress, tile_ir, tile_value_schema, tile_version
@@ -149,15 +150,21 @@ class TileWriter:
             raise StoreUnavailableError(f"cannot load the writer scripts into Redis: {exc}; is redis-server up "
                                         "(`headwater stack up`)?") from exc
 
+    def _rejected(self, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.rejected.labels(reason).inc()
+
     def check(self, rec: Mapping[str, Any], stats: WriteStats) -> ViewPlan | None:
         """The record's view, or None (counted and logged once) for an unknown view or another plan."""
         view = self._views.get(rec.get("view"))  # type: ignore[arg-type]
         if view is None:
             stats.unknown_view += 1
+            self._rejected("unknown_view")
             self._once(("view", rec.get("view")), "tiles of view %r are not in the plan; dropped", rec.get("view"))
             return None
         if rec.get("plan_hash") != view.plan_hash:
             stats.rejected_plan += 1
+            self._rejected("other_plan")
             self._once(("plan", view.name, rec.get("plan_hash")),
                        "view %r: tiles of plan %r rejected (this writer's plan is %r); run the writer of the job's plan",
                        view.name, rec.get("plan_hash"), view.plan_hash)
@@ -203,6 +210,7 @@ class TileWriter:
                 entity = str(rec["entity"])
             except Exception as exc:  # malformed record: count, never crash the loop
                 stats.invalid += 1
+                self._rejected("invalid")
                 self._once(("invalid", view.name), "view %r: invalid tile record dropped (%s)", view.name, exc)
                 continue
             index, args = per_view.setdefault(view.name, ({}, []))
@@ -571,17 +579,22 @@ def _write_loop(consumer: Any, ends: _EndOffsets, writer: TileWriter, decoder: _
                 continue
             try:
                 rec = decoder.decode(value)
-            except Exception as exc:  # DecodeError and anything fastavro raises: count, never die on data
+                kind = "progress" if is_progress(rec) else "marker" if is_marker(rec) else "tile"
+            except SchemaStoreError as exc:  # the registry is down (an unknown id is a DecodeError): no data
+                raise StoreUnavailableError(f"schema registry unavailable while reading {topic}[{m.partition()}]@"
+                                            f"{m.offset()} ({exc}): the writer stops before that record, nothing "
+                                            "past it committed; restart it once the registry answers") from exc
+            except Exception as exc:  # DecodeError, anything fastavro raises, a record of another shape
                 total.undecodable += 1
                 if writer.metrics is not None:
                     writer.metrics.rejected.labels("undecodable").inc()
                 once(("decode", type(exc).__name__), "undecodable tile record at %s[%d]@%d: %s",
                      topic, m.partition(), m.offset(), exc)
                 continue
-            if is_progress(rec):
+            if kind == "progress":
                 rec[_AT] = (m.partition(), m.offset())
                 progress.append(rec)
-            elif is_marker(rec):
+            elif kind == "marker":
                 total.records += 1
                 if writer.check(rec, total) is not None:  # else counted as another view's or plan's
                     markers.add(rec["view"], int(rec["resolution_ms"]), -1 - int(rec["tile_start"]), rec["entity"],

@@ -80,11 +80,15 @@ def test_run_writer_stores_tiles_then_rebuild_matches(stack, setup, unique) -> N
     records = sorted(tile_records(vp, case["events"]), key=lambda r: r["tile_start"])
     bad_plan = dict(records[0], plan_hash="f" * 16)
     # the view's source is the "events" topic role: 3 partitions, so as_of waits for all three
+    store = open_store(repo.resolve(repo.schema_store), repo.schema_registry_url)
+    other = AvroCodec.for_subject(store, f"other-{unique}", {"type": "record", "name": "Other",
+                                                          "fields": [{"name": "x", "type": "long"}]})
     send(records + [bad_plan, progress_record(vp, 0, 1000), progress_record(vp, 1, 1500)],
-         raw=[(b"k1", b"not avro at all"), (b"k2", None), (b"k3", b"\x00\x00\x00\x7f\xff\x02")])
+         raw=[(b"k1", b"not avro at all"), (b"k2", None), (b"k3", b"\x00\x00\x00\x7f\xff\x02"),
+              (b"k4", other.encode({"x": 5}))])  # valid Avro of another shape: counted, not a crash loop
     stats = run_writer(stack, repo, plan, group_id=f"w-{unique}", idle_exit_s=3, settle_ms=300)
     assert stats.written > 0 and stats.rejected_plan == 1 and stats.progress == 2
-    assert stats.undecodable == 2 and stats.tombstones == 1
+    assert stats.undecodable == 3 and stats.tombstones == 1
     assert stats.transcoded >= len(records) - 1  # only a schema id's first value takes the full path
     assert fetch(client, repo.project, plan, ["x"]).as_of_ms[vp.name] is None  # partition 2 never reported
     send([progress_record(vp, 2, 1200)])
