@@ -466,7 +466,9 @@ def _sources(consumer: Any, plan: FeaturePlan, repo_cfg: RepoConfig) -> dict[str
     roles = {role: spec.name for role, spec in repo_cfg.topics.all().items()}
     try:
         topics = consumer.list_topics(timeout=10).topics
-    except Exception:  # metadata is an optimisation of as_of, never a reason to stop
+    except Exception as exc:  # never a reason to stop; the idleness check reads the counts again
+        log.warning("cannot read topic metadata (%s): until the idleness check reads the source partitions, "
+                    "as_of is the minimum over those that reported", exc)
         return {}
     names = {v.name: roles.get(v.topic, v.topic) for v in plan.views}
     return {v: (t, len(topics[t].partitions)) for v, t in names.items() if t in topics}
