@@ -254,6 +254,7 @@ class ScoreLoop:
                     try:
                         self._settle(b)
                     except DeliveryError as exc:
+                        self._permanent(exc)
                         self._rewind(b.msgs, exc)
                     continue
                 target = batch.target  # a full batch means more is waiting: pipeline its flush
