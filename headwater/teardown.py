@@ -51,8 +51,8 @@ def default_groups(project: str) -> tuple[str, ...]:
 
 
 def _redis(conn: Connection):
-    import redis
-    return redis.Redis.from_url(conn.redis_url)
+    from online_store.repo_fetch import redis_client
+    return redis_client(conn.redis_url)
 
 
 def _key_names(conn: Connection, pattern: str) -> list[bytes]:

@@ -12,9 +12,19 @@ from online_store.reader import FetchResult, fetch
 __all__ = ["fetch_repo", "redis_client"]
 
 
+#: URL schemes that mean Redis Cluster (name any one node; the client finds the others).
+CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+
+
 def redis_client(url: str | None = None):
+    """A client for ``url`` (default: the stack's): ``redis://`` one server, ``redis+cluster://``
+    a Redis Cluster. The writer groups each script call's keys by slot there; fetch pipelines."""
     import redis
-    return redis.Redis.from_url(url or load_connection().redis_url, decode_responses=False)
+    url = url or load_connection().redis_url
+    if url.startswith(CLUSTER_SCHEMES):
+        from redis.cluster import RedisCluster
+        return RedisCluster.from_url(url.replace("+cluster", "", 1), decode_responses=False)
+    return redis.Redis.from_url(url, decode_responses=False)
 
 
 def fetch_repo(repo: RepoConfig | str, keys: Mapping[str, Sequence[str]] | Sequence[tuple[str, str]],

@@ -227,17 +227,24 @@ class TileWriter:
 
     def _write_tiles(self, per_view: dict[str, tuple[dict[str, int], list[Any]]], now_ms: int, stats: WriteStats) -> None:
         calls: list[tuple[str, list[Any]]] = []
+        slot = getattr(self.redis, "keyslot", None)  # Redis Cluster: one script call's keys share a slot
         for name, (index, tiles) in per_view.items():
             prefix = self._prefix[name]
             entities = list(index)
-            for i in range(0, len(tiles), self.max_tiles_per_call):
-                chunk = tiles[i:i + self.max_tiles_per_call]
-                local: dict[int, int] = {}
-                argv: list[Any] = [now_ms, *self._res_args[name]]
-                for k, r, s, n, a, value in chunk:
-                    argv += (local.setdefault(k, len(local) + 1), r, s, n, a, value)
-                ks = [f"{prefix}{entities[k - 1]}}}" for k in local]
-                calls.append((name, [self._write_sha, len(ks), *ks, *argv]))
+            groups = [tiles]
+            if slot is not None:
+                by_slot: dict[int, list[Any]] = {}
+                for t in tiles:
+                    by_slot.setdefault(slot(f"{prefix}{entities[t[0] - 1]}}}"), []).append(t)
+                groups = list(by_slot.values())
+            for group in groups:
+                for i in range(0, len(group), self.max_tiles_per_call):
+                    local: dict[int, int] = {}
+                    argv: list[Any] = [now_ms, *self._res_args[name]]
+                    for k, r, s, n, a, value in group[i:i + self.max_tiles_per_call]:
+                        argv += (local.setdefault(k, len(local) + 1), r, s, n, a, value)
+                    ks = [f"{prefix}{entities[k - 1]}}}" for k in local]
+                    calls.append((name, [self._write_sha, len(ks), *ks, *argv]))
         results = self._execute([c for _, c in calls])
         for (name, _), (written, stale, too_old, deleted) in zip(calls, results):
             stats.written += written
@@ -653,11 +660,10 @@ def _write_loop(consumer: Any, ends: _EndOffsets, writer: TileWriter, decoder: _
 
 def _open(conn: Connection, repo_cfg: RepoConfig, redis_client: Any,
           plan: FeaturePlan | None = None) -> tuple[Any, _Decoder]:
-    import redis as redis_lib
-
+    from online_store.repo_fetch import redis_client as client_for
     from schemas import open_store
 
-    client = redis_client or redis_lib.Redis.from_url(conn.redis_url)
+    client = redis_client or client_for(conn.redis_url)
     return client, _Decoder(open_store(repo_cfg.resolve(repo_cfg.schema_store), repo_cfg.schema_registry_url), plan)
 
 
