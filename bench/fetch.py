@@ -37,6 +37,7 @@ import redis  # noqa: E402
 from headwater.config import load_connection  # noqa: E402
 from headwater.generator import GeneratorConfig, generate_table  # noqa: E402
 from headwater.heap import freeze_startup_heap  # noqa: E402
+from online_store.repo_fetch import redis_client  # noqa: E402
 from online_store import TileWriter, fetch, keys  # noqa: E402
 from streamjobs import Aggregation, Entity, FeatureView, LatestValue, Source, build_plan, ir, windows  # noqa: E402
 from streamjobs.plan import FeaturePlan, ViewPlan  # noqa: E402
@@ -138,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ValueError:
         ap.error(f"--fetches {args.fetches!r}: give ROWS:N pairs with ROWS 1, 100 or 1000, e.g. 1:2000,100:200,1000:200")
     conn = load_connection()
-    client = redis.Redis.from_url(conn.redis_url)
+    client = redis_client(conn.redis_url)
     plan: FeaturePlan = build_plan(load_views())
     project = f"bench{uuid.uuid4().hex[:6]}"
     end = windows.tile_start(int(time.time() * 1000), 1000)

@@ -47,7 +47,7 @@ REFS = ("card_velocity:txn_count_10m", "card_velocity:amount_sum_1h", "card_velo
 
 def setup(path: Path, entities: int):
     """Tiles and models for ``path``, a scratch copy of examples/fraud."""
-    import redis as redis_lib
+    from online_store.repo_fetch import redis_client
     from headwater.config import load_connection, load_repo
     from headwater.generator import GeneratorConfig, generate_table
     from headwater.topics import create_topics
@@ -60,7 +60,7 @@ def setup(path: Path, entities: int):
     repo, conn = load_repo(path), load_connection()
     create_topics(conn, repo.topics)
     plan = load_definitions(repo).plan
-    rds = redis_lib.Redis.from_url(conn.redis_url)
+    rds = redis_client(conn.redis_url)
     now = int(time.time() * 1000)
     hist, _ = generate_table(GeneratorConfig(rate=20, entities=entities, duration_s=3000, seed=3,
                                              start_ms=now - 3_000_000))

@@ -59,7 +59,7 @@ def _key_names(conn: Connection, pattern: str) -> list[bytes]:
     import redis
     try:
         return list(_redis(conn).scan_iter(match=pattern, count=5000))
-    except redis.exceptions.ConnectionError as exc:
+    except (redis.exceptions.ConnectionError, redis.exceptions.RedisClusterException) as exc:
         raise StackError(f"cannot reach Redis at {conn.redis_url} ({exc}): run `headwater stack up` "
                          f"or set HEADWATER_REDIS_URL") from exc
 

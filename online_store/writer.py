@@ -233,9 +233,10 @@ class TileWriter:
             entities = list(index)
             groups = [tiles]
             if slot is not None:
+                slots = [slot(f"{prefix}{e}}}") for e in entities]  # once per entity
                 by_slot: dict[int, list[Any]] = {}
                 for t in tiles:
-                    by_slot.setdefault(slot(f"{prefix}{entities[t[0] - 1]}}}"), []).append(t)
+                    by_slot.setdefault(slots[t[0] - 1], []).append(t)
                 groups = list(by_slot.values())
             for group in groups:
                 for i in range(0, len(group), self.max_tiles_per_call):
@@ -258,7 +259,7 @@ class TileWriter:
 
     def _execute(self, calls: list[list[Any]]) -> list[Any]:
         """All EVALSHA calls in one pipeline; reload scripts once if Redis lost them (retry is idempotent)."""
-        from redis.exceptions import NoScriptError, RedisError
+        from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
         for attempt in (0, 1):
             pipe = self.redis.pipeline(transaction=False)
@@ -270,7 +271,7 @@ class TileWriter:
                 if attempt:
                     raise
                 self._load_scripts()
-            except RedisError as exc:
+            except (RedisError, RedisClusterException) as exc:
                 raise StoreUnavailableError(f"writing tiles to Redis failed: {exc}") from exc
         raise AssertionError("unreachable")
 
@@ -630,8 +631,8 @@ def _write_loop(consumer: Any, ends: _EndOffsets, writer: TileWriter, decoder: _
         if not parts:
             last_msg = now  # idle time counts from the first assignment, not while the group forms
         ready = settler.poll(now, pos, lambda: ends(parts) if parts else None)
-        if ready:
-            as_of.update(writer.publish_progress(ready))
+        if ready:  # one ms below, as markers: the broker stamps a producer batch with one time
+            as_of.update(writer.publish_progress([dict(r, max_append_ms=int(r["max_append_ms"]) - 1) for r in ready]))
             if writer.metrics is not None:
                 writer.metrics.progress.labels("settle").inc(len(ready))
         held = settler.held()

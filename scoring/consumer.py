@@ -47,7 +47,7 @@ from headwater.topic_read import FETCH_QUEUE_BACKOFF_MS
 from online_store.errors import StoreUnavailableError
 from scoring.errors import DeliveryError, ScoringError
 from scoring.metrics import ScoringMetrics, observe_many
-from scoring.outputs import dead_letter
+from scoring.outputs import DLQ_BYTES_MAX, dead_letter
 from scoring.scorer import BatchOutput, Scorer
 
 __all__ = ["ConsumerSettings", "ScoreLoop", "AdaptiveBatch", "LoopStats", "pipelined"]
@@ -57,8 +57,8 @@ log = logging.getLogger(__name__)
 
 def _permanent_codes() -> frozenset[int]:
     from confluent_kafka import KafkaError as K
-    return frozenset({K.MSG_SIZE_TOO_LARGE, K.TOPIC_AUTHORIZATION_FAILED,
-                      K.CLUSTER_AUTHORIZATION_FAILED, K.INVALID_RECORD})
+    return frozenset({K.MSG_SIZE_TOO_LARGE, K.TOPIC_AUTHORIZATION_FAILED, K.CLUSTER_AUTHORIZATION_FAILED,
+                      K.TRANSACTIONAL_ID_AUTHORIZATION_FAILED, K.GROUP_AUTHORIZATION_FAILED, K.INVALID_RECORD})
 
 
 #: Kafka errors no retry can fix: the scorer stops with a message instead of rewinding for ever.
@@ -216,10 +216,14 @@ class ScoreLoop:
             return
         try:
             self._settle(b)
-            self.consumer.commit(asynchronous=False)
         except Exception as exc:  # noqa: BLE001 - at-least-once holds: the new owner re-reads it
             log.warning("batch of %d events not settled before a rebalance (%s): its partitions' new "
                         "owner scores it again", len(b.msgs), exc)
+            return
+        try:
+            self.consumer.commit(asynchronous=False)
+        except Exception as exc:  # noqa: BLE001 - librdkafka commits stored offsets on revoke too
+            log.info("commit before a rebalance: %s", exc)
 
     def _on_lost(self, _consumer: Any, _parts: Any) -> None:
         """Partitions taken without a revoke (session timed out): nothing may be committed for them."""
@@ -316,7 +320,7 @@ class ScoreLoop:
         self._produce_all(s.shadow_topic, out.shadows)
         for r in out.rejects:
             msg = msgs[r.index]
-            self._produce(s.dlq_topic, msg.key(), dead_letter(self.dlq_codec, msg, r.reason, r.error, r.stage), None)
+            self._produce(s.dlq_topic, (msg.key() or b"")[:DLQ_BYTES_MAX // 10] or None, dead_letter(self.dlq_codec, msg, r.reason, r.error, r.stage), None)
             m.dlq.labels(r.reason).inc()
         if out.feature_log and self.feature_log is not None:
             self.feature_log.write(out.feature_log)
@@ -353,6 +357,7 @@ class ScoreLoop:
                 if err.retriable() and time.monotonic() < deadline:
                     log.warning("commit_transaction: %s: retrying", err)
                     continue
+                self._in_txn = False  # not to be aborted on close either: its outcome is the restart's
                 raise ScoringError(f"committing a transaction failed ({err}) and its outcome is unknown: "
                                    "stopped rather than risk a second commit; restart the scorer with the same "
                                    "--instance-id (the restart completes or aborts it)") from exc

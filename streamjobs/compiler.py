@@ -159,9 +159,13 @@ def state_ttl_ms(view: ViewPlan, resolution_ms: int, downtime_ms: int = 0) -> in
     after its first event; twice that is safe even while the job catches up. Flink counts it in
     processing time from an entry's last write, so a job restored after ``downtime_ms`` would find
     the tiles it had open expired and start them again from nothing (the writer would then keep
-    the older, fuller version and drop the rest): the restored run adds the downtime. Flink keeps
-    the TTL out of checkpoints, so each run may set its own."""
-    return 2 * (resolution_ms + view.allowed_lateness_ms) + 60_000 + max(0, int(downtime_ms))
+    the older, fuller version and drop the rest): the restored run adds the downtime, at most the
+    tile's retention in Redis (``keys.retention_ms``; an older tile is trimmed on arrival), so a
+    long outage does not keep days of fine tiles in state. Flink keeps the TTL out of checkpoints,
+    so each run may set its own."""
+    from online_store.keys import retention_ms  # past it the writer drops a tile anyway: no longer state
+    return 2 * (resolution_ms + view.allowed_lateness_ms) + 60_000 + min(max(0, int(downtime_ms)),
+                                                                       retention_ms(view).get(resolution_ms, 0))
 
 
 def _ttl_hint(view: ViewPlan, resolution_ms: int, alias: str, downtime_ms: int = 0) -> str:
