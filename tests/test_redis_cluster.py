@@ -35,30 +35,34 @@ def _free_port() -> int:
 def cluster(tmp_path_factory):
     from headwater.stack import redis_server_binary
     binary = redis_server_binary(progress=lambda _m: None)
-    ports = [_free_port() for _ in range(3)]
-    procs = []
+    ports, buses = [_free_port() for _ in range(3)], [_free_port() for _ in range(3)]
+    procs, logs = [], []
     try:
-        for port in ports:
+        for port, bus in zip(ports, buses):
             d = tmp_path_factory.mktemp(f"node{port}")
-            procs.append(subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+            logs.append(d / "redis.log")
+            # the bus port defaults to port + 10000, past 65535 for an ephemeral port: name one
+            procs.append(subprocess.Popen([binary, "--port", str(port), "--cluster-port", str(bus),
+                                           "--bind", "127.0.0.1", "--cluster-enabled", "yes",
                                            "--cluster-config-file", str(d / "nodes.conf"), "--save", "",
-                                           "--appendonly", "no", "--dir", str(d)],
+                                           "--appendonly", "no", "--dir", str(d), "--logfile", str(logs[-1])],
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        nodes = [redis_lib.Redis(port=p) for p in ports]
+        nodes = [redis_lib.Redis(host="127.0.0.1", port=p) for p in ports]
         deadline = time.monotonic() + 20
-        for n in nodes:
+        for n, log in zip(nodes, logs):
             while True:
                 try:
                     n.ping()
                     break
                 except redis_lib.ConnectionError:
-                    assert time.monotonic() < deadline, "redis-server in cluster mode did not start"
+                    tail = log.read_text(errors="replace")[-1500:] if log.exists() else "(no log)"
+                    assert time.monotonic() < deadline, f"redis-server in cluster mode did not start:\n{tail}"
                     time.sleep(0.1)
         bounds = [0, 5461, 10923, 16384]
         for i, n in enumerate(nodes):
             n.execute_command("CLUSTER", "ADDSLOTSRANGE", bounds[i], bounds[i + 1] - 1)
-        for p in ports[1:]:
-            nodes[0].execute_command("CLUSTER", "MEET", "127.0.0.1", p)
+        for p, bus in zip(ports[1:], buses[1:]):
+            nodes[0].execute_command("CLUSTER", "MEET", "127.0.0.1", p, bus)
         while not all(b"cluster_state:ok" in n.execute_command("CLUSTER", "INFO") for n in nodes):
             assert time.monotonic() < deadline, "the cluster did not reach cluster_state:ok"
             time.sleep(0.2)
