@@ -72,14 +72,12 @@ def labelled_spine(repo: Any, conn: Any, *, join: str = "event_id", timeout_s: f
     if len(times) != 1:
         raise SpineError(f"the views read different event-time fields {times}: build the spine per source")
     time_field = times[0]
-    label_codec = codec_for(repo, "labels")
-    label_names = [f["name"] for f in label_codec.schema["fields"]]
-    if join not in label_names:
-        raise SpineError(f"the labels schema has no field {join!r} (fields: {', '.join(label_names)}): "
-                         "pass the field that names the labelled event with --join")
-    ev_codec = codec_for(repo, "events")
-    ev_types = {f["name"]: f["type"] for f in ev_codec.schema["fields"]}
+    label_codec, ev_codec = codec_for(repo, "labels"), codec_for(repo, "events")
     lab_types = {f["name"]: f["type"] for f in label_codec.schema["fields"]}
+    ev_types = {f["name"]: f["type"] for f in ev_codec.schema["fields"]}
+    if join not in lab_types:
+        raise SpineError(f"the labels schema has no field {join!r} (fields: {', '.join(lab_types)}): "
+                         "pass the field that names the labelled event with --join")
     if join not in ev_types:
         raise SpineError(f"the events schema has no field {join!r}: pass the field that names an event with --join")
     if ev_types[join] != lab_types[join]:

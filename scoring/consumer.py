@@ -39,6 +39,7 @@ from operator import itemgetter
 from typing import Any, NamedTuple
 
 import numpy as np
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka import Message as _Message  # unbound accessors: map() per batch, no Python frame per message
 
 from headwater.heap import frozen_heap
@@ -55,14 +56,10 @@ __all__ = ["ConsumerSettings", "ScoreLoop", "AdaptiveBatch", "LoopStats", "pipel
 log = logging.getLogger(__name__)
 
 
-def _permanent_codes() -> frozenset[int]:
-    from confluent_kafka import KafkaError as K
-    return frozenset({K.MSG_SIZE_TOO_LARGE, K.TOPIC_AUTHORIZATION_FAILED, K.CLUSTER_AUTHORIZATION_FAILED,
-                      K.TRANSACTIONAL_ID_AUTHORIZATION_FAILED, K.GROUP_AUTHORIZATION_FAILED, K.INVALID_RECORD})
-
-
 #: Kafka errors no retry can fix: the scorer stops with a message instead of rewinding for ever.
-_PERMANENT = _permanent_codes()
+_PERMANENT = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.TOPIC_AUTHORIZATION_FAILED,
+                        KafkaError.CLUSTER_AUTHORIZATION_FAILED, KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+                        KafkaError.GROUP_AUTHORIZATION_FAILED, KafkaError.INVALID_RECORD})
 
 
 @dataclass(frozen=True)
@@ -237,7 +234,6 @@ class ScoreLoop:
             return self._run(max_events, idle_timeout_s)
 
     def _run(self, max_events: int | None, idle_timeout_s: float | None) -> LoopStats:
-        from confluent_kafka import KafkaException
         s = self.s
         if s.exactly_once:
             self.producer.init_transactions(30)
@@ -343,7 +339,6 @@ class ScoreLoop:
         retried, never aborted and scored again, which could commit the batch twice. Errors that
         require an abort go to the rewind (abort, seek back); an outcome still unknown after two
         minutes stops the scorer: a restart with the same transactional id resolves it."""
-        from confluent_kafka import KafkaException
         deadline = time.monotonic() + 120
         while True:
             try:
@@ -370,7 +365,6 @@ class ScoreLoop:
             first = f"{self._failures[0][0]}: {self._failures[0][1]}" if self._failures else "none"
             raise DeliveryError(f"{left} outputs undelivered, {len(self._failures)} failed ({first})",
                                 [err for _, err in self._failures])
-        from confluent_kafka import KafkaError, KafkaException
         try:
             self.consumer.store_offsets(offsets=b.offsets)
         except KafkaException as exc:  # every partition of the batch revoked meanwhile
@@ -435,7 +429,7 @@ class ScoreLoop:
 
     def _rewind(self, msgs: list[Any], exc: Exception) -> None:
         """Abort (transactions), then seek every partition of the batch back to its first offset."""
-        from confluent_kafka import KafkaException, TopicPartition
+        from confluent_kafka import TopicPartition
         cause = ("delivery" if isinstance(exc, DeliveryError) else
                  "store" if isinstance(exc, StoreUnavailableError) else "kafka")
         log.warning("batch of %d events failed (%s): rewinding and retrying", len(msgs), exc)
@@ -471,7 +465,6 @@ class ScoreLoop:
         self.metrics.lag.set(lag)
 
     def _abort(self) -> None:
-        from confluent_kafka import KafkaException
         try:
             self.producer.abort_transaction(30)
         except KafkaException as abort_exc:
@@ -505,7 +498,6 @@ class ScoreLoop:
                 if not self.s.exactly_once:
                     self.consumer.commit(asynchronous=False)
             except Exception as exc:  # noqa: BLE001
-                from confluent_kafka import KafkaError
                 err = exc.args[0] if exc.args else None
                 if getattr(err, "code", lambda: None)() == KafkaError._NO_OFFSET:
                     log.debug("final commit: %s", exc)  # nothing stored since the last commit
