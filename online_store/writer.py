@@ -342,6 +342,15 @@ class _Settler:
             out[p] = min(out.get(p, o), o)
         return out
 
+    def drop(self, parts: set[int]) -> None:
+        """Forget what was read from tiles partitions a rebalance took away: their new owner reads
+        those progress records again (offsets are stored only below them), and waiting on a
+        partition this consumer no longer reads would hold the settle rule for good."""
+        self._pending = [(t, r) for t, r in self._pending if r[_AT][0] not in parts]
+        self._batch = [r for r in self._batch if r[_AT][0] not in parts]
+        if self._snapshot is not None:
+            self._snapshot = {p: v for p, v in self._snapshot.items() if p not in parts}
+
     def _caught_up(self, pos: Mapping[int, int]) -> bool:
         assert self._snapshot is not None
         return all(high <= low or pos.get(p, -1) >= high for p, (low, high) in self._snapshot.items())
@@ -557,6 +566,7 @@ def _write_loop(consumer: Any, ends: _EndOffsets, writer: TileWriter, decoder: _
     last_msg = last_status = last_line = time.monotonic()
     shown: tuple[int, int, int] | None = None  # (written, stale, lag) of the last status line
     as_of: dict[str, int | None] = {}
+    owned: set[int] = set()  # tiles partitions assigned at the last look
     once = _Once()
     while True:
         msgs = take(consumer, 5000, 0.2)  # never waits to fill: a trickle of tiles is written at once
@@ -591,9 +601,9 @@ def _write_loop(consumer: Any, ends: _EndOffsets, writer: TileWriter, decoder: _
                 rec = decoder.decode(value)
                 kind = "progress" if is_progress(rec) else "marker" if is_marker(rec) else "tile"
             except SchemaStoreError as exc:  # the registry is down (an unknown id is a DecodeError): no data
-                raise StoreUnavailableError(f"schema registry unavailable while reading {topic}[{m.partition()}]@"
+                raise StoreUnavailableError(f"schema store unavailable while reading {topic}[{m.partition()}]@"
                                             f"{m.offset()} ({exc}): the writer stops before that record, nothing "
-                                            "past it committed; restart it once the registry answers") from exc
+                                            "past it committed; restart it once the store answers") from exc
             except Exception as exc:  # DecodeError, anything fastavro raises, a record of another shape
                 total.undecodable += 1
                 if writer.metrics is not None:
@@ -630,6 +640,13 @@ def _write_loop(consumer: Any, ends: _EndOffsets, writer: TileWriter, decoder: _
         parts = sorted(tp.partition for tp in consumer.assignment())
         if not parts:
             last_msg = now  # idle time counts from the first assignment, not while the group forms
+        gone = owned - set(parts)
+        if gone:  # revoked: reading resumes from the committed offset if they come back
+            settler.drop(gone)
+            for p in gone:
+                read_to.pop(p, None)
+                stored.pop(p, None)
+        owned = set(parts)
         ready = settler.poll(now, pos, lambda: ends(parts) if parts else None)
         if ready:  # one ms below, as markers: the broker stamps a producer batch with one time
             as_of.update(writer.publish_progress([dict(r, max_append_ms=int(r["max_append_ms"]) - 1) for r in ready]))
@@ -637,8 +654,7 @@ def _write_loop(consumer: Any, ends: _EndOffsets, writer: TileWriter, decoder: _
                 writer.metrics.progress.labels("settle").inc(len(ready))
         held = settler.held()
         safe = {p: min(o, held.get(p, o)) for p, o in read_to.items()}  # tiles up to there are in Redis
-        mine = set(parts)  # a partition revoked by a rebalance cannot have offsets stored
-        moved = [TopicPartition(topic, p, o) for p, o in safe.items() if stored.get(p) != o and p in mine]
+        moved = [TopicPartition(topic, p, o) for p, o in safe.items() if stored.get(p) != o and p in owned]
         if moved:
             consumer.store_offsets(offsets=moved)
             stored.update((tp.partition, tp.offset) for tp in moved)

@@ -77,6 +77,28 @@ def test_only_markers_of_one_reader_pair_up_and_a_reread_is_not_a_newer_one() ->
     assert t.confirmed() == []
 
 
+def test_the_settle_rule_forgets_partitions_a_rebalance_took_away() -> None:
+    """The fallback rule waits until every tiles partition reaches the end offsets taken after a
+    progress record settled; a partition revoked meanwhile never would (this writer no longer
+    reads it), so it leaves the wait, and the progress records read from it are dropped: their
+    new owner reads them again."""
+    from online_store.writer import _AT, _Settler
+
+    s = _Settler(1000)
+    s.add([{"p": "a", _AT: (0, 3)}, {"p": "b", _AT: (1, 4)}, {"p": "c", _AT: (2, 7)}], now=0.0)
+    assert s.held() == {0: 3, 1: 4, 2: 7}
+    ends = {0: (0, 5), 1: (0, 6), 2: (0, 9)}
+    assert s.poll(0.5, {0: 5, 1: 6, 2: 0}, lambda: ends) == []  # not yet settled
+    assert s.poll(1.0, {0: 5, 1: 6, 2: 8}, lambda: ends) == []  # partition 2 is behind its end offset
+    assert s.poll(5.0, {0: 5, 1: 6, 2: 8}, lambda: ends) == []  # ... and would stay so once revoked
+    s.drop({2})
+    assert [r["p"] for r in s.poll(5.1, {0: 5, 1: 6, 2: 8}, lambda: ends)] == ["a", "b"]
+    assert not s.busy and s.held() == {}
+    s.add([{"p": "d", _AT: (1, 9)}, {"p": "e", _AT: (0, 8)}], now=6.0)
+    s.drop({1})  # still pending: a record read from a revoked partition is forgotten
+    assert s.held() == {0: 8}
+
+
 # ---------------------------------------------------------------- the real job
 
 

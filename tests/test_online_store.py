@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from online_store import TileWriter, fetch, keys, reader
 from online_store.errors import FetchArgumentError
+from online_store.metrics import WriterMetrics
 from streamjobs import Aggregation, Entity, FeatureView, LatestValue, Source, build_plan, ir, windows
 from streamjobs.plan import FeaturePlan, ViewPlan, build_view_plan
 
@@ -210,9 +211,14 @@ def test_any_write_order_ends_with_max_version(rds: Any, card_plan: FeaturePlan,
 
 def test_other_plan_hash_is_rejected(rds: Any, project: str, card_plan: FeaturePlan) -> None:
     vp = card_plan.views[0]
-    rec = dict(_tile(vp, "c1", 1000, 1_704_067_200_000, 1, 1_704_067_200_100, 1.0), plan_hash="0" * 16)
-    stats = TileWriter(rds, project, card_plan).write([rec, dict(rec, view="nope")])
-    assert (stats.rejected_plan, stats.unknown_view, stats.written) == (1, 1, 0)
+    good = _tile(vp, "c1", 1000, 1_704_067_200_000, 1, 1_704_067_200_100, 1.0)
+    rec = dict(good, plan_hash="0" * 16)
+    metrics = WriterMetrics()
+    broken = {k: v for k, v in good.items() if k != "n_events"}
+    stats = TileWriter(rds, project, card_plan, metrics=metrics).write([rec, dict(rec, view="nope"), broken])
+    assert (stats.rejected_plan, stats.unknown_view, stats.invalid, stats.written) == (1, 1, 1, 0)
+    rejected = {s.labels["reason"]: s.value for s in metrics.rejected.collect()[0].samples if s.name.endswith("_total")}
+    assert rejected == {"other_plan": 1, "unknown_view": 1, "invalid": 1}
     assert not list(rds.scan_iter(match=keys.project_pattern(project)))
 
 

@@ -11,11 +11,14 @@ import subprocess
 import sys
 import time
 
+import pyarrow as pa
 import pytest
 
 from headwater.generator import GeneratorConfig, generate_table
 from headwater.repo_schemas import codec_for
-from streamjobs.job import checkpoint_dir, latest_checkpoint
+from online_store import keys
+from streamjobs import compiler
+from streamjobs.job import checkpoint_dir, latest_checkpoint, newest_checkpoint
 from streamjobs.repo import load_definitions
 from tests.pipeline import assert_tiles_equal, read_tiles, setup
 
@@ -97,3 +100,75 @@ def test_kill_and_restore_from_checkpoint_gives_clean_tiles(stack, temp_repo):
     tiles = read_tiles(stack, repo)
     for vp in defs.plan.views:
         assert_tiles_equal(vp, tiles, recs)
+
+
+SHORT_VIEW = """
+from pathlib import Path
+from streamjobs.dsl import Aggregation, Entity, FeatureView, Source
+
+HERE = Path(__file__).resolve().parent
+transactions = Source("transactions", topic="events", schema=HERE / "schemas" / "transaction.avsc",
+                      event_time_field="event_time")
+card_5m = FeatureView(name="card_5m", entity=Entity("card", key="card_id"), source=transactions,
+                      aggregations=(Aggregation("count", "amount", windows=("5m",)),
+                                    Aggregation("sum", "amount", windows=("5m",))),
+                      allowed_lateness="2s", ttl="10m")
+VIEWS = [card_5m]
+"""
+
+
+def _wait(proc, stack, repo, view, n, what, until=lambda: True, timeout_s=240):
+    deadline = time.monotonic() + timeout_s
+    while _progress_total(stack, repo, view) < n or not until():
+        assert proc.poll() is None, f"{what}: the features job exited early"
+        assert time.monotonic() < deadline, f"{what}: not within {timeout_s} s"
+        time.sleep(1)
+
+
+def test_a_restore_after_an_outage_longer_than_the_state_ttl_keeps_open_tiles(stack, temp_repo):
+    """Flink counts STATE_TTL in processing time, so an outage longer than a tile's TTL would let
+    the restored job restart the tiles it had open from nothing; the restored run extends the TTL
+    by the downtime (``compiler.state_ttl_ms``). A 5 m window with 2 s lateness gives its 10 s
+    tiles an 84 s TTL and 312 s of retention: the job stops after the first half of the events
+    (all in one 10 s tile, the halves in different 1 s tiles, so no 1 s tile spans the outage),
+    stays down well past 84 s, and the second half lands in that open 10 s tile."""
+    (temp_repo / "features.py").write_text(SHORT_VIEW)
+    repo = setup(stack, temp_repo)
+    defs = load_definitions(repo)
+    (vp,) = defs.plan.views
+    assert compiler.state_ttl_ms(vp, 10_000) == 84_000 and keys.retention_ms(vp)[10_000] > 200_000
+    cfg = GeneratorConfig(rate=100, entities=20, duration_s=4, seed=5)
+    events = generate_table(cfg)[0].to_pylist()
+    t0 = cfg.origin_ms - cfg.origin_ms % 10_000
+    half = len(events) // 2
+    arrival = []
+    for i, r in enumerate(events):  # first half in [t0, t0 + 5 s), second in [t0 + 5 s, t0 + 10 s); on time
+        r["event_time"] = t0 + (0 if i < half else 5000) + (i % half) * 4900 // half
+        arrival.append(r["event_time"] + i % 1500 - t0)
+    table = pa.Table.from_pylist(events, schema=generate_table(cfg)[0].schema)
+    offsets = _produce(stack, repo, table.slice(0, half), t0, arrival[:half])
+
+    proc = _start(temp_repo)
+    try:
+        _wait(proc, stack, repo, vp.name, half, "first half")
+        done = time.time()
+        ckpt = checkpoint_dir(repo.project)
+        _wait(proc, stack, repo, vp.name, half, "a checkpoint after the first half",  # triggered after it too
+              until=lambda: (newest_checkpoint(ckpt) or (None, 0.0))[1] > done + 6)
+    finally:
+        _kill(proc)
+    time.sleep(80)  # down: the 10 s tile's state last written > 84 s before the restored job reads it
+
+    rest = _produce(stack, repo, table.slice(half), t0, arrival[half:])
+    offsets.update({half + i: po for i, po in rest.items()})
+    proc = _start(temp_repo)
+    try:
+        _wait(proc, stack, repo, vp.name, len(events), "restored job catching up")
+        time.sleep(2)  # let the last mini-batch of tiles land
+    finally:
+        _kill(proc, signal.SIGTERM)
+
+    for i, r in enumerate(events):
+        r["partition"], r["offset"] = offsets[i]
+        r["event_time_ms"], r["append_time_ms"] = r["event_time"], t0 + arrival[i]
+    assert_tiles_equal(vp, read_tiles(stack, repo), events)

@@ -17,6 +17,8 @@ from confluent_kafka import Producer
 from headwater.config import load_repo
 from headwater.topics import create_topics
 from online_store import fetch, keys, rebuild, run_writer
+from online_store.errors import StoreUnavailableError
+from online_store.metrics import WriterMetrics
 from online_store.tiles import TILE_KEY_SCHEMA, key_subject, tile_subject, tile_value_schema
 from schemas import AvroCodec, open_store
 from streamjobs.plan import FeaturePlan, build_view_plan
@@ -79,16 +81,20 @@ def test_run_writer_stores_tiles_then_rebuild_matches(stack, setup, unique) -> N
     spec = view_spec_from_case(case)
     records = sorted(tile_records(vp, case["events"]), key=lambda r: r["tile_start"])
     bad_plan = dict(records[0], plan_hash="f" * 16)
+    gone_view = dict(records[0], view="not_in_the_plan")
     # the view's source is the "events" topic role: 3 partitions, so as_of waits for all three
     store = open_store(repo.resolve(repo.schema_store), repo.schema_registry_url)
     other = AvroCodec.for_subject(store, f"other-{unique}", {"type": "record", "name": "Other",
                                                           "fields": [{"name": "x", "type": "long"}]})
-    send(records + [bad_plan, progress_record(vp, 0, 1000), progress_record(vp, 1, 1500)],
+    send(records + [bad_plan, gone_view, progress_record(vp, 0, 1000), progress_record(vp, 1, 1500)],
          raw=[(b"k1", b"not avro at all"), (b"k2", None), (b"k3", b"\x00\x00\x00\x7f\xff\x02"),
               (b"k4", other.encode({"x": 5}))])  # valid Avro of another shape: counted, not a crash loop
-    stats = run_writer(stack, repo, plan, group_id=f"w-{unique}", idle_exit_s=3, settle_ms=300)
-    assert stats.written > 0 and stats.rejected_plan == 1 and stats.progress == 2
+    metrics = WriterMetrics()
+    stats = run_writer(stack, repo, plan, group_id=f"w-{unique}", idle_exit_s=3, settle_ms=300, metrics=metrics)
+    assert stats.written > 0 and stats.rejected_plan == 1 and stats.unknown_view == 1 and stats.progress == 2
     assert stats.undecodable == 3 and stats.tombstones == 1
+    rejected = {s.labels["reason"]: s.value for s in metrics.rejected.collect()[0].samples if s.name.endswith("_total")}
+    assert rejected == {"other_plan": 1, "unknown_view": 1, "undecodable": 3}  # every reason reaches the metric
     assert stats.transcoded >= len(records) - 1  # only a schema id's first value takes the full path
     assert fetch(client, repo.project, plan, ["x"]).as_of_ms[vp.name] is None  # partition 2 never reported
     send([progress_record(vp, 2, 1200)])
@@ -115,6 +121,27 @@ def test_run_writer_stores_tiles_then_rebuild_matches(stack, setup, unique) -> N
     # another interleaving of the 3 partitions, the same store: trimming and monotonic writes commute
     assert snapshot(client, repo.project) == before
     check()
+
+
+def test_a_schema_store_outage_stops_the_writer_before_the_record(stack, setup, unique) -> None:
+    """A store that cannot answer is not bad data: the writer stops at the first record it cannot
+    decode, writes and commits nothing past it, and a restart once the store answers loses nothing."""
+    repo, case, vp, plan, client, send = setup
+    records = sorted(tile_records(vp, case["events"]), key=lambda r: r["tile_start"])
+    send(records)
+    path = repo.resolve(repo.schema_store)
+    path = path if path.suffix == ".json" else path / "schema_registry.json"
+    good = path.read_bytes()
+    path.write_text("{ half-written")  # the writer's own store: a fresh instance reads it on the first id
+    try:
+        with pytest.raises(StoreUnavailableError, match="schema store unavailable.*nothing past it committed"):
+            run_writer(stack, repo, plan, group_id=f"o-{unique}", idle_exit_s=3, settle_ms=300)
+    finally:
+        path.write_bytes(good)
+    assert snapshot(client, repo.project) == {}
+    stats = run_writer(stack, repo, plan, group_id=f"o-{unique}", idle_exit_s=3, settle_ms=300)
+    assert stats.records == len(records) and stats.undecodable == 0  # all read again: none committed, none dropped
+    assert stats.written > 0
 
 
 def snapshot(client: Any, project: str) -> dict[bytes, dict[bytes, bytes]]:
