@@ -140,33 +140,19 @@ def read_events_after(conn: Any, topic: str, after_ms: int, columns: Sequence[st
                       end_offsets: Mapping[int, int] | None = None) -> pa.Table:
     """Events with Kafka timestamp > ``after_ms`` up to the current end (or ``end_offsets``), decoded
     columnar, with ``_partition``, ``_offset`` and ``_append_ms``; only ``columns`` are kept."""
-    from confluent_kafka import Consumer, TopicPartition
-    from replay.bounds import resolve_range
+    from headwater.topic_read import read_to_end
     from schemas import ColumnarCodec
 
-    c = Consumer({"bootstrap.servers": conn.bootstrap_servers, "group.id": f"parity-{time.time_ns()}",
-                  "enable.auto.commit": False})  # a parity read must not move anyone's offsets
-    try:
-        rng = resolve_range(c, topic, start_ms=after_ms + 1)
-        todo = {p.partition: (end_offsets or {}).get(p.partition, p.end) for p in rng.partitions}
-        todo = {p: end for p, end in todo.items() if end > next(x.start for x in rng.partitions if x.partition == p)}
-        c.assign([TopicPartition(topic, p.partition, p.start) for p in rng.partitions if p.partition in todo])
-        values, parts, offs, apps = [], [], [], []
-        while todo:
-            msgs = c.consume(10_000, timeout=1.0)
-            for m in msgs:
-                if m.error() or m.partition() not in todo:
-                    continue
-                if m.offset() >= todo[m.partition()]:
-                    continue
-                if m.offset() + 1 >= todo[m.partition()]:
-                    del todo[m.partition()]
-                values.append(m.value() or b"")
-                parts.append(m.partition())
-                offs.append(m.offset())
-                apps.append(m.timestamp()[1])
-    finally:
-        c.close()
+    values, parts, offs, apps = [], [], [], []
+    # bounded and position-ended (a transactional producer's last offset is a marker), committed
+    # records only (librdkafka reads read_committed), a throwaway group: nobody's offsets move
+    for batch in read_to_end(conn.bootstrap_servers, topic, start_ms=after_ms + 1, ends=end_offsets,
+                             timeout_s=600, error=ParityError):
+        for m in batch:
+            values.append(m.value() or b"")
+            parts.append(m.partition())
+            offs.append(m.offset())
+            apps.append(m.timestamp()[1])
     table, ok, _ = ColumnarCodec.from_codec(codec).decode_batch(values) if values else (None, np.zeros(0, bool), [])
     if table is None:
         return pa.table({**{k: pa.array([], pa.string()) for k in columns}, "_partition": pa.array([], pa.int64()),
@@ -299,6 +285,11 @@ def check(repo: Any, *, feature_log: Any = "topic", tiles: Any, sample: int | No
     current = {v.plan_hash for v in plan.views}
     stale = [r for r in rows if r["plan_hash"] not in current]
     rows = [r for r in rows if r["plan_hash"] in current]
+    if not rows:
+        raise ParityError(f"none of the {len(stale):,} logged fetches is of the current definitions (plan hashes "
+                          f"{', '.join(sorted(current))}): log new fetches, or check out the definitions they were made with")
+    if sample is not None and sample < 1:
+        raise ParityError(f"--sample {sample}: sample at least one logged fetch")
     if sample is not None and sample < len(rows):
         rows = random.Random(seed).sample(rows, sample)
     say(f"parity: {len(rows):,} logged fetches to check ({len(stale):,} skipped: other plan hash)")

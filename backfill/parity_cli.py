@@ -37,9 +37,11 @@ def recent_entities(conn: Any, repo: Any, keys: list[str], n: int, *, per_partit
     return {k: [str(r[k]) for r in picked] for k in keys}
 
 
-def check_now(repo: Any, *, sample: int, tiles: Path, conn: Any, seed: int = 0, say: Any = print):
+def check_now(repo: Any, *, sample: int, tiles: Path, conn: Any, seed: int = 0, say: Any = print,
+              replace: bool = False):
     """Fetch ``sample`` recent entity rows online now (logged to the feature_log topic), replay
-    from the oldest event any of their windows can read to the current end, then check."""
+    from the oldest event any of their windows can read to the current end, then check.
+    ``replace``: the replay may replace tiles of a range it does not cover (its own temp dir)."""
     from online_store import feature_log, fetch_repo
     from replay import run_replay
     from streamjobs.repo import load_definitions
@@ -61,7 +63,7 @@ def check_now(repo: Any, *, sample: int, tiles: Path, conn: Any, seed: int = 0, 
     # producer clock skew allowed), so replaying appends from there to the end covers every window
     start = result.t_ms - max(max(v.longest_window_ms, v.ttl_ms or 0) + max(v.ladder) for v in plan.views) - 60_000
     t0 = time.perf_counter()
-    run_replay(repo, tiles, start=start, progress=say, conn=conn)
+    run_replay(repo, tiles, start=start, progress=say, conn=conn, replace=replace)
     replay_s = time.perf_counter() - t0
     report = check(repo, feature_log=feature_log.to_table(recs), tiles=tiles, conn=conn, say=say)
     report.timing.extra.update({"now_fetch": fetch_s, "now_replay": replay_s})
@@ -77,7 +79,7 @@ def run_cli(repo_path: str, *, feature_log: str | None, tiles: str | None, sampl
     conn = load_connection()
     if now:
         out = Path(tiles) if tiles else Path(tempfile.mkdtemp(prefix="headwater-parity-"))
-        report = check_now(repo, sample=sample or 100, tiles=out, conn=conn, seed=seed)
+        report = check_now(repo, sample=sample or 100, tiles=out, conn=conn, seed=seed, replace=not tiles)
     else:
         if not tiles:
             raise ParityError("parity needs --tiles DIR (a `headwater replay` output) or --now")

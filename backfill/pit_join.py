@@ -69,7 +69,12 @@ def load_tiles(con: Any, relation: str, view: ViewPlan, features: Sequence[Featu
     DuckDB's hash join maps ids to codes, so no tile's id string crosses into Python."""
     groups = _groups(view, features)
     fields = sorted(_needed(features))
-    res = sorted({r for g, _ in groups for r in view.ladder if view.tick_ms <= r <= g.hop_ms})
+    # a window's cover reads its head on the rungs up to its hop and its body on any coarser rung
+    # with a whole aligned tile inside it (``windows.window_tile_ranges``): every rung up to the
+    # longest window asked for, not only those up to the hops
+    longest = max((g.window_ms for g, _ in groups if g.window_ms is not None), default=0)
+    unbounded = any(g.window_ms is None for g, _ in groups)
+    res = sorted(r for r in view.ladder if r >= view.tick_ms and (unbounded or r <= longest))
     hi = int(windows.tile_start(int(t.max()), view.tick_ms)) if len(t) else 0
     bounded = [g for g, _ in groups if g.window_ms is not None]
     lo = None

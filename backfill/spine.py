@@ -26,7 +26,8 @@ _UNIT_PER_MS = {"s": None, "ms": 1, "us": 1_000, "ns": 1_000_000}
 class SpineSource:
     """A spine that yields Arrow tables of at most ``chunk_rows`` rows, in spine order."""
 
-    def __init__(self, spine: Any) -> None:
+    def __init__(self, spine: Any, text_columns: Sequence[str] = ()) -> None:
+        """``text_columns``: read as strings from CSV, never inferred (entity ids: "00123" is not 123)."""
         self._table: pa.Table | None = None
         self._parquet: Any = None
         if isinstance(spine, (str, Path)):
@@ -36,7 +37,8 @@ class SpineSource:
             if path.suffix.lower() in (".csv", ".tsv"):
                 import pyarrow.csv as pcsv
                 opts = pcsv.ParseOptions(delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
-                self._table = pcsv.read_csv(path, parse_options=opts)
+                conv = pcsv.ConvertOptions(column_types={c: pa.string() for c in text_columns})
+                self._table = pcsv.read_csv(path, parse_options=opts, convert_options=conv)
             else:
                 import pyarrow.parquet as pq
                 try:
@@ -72,8 +74,8 @@ class SpineSource:
             yield t.slice(start, chunk_rows)
 
 
-def open_spine(spine: Any, required: Sequence[str]) -> SpineSource:
-    src = SpineSource(spine)
+def open_spine(spine: Any, required: Sequence[str], text_columns: Sequence[str] = ()) -> SpineSource:
+    src = SpineSource(spine, text_columns)
     missing = [c for c in required if c not in src.schema.names]
     if missing:
         raise SpineError(f"spine has no column {missing[0]!r} (columns: {', '.join(src.schema.names)}); "

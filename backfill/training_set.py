@@ -69,11 +69,16 @@ def iter_training_set(repo: Any, spine: Any, features: str | Sequence[str], *, t
     if not frefs:
         raise BackfillError("no features requested: pass refs like card_velocity:amount_sum_1h or card_velocity:*")
     sources = dict(sources or {})
+    unknown = sorted(set(sources) - {v.source for v in plan.views})
+    if unknown:
+        raise BackfillError(f"source {unknown[0]!r} is not a source of the definitions (sources: "
+                            f"{', '.join(sorted({v.source for v in plan.views}))}): fix the name given to --source")
     by_view: dict[str, list[Feature]] = {}
     for fr in frefs:
         by_view.setdefault(fr.view, []).append(fr.feature)
     views = [plan.view(v) for v in by_view]
-    src = open_spine(spine, [timestamp_column, *dict.fromkeys(v.entity_key for v in views)])
+    keys = list(dict.fromkeys(v.entity_key for v in views))
+    src = open_spine(spine, [timestamp_column, *keys], text_columns=keys)
     clash = [fr.ref for fr in frefs if fr.ref in src.schema.names]
     if clash:
         raise SpineError(f"spine already has a column {clash[0]!r}; rename it (feature columns are named view:feature)")

@@ -157,7 +157,7 @@ def cmd_replay(args) -> int:
     from replay import run_replay
     views = [v.strip() for v in args.views.split(",") if v.strip()] if args.views else None
     run_replay(args.repo, args.out, start=args.start, end=args.end, offsets=args.offsets, views=views,
-               parallelism=args.parallelism)
+               parallelism=args.parallelism, replace=args.replace)
     return 0
 
 
@@ -190,6 +190,10 @@ def cmd_spine(args) -> int:
 def cmd_training_set(args) -> int:
     from backfill import write_training_set
     features = [f.strip() for f in args.features.split(",") if f.strip()]
+    bad = [s for s in args.source or [] if "=" not in s or not s.split("=", 1)[1]]
+    if bad:
+        raise HeadwaterError(f"--source {bad[0]!r}: use NAME=PATH (a source name of the definitions and a "
+                             "Parquet/CSV file of its raw rows)")
     sources = dict(s.split("=", 1) for s in args.source or [])
     rows = write_training_set(args.out, args.repo, args.spine, features, tiles=args.tiles,
                               timestamp_column=args.timestamp_column, sources=sources or None)
@@ -303,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "unlisted partitions are not read")
     rp.add_argument("--views", default=None, help="comma-separated view names (default all)")
     rp.add_argument("--parallelism", type=int, default=None, help="default: one per source partition")
+    rp.add_argument("--replace", action="store_true",
+                    help="replace a view's tiles in --out even when this range does not cover the one replayed there")
     rp.set_defaults(func=cmd_replay)
 
     pa_ = sub.add_parser("parity", help="online fetches (feature log) vs the offline recompute from replay tiles")

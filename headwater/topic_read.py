@@ -12,7 +12,7 @@ end: the read then fails with its timeout rather than stop short silently.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from headwater.errors import HeadwaterError
@@ -27,13 +27,16 @@ __all__ = ["read_to_end", "FETCH_QUEUE_BACKOFF_MS"]
 FETCH_QUEUE_BACKOFF_MS = 100
 
 
-def read_to_end(bootstrap: str, topic: str, *, tail: int | None = None, timeout_s: float = 60.0,
+def read_to_end(bootstrap: str, topic: str, *, tail: int | None = None, start_ms: int | None = None,
+                ends: Mapping[int, int] | None = None, timeout_s: float = 60.0,
                 error: type[Exception] = HeadwaterError,
                 if_missing: str = "create it with `headwater topics create`") -> Iterator[list[Any]]:
     """Batches of messages (errors left out, tombstones kept) from ``topic`` up to its end on entry.
 
-    Raises ``error`` when the topic does not exist (its message ends with ``if_missing``) or when
-    the end is not reached within ``timeout_s``.
+    ``start_ms``: start each partition at its first record with a timestamp >= it (the broker's
+    time index, as ``replay.bounds.resolve_range``); ``ends``: stop a partition at that offset
+    instead, if lower. Raises ``error`` when the topic does not exist (its message ends with
+    ``if_missing``) or when the end is not reached within ``timeout_s``.
     """
     from confluent_kafka import Consumer, TopicPartition
     from headwater.kafka_offsets import watermarks
@@ -50,15 +53,20 @@ def read_to_end(bootstrap: str, topic: str, *, tail: int | None = None, timeout_
         md = c.list_topics(topic, timeout=10).topics.get(topic)
         if md is None or md.error is not None or not md.partitions:
             raise error(f"topic {topic!r} does not exist: {if_missing}")
-        ends = watermarks(c, topic, md.partitions)
-        end = {p: hi for p, (_, hi) in ends.items()}
-        todo = {p: hi for p, (lo, hi) in ends.items() if hi > lo}
-        start = {p: lo if tail is None else max(lo, todo[p] - tail) for p, (lo, _) in ends.items() if p in todo}
+        marks = watermarks(c, topic, md.partitions)
+        if start_ms is not None:
+            from replay.bounds import resolve_range
+            marks = {r.partition: (r.start, marks[r.partition][1]) for r in resolve_range(c, topic, start_ms=start_ms).partitions}
+        if ends is not None:
+            marks = {p: (lo, min(hi, ends.get(p, hi))) for p, (lo, hi) in marks.items()}
+        end = {p: hi for p, (_, hi) in marks.items()}
+        todo = {p: hi for p, (lo, hi) in marks.items() if hi > lo}
+        start = {p: lo if tail is None else max(lo, todo[p] - tail) for p, (lo, _) in marks.items() if p in todo}
         c.assign([TopicPartition(topic, p, start[p]) for p in todo])
         deadline = time.monotonic() + timeout_s
         while todo:
             if time.monotonic() > deadline:
-                left = sum(hi - lo for p, (lo, hi) in ends.items() if p in todo)
+                left = sum(hi - lo for p, (lo, hi) in marks.items() if p in todo)
                 raise error(f"reading {topic!r} timed out after {timeout_s:.0f}s with up to {left:,} offsets "
                             "left: is Kafka up (`headwater stack status`)?")
             msgs = c.consume(10_000, timeout=0.5)

@@ -13,7 +13,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 from backfill import layout
 from replay import progress as progress_mod
@@ -86,28 +86,51 @@ def _root_cause(exc: BaseException) -> str:
     return text[:400]
 
 
-def _commit_partitions(staged: Path, view_dir: Path) -> int:
-    """Move every partition Flink wrote for a view into the layout, replacing the partition there
-    (overwrite semantics), naming files ``*.parquet``. Returns the rows moved (tiles written)."""
+def _commit_view(staged: Path, view_dir: Path) -> int:
+    """Make the partitions Flink wrote for a view the view's whole tile set (files named
+    ``*.parquet``): one replay, one range, one manifest. They are gathered next to ``view_dir`` and
+    swapped in, so a reader sees the old set or the new one. Returns the rows moved (tiles written)."""
     import pyarrow.parquet as pq
     rows = 0
+    fresh = view_dir.with_name(f".{view_dir.name}.new-{uuid.uuid4().hex[:8]}")
     for part in sorted(staged.glob("resolution_ms=*/date=*")):
         files = [f for f in sorted(part.iterdir()) if f.is_file() and not f.name.startswith((".", "_"))]
         if not files:
             continue
-        target = view_dir / part.parent.name / part.name
-        shutil.rmtree(target, ignore_errors=True)
+        target = fresh / part.parent.name / part.name
         target.mkdir(parents=True)
         for f in files:
             rows += pq.ParquetFile(f).metadata.num_rows
             os.replace(f, target / (f.name if f.suffix == ".parquet" else f.name + ".parquet"))
+    fresh.mkdir(parents=True, exist_ok=True)
+    old = view_dir.with_name(f".{view_dir.name}.old-{uuid.uuid4().hex[:8]}")
+    if view_dir.exists():
+        os.replace(view_dir, old)
+    os.replace(fresh, view_dir)
+    shutil.rmtree(old, ignore_errors=True)
     return rows
+
+
+def _uncovered(old: Mapping[str, Any], new: TopicRange) -> list[str]:
+    """Offsets of the earlier replay (its manifest's range) that ``new`` does not read, as
+    ``P:START-END``; a different topic is uncovered whole."""
+    have = {p.partition: (p.start, p.end) for p in new.partitions} if old.get("topic") == new.topic else {}
+    out = []
+    for p, (s, e) in sorted(((int(p), tuple(r)) for p, r in (old.get("offsets") or {}).items())):
+        ns, ne = have.get(p, (0, 0))
+        if s < e and not (ns <= s and e <= ne):
+            out.append(f"{p}:{s}-{e}")
+    return out
 
 
 def run_replay(repo, out, *, start=None, end=None, offsets=None, views=None, parallelism: int | None = None,
                progress: Callable[[str], None] | None = print, conn=None, definitions=None,
-               flink_config: dict[str, str] | None = None) -> ReplayStats:
+               flink_config: dict[str, str] | None = None, replace: bool = False) -> ReplayStats:
     """Replay ``repo``'s views over a bounded Kafka range into Parquet tiles under ``out``.
+
+    A replay's tiles replace the view's whole tile set in ``out`` (tiles near a range's edges hold
+    only in-range events, so two ranges' tiles do not add up). A range that does not cover the
+    one already there is refused unless ``replace``: nothing of a longer history is lost silently.
 
     start/end: Kafka record timestamps (ISO-8601 or epoch ms; append time on LogAppendTime
     topics), ``[start, end)``; offsets: ``"0:100-5000,1:0-4200"`` or a dict {partition: (start, end)}.
@@ -139,6 +162,16 @@ def run_replay(repo, out, *, start=None, end=None, offsets=None, views=None, par
                                          for t in topics}
     finally:
         c.close()
+    for v in chosen:
+        old = layout.read_manifest(out, v.name)
+        # tiles of another plan are unreadable anyway (readers refuse them): nothing to keep
+        keep = old is not None and not replace and old.plan_hash == v.plan_hash
+        lost = _uncovered(old.range, ranges[v.topic]) if keep else []
+        if lost:
+            raise ReplayError(f"{out} holds view {v.name!r} replayed over {old.range.get('topic')} "
+                              f"{' '.join(f'{p}:{a}-{b}' for p, (a, b) in sorted(old.range.get('offsets', {}).items()))}"
+                              f"; this range does not read {', '.join(lost)} and a replay replaces the view's "
+                              "tiles: replay one range covering both, pass --replace, or choose another --out")
     total = sum(r.total for r in ranges.values())
     if total == 0:
         raise RangeError(f"nothing to replay: the range holds no records of {', '.join(topics)} "
@@ -169,14 +202,14 @@ def run_replay(repo, out, *, start=None, end=None, offsets=None, views=None, par
         shutil.rmtree(work, ignore_errors=True)
         if isinstance(exc, ReplayError):
             raise
-        raise ReplayError(f"the replay job failed: {_root_cause(exc)} (partitions already committed "
-                          f"were overwritten; fix the cause and rerun the same range)") from exc
+        raise ReplayError(f"the replay job failed: {_root_cause(exc)} (the tiles already in {out} are "
+                          "unchanged; fix the cause and rerun)") from exc
     seconds = time.time() - t0
     finished = int(time.time() * 1000)
     vstats = []
     for v in chosen:
         st = _read_stats(stats_path(work, v.name))
-        tiles = _commit_partitions(staged_path(work, v.name), layout.view_dir(out, v.name))
+        tiles = _commit_view(staged_path(work, v.name), layout.view_dir(out, v.name))
         vs = ViewStats(v.name, v.plan_hash, st["events"], st["late"], tiles)
         vstats.append(vs)
         manifest = {"view": v.name, "plan_hash": v.plan_hash, "tick_ms": v.tick_ms, "entity_key": v.entity_key,

@@ -15,9 +15,10 @@ from schemas.errors import DECODE_REASONS
 __all__ = ["ScoringError", "ScoreConfigError", "DeliveryError", "DLQ_REASONS", "VALIDATE_REASONS"]
 
 #: Reasons found after a successful decode (stage "validate").
-VALIDATE_REASONS: tuple[str, ...] = ("missing_entity_key", "bad_event_time")
+VALIDATE_REASONS: tuple[str, ...] = ("missing_entity_key", "missing_event_id", "bad_event_time")
 #: Every reason the consumer writes to the DLQ: decode (stage "decode"), validate, and
-#: ``model_error`` (stage "score": the production model raised or returned a non-finite score).
+#: ``model_error`` (stage "score": the production model raised, failing the batch, or returned a
+#: non-finite score for the row).
 DLQ_REASONS: tuple[str, ...] = (*DECODE_REASONS, *VALIDATE_REASONS, "model_error")
 
 

@@ -41,7 +41,8 @@ def observe_many(hist: Any, values: Any, weight: int = 1) -> None:
 
 
 class ScoringMetrics:
-    """Batch size, stage latencies, consume->produce latency, lag, freshness, DLQ, shadow drift."""
+    """Batch size, stage latencies, consume->produce latency, lag, freshness, DLQ, shadow drift,
+    canary fallbacks."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = r = registry or CollectorRegistry(auto_describe=True)
@@ -67,6 +68,9 @@ class ScoringMetrics:
                                      ["shadow"], buckets=_DIFF, registry=r)
         self.shadow_errors = Counter("headwater_score_shadow_errors", "Shadow batches that failed to score",
                                      ["shadow"], registry=r)
+        self.canary_fallbacks = Counter("headwater_score_canary_fallbacks", "Canary-routed events the champion "
+                                        "scored instead (the canary raised or scored them non-finite)",
+                                        ["model", "version"], registry=r)
         self.retries = Counter("headwater_score_batch_retries", "Batches rewound and retried (delivery, "
                                "transaction or store failures)", ["cause"], registry=r)
 

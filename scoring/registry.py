@@ -186,8 +186,11 @@ class Registry:
         return {"name": name, "aliases": al.aliases, "canary_percent": al.canary_percent,
                 "versions": [self.meta(name, v) for v in self.versions(name)]}
 
-    def resolve(self, spec: str) -> tuple[str, int]:
-        """``name@alias``, ``name@<version>`` or ``name`` (= champion) -> (name, version)."""
+    def resolve(self, spec: str, aliases: Aliases | None = None) -> tuple[str, int]:
+        """``name@alias``, ``name@<version>`` or ``name`` (= champion) -> (name, version).
+
+        ``aliases``: a snapshot of ``aliases(name)``, so that one caller resolving several specs
+        sees one state of ``aliases.json``, never a move half-way through (None: read it now)."""
         name, _, sel = spec.partition("@")
         sel = sel or "champion"
         self._model_dir(name)
@@ -195,15 +198,16 @@ class Registry:
             version = int(sel)
             self.meta(name, version)  # raises with the list of versions
             return name, version
-        version = self.aliases(name).get(sel)
+        al = self.aliases(name) if aliases is None else aliases
+        version = al.get(sel)
         if version is None:
-            have = ", ".join(f"{k}={v}" for k, v in self.aliases(name).aliases.items()) or "none"
+            have = ", ".join(f"{k}={v}" for k, v in al.aliases.items()) or "none"
             raise RegistryError(f"model {name!r} has no alias {sel!r} (aliases: {have}): "
                                 f"set it with `headwater models alias {name} {sel} <version>`")
         return name, version
 
-    def load(self, spec: str) -> LoadedModel:
-        name, version = self.resolve(spec)
+    def load(self, spec: str, aliases: Aliases | None = None) -> LoadedModel:
+        name, version = self.resolve(spec, aliases)
         return LoadedModel(self.meta(name, version), self._model_dir(name) / str(version))
 
     # ---- writing -----------------------------------------------------------------------------
@@ -250,13 +254,19 @@ class Registry:
             raise RegistryError(f"alias {alias!r} is invalid: use lowercase letters, digits, '_' or '-'")
 
     def set_alias(self, name: str, alias: str, version: int | None) -> Aliases:
-        """Point ``alias`` at ``version`` (None removes it); every move is kept in ``history``."""
+        """Point ``alias`` at ``version`` (None removes it); every move is kept in ``history``.
+
+        Removing ``challenger`` while the canary takes traffic is refused (checked under the lock,
+        so it cannot race ``set_canary``): scorers would have no model for the canary share."""
         self.check_alias(alias)
         if version is not None:
             self.meta(name, int(version))
         with self._lock(name):
             def move(a):
                 if version is None:
+                    if alias == "challenger" and a["canary_percent"] > 0:
+                        raise RegistryError(f"model {name!r} routes {a['canary_percent']:g}% of traffic to its "
+                                            f"challenger: set the canary to 0 first: headwater models canary {name} 0")
                     a["aliases"].pop(alias, None)
                 else:
                     a["aliases"][alias] = int(version)
@@ -267,12 +277,14 @@ class Registry:
         """Route ``percent`` of production traffic to the ``challenger`` (0 turns the canary off)."""
         if not 0.0 <= float(percent) <= 100.0:
             raise RegistryError(f"canary percentage {percent} is out of range: use 0 to 100")
-        if percent and self.aliases(name).get("challenger") is None:
-            raise RegistryError(f"model {name!r} has no challenger to canary: "
-                                f"`headwater models alias {name} challenger <version>` first")
-        with self._lock(name):
-            self._write_aliases(name, lambda a: a.__setitem__("canary_percent", float(percent)),
-                                {"canary_percent": float(percent)})
+        self._model_dir(name)  # an unknown model: one line, not a new directory
+        with self._lock(name):  # the challenger check under the lock: see set_alias
+            def change(a):
+                if percent and "challenger" not in a["aliases"]:
+                    raise RegistryError(f"model {name!r} has no challenger to canary: "
+                                        f"`headwater models alias {name} challenger <version>` first")
+                a["canary_percent"] = float(percent)
+            self._write_aliases(name, change, {"canary_percent": float(percent)})
         return self.aliases(name)
 
     # ---- internals ---------------------------------------------------------------------------

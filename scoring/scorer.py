@@ -5,10 +5,15 @@
 the canary (when a percentage is set) and every shadow score the same matrix; a row is routed to
 the canary when ``crc32(entity) mod 10000 < percent * 100`` (stable across processes and
 restarts, so an entity always sees the same model while the percentage holds).
+
+A row whose production score is not finite is dead-lettered alone (``model_error``); a canary
+that fails, or scores a row non-finite, leaves those rows to the champion (logged and counted in
+``headwater_score_canary_fallbacks``). Only a production model that raises fails the batch.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import types
@@ -28,19 +33,30 @@ from scoring.metrics import ScoringMetrics, observe_many
 from scoring.outputs import SplitEncoder
 from streamjobs.plan import FeaturePlan
 
-__all__ = ["Scorer", "BatchOutput", "Reject", "canary_mask", "Models"]
+__all__ = ["Scorer", "BatchOutput", "Reject", "canary_mask", "Models", "scores"]
 
 log = logging.getLogger(__name__)
 
 
-def canary_mask(entities: Sequence[str], percent: float) -> np.ndarray:
-    """True where the entity's stable hash falls under ``percent`` (0-100)."""
+def canary_mask(entities: Sequence[Any], percent: float) -> np.ndarray:
+    """True where the entity's stable hash falls under ``percent`` (0-100). Keys are hashed in
+    their string form, as ``fetch`` stringifies them: an integer key 7 routes like "7"."""
     if percent <= 0:
         return np.zeros(len(entities), bool)
     if percent >= 100:
         return np.ones(len(entities), bool)
-    h = np.fromiter((zlib.crc32(e.encode()) for e in entities), np.uint32, len(entities))
+    h = np.fromiter((zlib.crc32(str(e).encode()) for e in entities), np.uint32, len(entities))
     return (h % 10000) < int(round(percent * 100))
+
+
+def scores(model: Any, X: Any, xp: types.ModuleType) -> np.ndarray:
+    """``model``'s scores of X as host float64, one per row (non-finite ones included: the caller
+    decides what a non-finite score costs)."""
+    from scoring.xp import to_host
+    s = np.asarray(to_host(model.predict(X, xp)), np.float64).reshape(-1)
+    if s.shape[0] != X.shape[0]:
+        raise ScoreConfigError(f"model {model.meta.spec} returned {s.shape[0]} scores for {X.shape[0]} rows")
+    return s
 
 
 def _strings(col: pa.ChunkedArray) -> list[str]:
@@ -56,6 +72,16 @@ class Models:
     shadows: tuple[Any, ...] = ()
     canary: Any = None
     canary_percent: float = 0.0
+
+    def check_features(self, refs: Sequence[str]) -> None:
+        """Every model must score the running matrix (``MatrixSpec.refs``: same refs, same order):
+        a model fed another model's columns scores garbage without any error."""
+        for m in (self.production, self.canary, *self.shadows):
+            if m is not None and tuple(m.meta.features) != tuple(refs):
+                raise ScoreConfigError(f"model {m.meta.spec} features differ: it uses {list(m.meta.features)} but "
+                                       f"the running feature matrix is {list(refs)}: production, canary and shadow "
+                                       "models must score the same refs in the same order (restart the scorer to "
+                                       "change features)")
 
 
 @dataclass(frozen=True)
@@ -82,6 +108,17 @@ class BatchOutput:
     e2e_ms: np.ndarray | None = None  # per consumed event: record timestamp -> outputs acknowledged
 
 
+def _take(res: FetchResult, rows: np.ndarray) -> FetchResult:
+    """``res`` restricted to ``rows`` (indices), so the feature log and ``out.fetched`` hold only
+    the rows that got a prediction."""
+    def pick(seq: Sequence[Any]) -> tuple[Any, ...]:
+        return tuple(seq[i] for i in rows)
+
+    return dataclasses.replace(
+        res, entities=pick(res.entities), columns={f: (v[rows], null[rows]) for f, (v, null) in res.columns.items()},
+        entity_columns=None if res.entity_columns is None else {k: pick(v) for k, v in res.entity_columns.items()})
+
+
 class Scorer:
     """Scores micro-batches of one events topic with one set of models."""
 
@@ -97,9 +134,17 @@ class Scorer:
         self.clock = clock
         self.key_fields = [k for _, k in spec.entities]
         self.primary_key = self.key_fields[0]
+        ev = decoder.columnar.arrow_schema.field(decoder.event_id_field)
+        if not pa.types.is_string(ev.type):  # outputs are keyed by it; an int or bytes id would crash the loop
+            raise ScoreConfigError(f"the events schema's {ev.name!r} is {ev.type}, not a string: predictions are "
+                                   "keyed by it; declare it \"string\" (or [\"null\", \"string\"]) in the events "
+                                   "schema")
+        models.check_features(spec.refs)
 
     def set_models(self, models: Models) -> None:
-        """Swap models between batches (alias moves); the caller has checked their definitions."""
+        """Swap models between batches (alias moves); the caller has checked their definitions and
+        warmed their executors (``scoring.service``); a feature mismatch here is a bug, so it raises."""
+        models.check_features(self.spec.refs)
         self.models = models
 
     def score_batch(self, values: Sequence[bytes | None]) -> BatchOutput:
@@ -114,7 +159,6 @@ class Scorer:
             out.latency_ms = {"decode": (t1 - t0) * 1e3}
             return out
         ids = {k: _strings(dec.table.column(k)) for k in self.key_fields}
-        event_ids = _strings(dec.table.column(self.decoder.event_id_field))
         t_ms = int(self.clock() * 1000)
         res = fetch(self.redis, self.project, self.plan,
                     {ent: ids[key] for ent, key in self.spec.entities}, self.spec.refs, at_ms=t_ms)
@@ -128,12 +172,28 @@ class Scorer:
                             for i in dec.index]
             out.latency_ms = {"decode": (t1 - t0) * 1e3, "fetch": (t2 - t1) * 1e3}
             return out
+        table = dec.table
+        bad = ~np.isfinite(served)
+        if bad.any():  # those rows alone to the DLQ; the others are scored as usual
+            out.rejects += [Reject(int(dec.index[i]), "model_error", f"model {names[i]}@{versions[i]} returned a "
+                                   f"non-finite score ({served[i]})", "score") for i in np.flatnonzero(bad)]
+            keep = np.flatnonzero(~bad)
+            n, table, X, empty = len(keep), table.take(keep), X[self.xp.asarray(keep)], empty[keep]
+            res, served = _take(res, keep), served[keep]
+            thresholds = None if thresholds is None else thresholds[keep]
+            names, versions = [names[i] for i in keep], [versions[i] for i in keep]
+            if not n:
+                out.latency_ms = {"decode": (t1 - t0) * 1e3, "fetch": (t2 - t1) * 1e3}
+                return out
+        event_ids = _strings(table.column(self.decoder.event_id_field))
         t3 = time.perf_counter()
         shadow_scores = []
         for sh in self.models.shadows:
             s0 = time.perf_counter()
             try:
-                s = self._predict(sh, X)
+                s = scores(sh, X, self.xp)
+                if not np.isfinite(s).all():
+                    raise ValueError(f"model {sh.meta.spec} returned a non-finite score")
             except Exception as exc:  # a shadow never affects production: count, log, skip
                 m.shadow_errors.labels(sh.meta.name).inc()
                 log.error("shadow model %s failed: %s", sh.meta.spec, exc)
@@ -145,8 +205,8 @@ class Scorer:
                           "shadow": (t4 - t3) * 1e3}
         keys = list(map(str.encode, event_ids))
         # string columns converted to Arrow once and shared by both encoders (not per encoder from lists)
-        ev_col = dec.table.column(self.decoder.event_id_field)
-        ent_col = dec.table.column(self.primary_key).cast(pa.string())
+        ev_col = table.column(self.decoder.event_id_field)
+        ent_col = table.column(self.primary_key).cast(pa.string())
         name_col, ver_col = pa.array(names, pa.string()), pa.array(versions, pa.string())
         decision = pa.nulls(n, pa.bool_()) if thresholds is None else pa.array(
             served >= thresholds, mask=np.isnan(thresholds))
@@ -175,18 +235,11 @@ class Scorer:
 
     # ---------------------------------------------------------------- helpers
 
-    def _predict(self, model: Any, X: Any) -> np.ndarray:
-        from scoring.xp import to_host
-        s = np.asarray(to_host(model.predict(X, self.xp)), np.float64).reshape(-1)
-        if s.shape[0] != X.shape[0]:
-            raise ScoreConfigError(f"model {model.meta.spec} returned {s.shape[0]} scores for {X.shape[0]} rows")
-        if not np.isfinite(s).all():
-            raise ValueError(f"model {model.meta.spec} returned a non-finite score")
-        return s
-
-    def _production(self, X: Any, entities: list[str]):
+    def _production(self, X: Any, entities: list[Any]):
+        """(served scores, model names, versions, thresholds or None) per row; raises only when the
+        production model does."""
         ms = self.models
-        prod = self._predict(ms.production, X)
+        prod = scores(ms.production, X, self.xp)
         n = len(prod)
         pm = ms.production.meta
         th = pm.threshold
@@ -195,13 +248,31 @@ class Scorer:
             return prod, [pm.name] * n, [str(pm.version)] * n, thr
         cm = ms.canary.meta
         mask = canary_mask(entities, ms.canary_percent)
-        served = np.where(mask, self._predict(ms.canary, X), prod) if mask.any() else prod
+        served = prod
+        if mask.any():
+            try:
+                can = scores(ms.canary, X, self.xp)
+            except Exception as exc:  # a canary never fails the batch: its rows go to the champion
+                self._fallback(cm, mask, f"{type(exc).__name__}: {exc}")
+                mask = np.zeros(n, bool)
+            else:
+                bad = mask & ~np.isfinite(can)
+                if bad.any():
+                    self._fallback(cm, bad, "non-finite score")
+                    mask &= ~bad
+                served = np.where(mask, can, prod)
         names = np.where(mask, cm.name, pm.name).tolist()
         versions = np.where(mask, str(cm.version), str(pm.version)).tolist()
         if th is None and cm.threshold is None:
             return served, names, versions, None
         thr = np.where(mask, np.nan if cm.threshold is None else cm.threshold, np.nan if th is None else th)
         return served, names, versions, thr
+
+    def _fallback(self, canary: Any, rows: np.ndarray, why: str) -> None:
+        """Canary-routed ``rows`` scored by the champion instead: logged and counted, not dead-lettered."""
+        k = int(rows.sum())
+        self.metrics.canary_fallbacks.labels(canary.name, str(canary.version)).inc(k)
+        log.error("canary model %s failed on %d events (%s): the champion scored them", canary.spec, k, why)
 
     @staticmethod
     def _headers(names: list[str], versions: list[str]) -> list[list[tuple[str, bytes]]]:

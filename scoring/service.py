@@ -2,16 +2,20 @@
 
 Start-up refuses to run (one-line error) when a model's feature definitions differ from the
 running plan (skew guard, ``scoring.registry.check_definitions``), when shadows and production
-disagree on the feature list, or when a feature is not numeric. While running, aliases are
-re-resolved every ``reload_s``: a moved ``champion``/``challenger``/canary percentage takes
-effect at the next batch without a restart (a moved alias that fails the skew guard is refused
-and logged; the old model keeps scoring).
+disagree on the feature list, when a feature is not numeric, or when a model cannot score one
+row on the chosen device. While running, aliases are re-resolved every ``reload_s`` from one
+read of ``aliases.json``: a moved ``champion``/``challenger``/canary percentage takes effect at
+the next batch without a restart. A move to a model that fails the skew guard, uses other
+features than the running matrix (refs or order) or cannot run here is refused and logged; the
+old models keep scoring. A canary percentage without a ``challenger`` alias scores no canary
+(a warning), rather than failing every reload.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,43 +52,71 @@ def _check(meta: Any, plan: Any) -> None:
     check_definitions(meta, plan)
 
 
+def _warm(model: Any, xp: types.ModuleType) -> None:
+    """Build ``model``'s executor and score one row of zeros on ``xp``, so that an artifact that
+    cannot run on this device is refused up front instead of dead-lettering every batch."""
+    from scoring.scorer import scores
+    from scoring.xp import is_gpu
+    try:
+        scores(model, xp.zeros((1, len(model.meta.features)), xp.float32), xp)
+    except Exception as exc:
+        raise ScoreConfigError(f"model {model.meta.spec} cannot score on {'gpu' if is_gpu(xp) else 'cpu'}: "
+                               f"{type(exc).__name__}: {exc}: re-export or retrain it, or run another "
+                               "version or --device") from exc
+
+
 class _Models:
     """Resolves the specs to loaded models and re-resolves them when aliases move."""
 
-    def __init__(self, registry: Any, opts: ScoreOptions, plan: Any) -> None:
-        self.registry, self.opts, self.plan = registry, opts, plan
+    def __init__(self, registry: Any, opts: ScoreOptions, plan: Any, xp: types.ModuleType) -> None:
+        self.registry, self.opts, self.plan, self.xp = registry, opts, plan, xp
         self._loaded: dict[tuple[str, int], Any] = {}
-        self.current = self._resolve()
+        self._warned: str | None = None
+        self.current = self._resolve(None)
+        # the running matrix (MatrixSpec.refs): every model accepted later must score exactly these
+        self.refs: tuple[str, ...] = tuple(self.current.production.meta.features)
         self._next = time.monotonic() + opts.reload_s
 
-    def _load(self, spec: str) -> Any:
-        name, version = self.registry.resolve(spec)
+    def _load(self, spec: str, aliases: dict[str, Any]) -> Any:
+        name = spec.partition("@")[0]
+        if name not in aliases:  # one read of aliases.json per model and reload (no mixed states)
+            aliases[name] = self.registry.aliases(name)
+        name, version = self.registry.resolve(spec, aliases[name])
         hit = self._loaded.get((name, version))
         if hit is None:
             hit = self.registry.load(f"{name}@{version}")
             _check(hit.meta, self.plan)  # SkewError: refuse to start / refuse the move
+            _warm(hit, self.xp)
             self._loaded[(name, version)] = hit
         return hit
 
-    def _resolve(self):
+    def _resolve(self, refs: tuple[str, ...] | None):
+        """Models for the current aliases; ``refs`` None (start-up): production's features."""
         from scoring.scorer import Models
         o = self.opts
-        prod = self._load(o.model)
+        aliases: dict[str, Any] = {}
+        prod = self._load(o.model, aliases)
         name = prod.meta.name
         pct = o.canary_percent
         if pct is None:
-            pct = self.registry.aliases(name).canary_percent if "@" not in o.model or o.model.endswith(
-                "@champion") else 0.0
+            pct = aliases[name].canary_percent if "@" not in o.model or o.model.endswith("@champion") else 0.0
         if not 0.0 <= pct <= 100.0:
             raise ScoreConfigError(f"--canary-percent {pct}: use 0 to 100")
-        canary = self._load(o.canary or f"{name}@challenger") if pct > 0 else None
-        shadows = tuple(self._load(s) for s in o.shadows)
-        for m in (canary, *shadows):
-            if m is not None and tuple(m.meta.features) != tuple(prod.meta.features):
-                raise ScoreConfigError(f"model {m.meta.spec} uses features {list(m.meta.features)} but "
-                                       f"{prod.meta.spec} uses {list(prod.meta.features)}: shadow and canary "
-                                       "models must score the production feature matrix (same refs, same order)")
-        return Models(prod, shadows, canary, pct)
+        if pct > 0 and o.canary is None and aliases[name].get("challenger") is None:
+            self._warn(f"model {name!r} has a canary of {pct:g}% but no challenger alias: scoring without a "
+                       f"canary; set one (headwater models alias {name} challenger VERSION) or the canary to 0 "
+                       f"(headwater models canary {name} 0)")
+            pct = 0.0
+        canary = self._load(o.canary or f"{name}@challenger", aliases) if pct > 0 else None
+        models = Models(prod, tuple(self._load(s, aliases) for s in o.shadows), canary, pct)
+        models.check_features(prod.meta.features if refs is None else refs)
+        return models
+
+    def _warn(self, message: str) -> None:
+        """Log ``message`` once, not at every reload while the state lasts."""
+        if message != self._warned:
+            log.warning(message)
+            self._warned = message
 
     def maybe_reload(self) -> Any | None:
         """New ``Models`` when an alias moved since the last check, else None."""
@@ -92,8 +124,8 @@ class _Models:
             return None
         self._next = time.monotonic() + self.opts.reload_s
         try:
-            new = self._resolve()
-        except Exception as exc:  # SkewError, RegistryError, a half-edited aliases.json ...
+            new = self._resolve(self.refs)
+        except Exception as exc:  # SkewError, features differ, cannot run, RegistryError, bad aliases.json ...
             log.error("alias move refused, keeping the current models: %s", exc)
             return None
         old = self.current
@@ -127,10 +159,10 @@ def build(repo_path: str | Path, opts: ScoreOptions, *, redis: Any = None, clock
     conn = load_connection()
     plan = load_definitions(repo).plan
     registry = Registry(opts.models_dir) if opts.models_dir else Registry.for_repo(repo)
-    models = _Models(registry, opts, plan)
     xp = array_module(opts.device)
+    models = _Models(registry, opts, plan, xp)
     redis = redis if redis is not None else redis_client(conn.redis_url)
-    spec = MatrixSpec.probe(redis, repo.project, plan, models.current.production.meta.features)
+    spec = MatrixSpec.probe(redis, repo.project, plan, models.refs)
     from online_store.reader import warm
     warm(repo.project, plan)  # the compiled merge loaded before the first batch, not during it
     views = {plan.view(r.partition(":")[0]) for r in spec.refs}

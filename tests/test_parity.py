@@ -150,6 +150,23 @@ def test_tiles_sanity_before_recompute(plan, tmp_path: Path):
     _check_tiles(tmp_path, plan, {"card_velocity"})  # an empty range is fine: every value is no-data
 
 
+def test_no_fetch_left_to_check_is_one_line(plan, tmp_path: Path):
+    """A log of other definitions only (right after a change), or --sample 0: a ParityError that says
+    what to do, not a traceback from an empty min()."""
+    import types
+    from backfill.parity import ParityError, check
+    ref = "card_velocity:txn_count_1h"
+    row = {"event_id": "e1", "entity_key": "card_id", "entity": "c1", "t_ms": T, "as_of_ms": T,
+           "plan_hash": "0" * 16, "features": [ref], ref: 3}
+    conn = types.SimpleNamespace(bootstrap_servers="127.0.0.1:1", redis_url="redis://127.0.0.1:1")  # never reached
+    with pytest.raises(ParityError, match="none of the 1 logged fetches is of the current definitions"):
+        check(EXAMPLE_REPO, feature_log=pa.Table.from_pylist([row]), tiles=tmp_path, conn=conn, say=lambda _m: None)
+    current = dict(row, plan_hash=plan.view("card_velocity").plan_hash)
+    with pytest.raises(ParityError, match="--sample 0: sample at least one"):
+        check(EXAMPLE_REPO, feature_log=pa.Table.from_pylist([current]), tiles=tmp_path, conn=conn, sample=0,
+              say=lambda _m: None)
+
+
 @pytest.mark.integration
 def test_cli_exit_status_json_and_html(stack, temp_repo: Path, tmp_path: Path, capsys):
     """`headwater parity` on a .jsonl feature log against tiles in the layout (built with ir): exit 0

@@ -13,6 +13,7 @@ from sklearn.linear_model import LogisticRegression
 from scoring import xp as xpmod
 from scoring.models.dense import DenseModel
 from scoring.models.errors import DeviceError, RegistryError, SkewError
+from scoring.errors import ScoreConfigError
 from scoring.registry import Registry, check_definitions, feature_hashes
 from tests.conftest import EXAMPLE_REPO
 
@@ -33,9 +34,16 @@ def _fit(seed=0, n=400):
     return X, LogisticRegression().fit(X, y)
 
 
-def _register(reg, plan, est, name="fraud", impute=None):
+def _register(reg, plan, est, name="fraud", impute=None, features=FEATURES, broken=False):
     model = DenseModel.from_sklearn(est, impute=impute)
-    return reg.register(name, "logreg", FEATURES, model.save, feature_hashes=feature_hashes(plan, FEATURES),
+
+    def write(d):
+        model.save(d)
+        if broken:  # weights that do not fit the features: the executor raises on any predict
+            k = len(features)
+            np.savez(d / "dense.npz", impute=np.zeros(k), mean=np.zeros(k), scale=np.ones(k),
+                     W0=np.ones((k + 1, 1)), b0=np.zeros(1))
+    return reg.register(name, "logreg", features, write, feature_hashes=feature_hashes(plan, features),
                         training_set_id="abc", metrics={"auc": 0.9})
 
 
@@ -170,3 +178,76 @@ def test_array_module_cpu_and_gpu_error():
             xpmod.array_module("gpu")
     with pytest.raises(DeviceError, match="unknown device"):
         xpmod.array_module("tpu")
+
+
+def test_removing_the_challenger_under_a_canary_is_refused(tmp_path, plan):
+    reg = Registry(tmp_path / "models")
+    _register(reg, plan, _fit(0)[1])
+    _register(reg, plan, _fit(1)[1])
+    reg.set_alias("fraud", "challenger", 2)
+    reg.set_canary("fraud", 10)
+    with pytest.raises(RegistryError) as ei:
+        reg.set_alias("fraud", "challenger", None)
+    assert "headwater models canary fraud 0" in str(ei.value) and "\n" not in str(ei.value)
+    assert reg.aliases("fraud").aliases == {"champion": 1, "challenger": 2}  # nothing written
+    reg.set_canary("fraud", 0)
+    assert reg.set_alias("fraud", "challenger", None).aliases == {"champion": 1}
+
+
+def _models(reg, plan, **opts):
+    from scoring.service import ScoreOptions, _Models
+    return _Models(reg, ScoreOptions(**{"model": "fraud", "reload_s": 0.0, **opts}), plan, np)
+
+
+def test_alias_move_to_other_features_is_refused(tmp_path, plan, caplog):
+    reg = Registry(tmp_path / "models")
+    _register(reg, plan, _fit(0)[1])
+    _register(reg, plan, _fit(1)[1], features=FEATURES[::-1])  # same refs, another column order
+    ms = _models(reg, plan)
+    reg.set_alias("fraud", "champion", 2)
+    assert ms.maybe_reload() is None and ms.current.production.meta.version == 1
+    assert "alias move refused" in caplog.text and "features differ" in caplog.text
+    reg.set_alias("fraud", "champion", 1)
+    reg.set_alias("fraud", "shadow", 2)
+    with pytest.raises(ScoreConfigError, match="features differ"):  # at start-up: one line, as before
+        _models(reg, plan, shadows=("fraud@shadow",))
+
+
+def test_a_model_that_cannot_run_here_is_refused_at_start_and_on_a_move(tmp_path, plan, caplog):
+    reg = Registry(tmp_path / "models")
+    _register(reg, plan, _fit(0)[1])
+    _register(reg, plan, _fit(1)[1], broken=True)
+    ms = _models(reg, plan)
+    reg.set_alias("fraud", "champion", 2)
+    assert ms.maybe_reload() is None and ms.current.production.meta.version == 1
+    assert "alias move refused" in caplog.text and "fraud@2 cannot score on cpu" in caplog.text
+    with pytest.raises(ScoreConfigError, match="fraud@2 cannot score on cpu"):
+        _models(reg, plan)
+
+
+def test_a_canary_without_challenger_scores_no_canary(tmp_path, plan, caplog):
+    """An aliases.json from before the set_alias guard (or edited by hand): a warning, not a failure."""
+    reg = Registry(tmp_path / "models")
+    _register(reg, plan, _fit(0)[1])
+    path = tmp_path / "models" / "fraud" / "aliases.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "canary_percent": 10.0}))
+    ms = _models(reg, plan)
+    assert ms.current.canary is None and ms.current.canary_percent == 0.0
+    assert "no challenger alias" in caplog.text and "headwater models canary fraud 0" in caplog.text
+
+
+def test_one_reload_reads_aliases_once(tmp_path, plan, monkeypatch):
+    reg = Registry(tmp_path / "models")
+    _register(reg, plan, _fit(0)[1])
+    _register(reg, plan, _fit(1)[1])
+    reg.set_alias("fraud", "challenger", 2)
+    reg.set_alias("fraud", "shadow", 2)
+    reg.set_canary("fraud", 10)
+    reads = []
+    real = reg.aliases
+    monkeypatch.setattr(reg, "aliases", lambda name: reads.append(name) or real(name))
+    ms = _models(reg, plan, shadows=("fraud@shadow",))
+    assert ms.current.canary.meta.version == 2 and reads == ["fraud"]
+    reg.set_alias("fraud", "champion", 2)
+    reads.clear()
+    assert ms.maybe_reload().production.meta.version == 2 and reads == ["fraud"]

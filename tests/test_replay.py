@@ -13,6 +13,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from replay.errors import ReplayError
+
 from tests.oracle import feature_view_from_case
 from tests.pipeline import (EVENT_TIME, assert_tiles_equal, event_schema, pipeline_view, prefixed, produce_cases,
                             setup)
@@ -119,6 +121,16 @@ def test_offset_bounds_select_exactly_those_records_and_rerun_is_idempotent(stac
                for k in first)
     # same IRs (distinct as sets; float sums up to the merge order of parallel partial aggregates)
     assert_tiles_equal(vp, second, [e for e in chosen if e["case"] == BIG], entity_prefix=BIG + "|")
+
+    # a range that does not cover the one replayed there would silently drop its tiles: refused,
+    # before any job runs; with replace=True the view's tiles are the new range's, all of them
+    with pytest.raises(ReplayError, match=f"does not read 0:{lo0}-{hi0}, 2:{lo2}-.*--replace"):
+        _replay(stack, produced, out, views=[BIG], offsets=f"0:{hi0}-")
+    assert layout.tile_files(out, BIG) == files_after
+    _replay(stack, produced, out, views=[BIG], offsets=f"0:{hi0}-", replace=True)
+    third = [e for e in events if e["partition"] == 0 and e["offset"] >= hi0 and e["case"] == BIG]
+    assert_tiles_equal(vp, _parquet_tiles(out, vp), third, entity_prefix=BIG + "|")
+    assert layout.read_manifest(out, BIG).range["offsets"].keys() == {"0"}
 
 
 def test_timestamp_bounds_select_records_by_kafka_timestamp(stack, produced):

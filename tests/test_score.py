@@ -26,6 +26,7 @@ from headwater.topics import create_topics
 from online_store import TileWriter, fetch
 from scoring.models.dense import DenseModel
 from scoring.registry import Registry, feature_hashes
+from scoring.errors import ScoreConfigError
 from scoring.service import ScoreOptions, build
 from streamjobs.repo import load_definitions
 
@@ -256,10 +257,14 @@ def test_every_dead_letter_reason(env: dict) -> None:
     assert all(d["topic"] == env["repo"].topics.events.name and d["error"] for d in dlq)
 
 
-def test_model_error_dead_letters_the_batch_and_the_consumer_survives(env: dict) -> None:
+def test_model_error_dead_letters_the_batch_and_the_consumer_survives(env: dict, monkeypatch) -> None:
     register(env, "fraud", 1, broken=True)
+    opts = ScoreOptions(model="fraud", device="cpu", feature_log_rate=0.0)
+    with pytest.raises(ScoreConfigError, match="fraud@1 cannot score on cpu"):
+        loop_for(env, opts)  # the start-up check scores one row; a model may still fail on some batches:
+    monkeypatch.setattr("scoring.service._warm", lambda model, xp: None)  # that path, past the check
     ids = produce(env, transactions(20, env["now"]))
-    loop, _ = loop_for(env, ScoreOptions(model="fraud", device="cpu", feature_log_rate=0.0))
+    loop, _ = loop_for(env, opts)
     stats = loop.run(max_events=20, idle_timeout_s=20)
     assert stats.events == 20 and stats.predictions == 0
     dlq = read_topic(env, "dlq", 20)

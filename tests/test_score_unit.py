@@ -1,8 +1,11 @@
 """Scoring consumer pure logic: output encoders byte-identical to fastavro, decode/validate reasons,
-canary routing, adaptive batching, bulk histogram observation. No Kafka, no Redis."""
+canary routing, per-row model errors and fallbacks (fetch faked), adaptive batching, bulk histogram
+observation. No Kafka, no Redis."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+from typing import Any
 from unittest.mock import patch
 
 import numpy as np
@@ -21,11 +24,19 @@ from scoring.errors import DLQ_REASONS, ScoreConfigError
 from scoring import outputs
 from scoring.metrics import observe_many
 from scoring.outputs import SplitEncoder
-from scoring.scorer import canary_mask
+from online_store.reader import FetchResult
+from scoring.features import MatrixSpec
+from scoring.scorer import Models, Scorer, canary_mask
 
 EVENT = {"type": "record", "name": "Ev", "fields": [
     {"name": "event_id", "type": "string"}, {"name": "card_id", "type": "string"},
     {"name": "amount", "type": "double"}, {"name": "event_time", "type": "long"}]}
+
+
+def _event_schema(event_id: object = "string", card_id: object = "string") -> dict:
+    """EVENT with other types for its id fields (a nullable event id, an integer entity key)."""
+    types_ = {"event_id": event_id, "card_id": card_id}
+    return {**EVENT, "fields": [{**f, "type": types_.get(f["name"], f["type"])} for f in EVENT["fields"]]}
 
 text = st.text(max_size=12)
 
@@ -76,7 +87,7 @@ def test_split_encoder_needs_constant_fields_last() -> None:
 
 
 def _decoder() -> tuple[BatchDecoder, AvroCodec]:
-    codec = AvroCodec(EVENT, 11)
+    codec = AvroCodec(_event_schema(event_id=["null", "string"]), 11)
     return BatchDecoder(codec, ["card_id"], "event_time"), codec
 
 
@@ -85,14 +96,28 @@ def test_decode_and_validate_reasons() -> None:
     good = codec.encode({"event_id": "e0", "card_id": "c0", "amount": 1.0, "event_time": 5})
     msgs = [good, b"", b"\x01abcdef", good[:3], b"\x00\x00\x00\x00\x63" + good[5:], good + b"\x00",
             codec.encode({"event_id": "e1", "card_id": "", "amount": 1.0, "event_time": 5}),
-            codec.encode({"event_id": "e2", "card_id": "c2", "amount": 1.0, "event_time": -1}), None, good]
+            codec.encode({"event_id": "e2", "card_id": "c2", "amount": 1.0, "event_time": -1}), None, good,
+            codec.encode({"event_id": None, "card_id": "c3", "amount": 1.0, "event_time": 5})]
     d = dec.decode(msgs)
     assert d.index.tolist() == [0, 9] and d.table.column("event_id").to_pylist() == ["e0", "e0"]
     reasons = {r.index: r.reason for r in d.rejected}
     assert reasons == {1: "empty", 2: "bad_magic", 3: "truncated", 4: "unknown_schema_id", 5: "avro_error",
-                       6: "missing_entity_key", 7: "bad_event_time", 8: "empty"}
+                       6: "missing_entity_key", 7: "bad_event_time", 8: "empty", 10: "missing_event_id"}
     assert set(reasons.values()) | {"model_error"} == set(DLQ_REASONS)
-    assert all(r.stage == ("validate" if r.index in (6, 7) else "decode") for r in d.rejected)
+    assert all(r.stage == ("validate" if r.index in (6, 7, 10) else "decode") for r in d.rejected)
+
+
+def test_a_null_event_id_is_a_dead_letter_on_both_decode_paths() -> None:
+    """One reason a row: a null entity key wins over a null event id."""
+    dec, codec = _decoder()
+    msgs = [codec.encode({"event_id": e, "card_id": c, "amount": 1.0, "event_time": 5})
+            for e, c in (("e0", "c0"), (None, "c1"), (None, ""), ("e3", "c3"))]
+    for batch in (msgs, msgs * 5):  # row by row (4 messages), columnar (20)
+        d = dec.decode(batch)
+        got = sorted((r.index, r.reason, r.stage) for r in d.rejected)
+        assert got == sorted((i + k, reason, "validate") for i in range(0, len(batch), 4)
+                             for k, reason in ((1, "missing_event_id"), (2, "missing_entity_key")))
+        assert d.table.column("event_id").to_pylist() == ["e0", "e3"] * (len(batch) // 4)
 
 
 WIDE = {"type": "record", "name": "Wide", "fields": [
@@ -185,6 +210,121 @@ def test_canary_mask_is_stable_and_near_the_percentage() -> None:
     assert (canary_mask(ents[:100], 10.0) == m[:100]).all()  # per entity, not per batch
     assert not canary_mask(ents, 0).any() and canary_mask(ents, 100).all()
     assert (m <= canary_mask(ents, 20.0)).all()  # raising the percentage only adds entities
+
+
+def test_canary_mask_hashes_integer_keys_as_fetch_strings_them() -> None:
+    keys = list(range(1000))
+    assert (canary_mask(keys, 10.0) == canary_mask([str(k) for k in keys], 10.0)).all()
+
+
+class _Model:
+    """A registry-like model (``.meta``, ``.predict``) scoring ``fn(X)``."""
+
+    def __init__(self, name: str, version: int, fn=lambda X: np.full(X.shape[0], 0.5),
+                 features: tuple[str, ...] = ("v:f",)) -> None:
+        self.meta = SimpleNamespace(name=name, version=version, threshold=None, spec=f"{name}@{version}",
+                                    features=features)
+        self.fn = fn
+
+    def predict(self, X, xp):
+        return self.fn(X)
+
+
+def _fake_fetch(redis, project, plan, ents, refs, at_ms) -> FetchResult:
+    ids = tuple(map(str, next(iter(ents.values()))))
+    n = len(ids)
+    return FetchResult(("v:f",), ids, {"v:f": (np.arange(n, dtype=np.float64), np.zeros(n, bool))},
+                       {"v:f": pa.float64()}, {"v": 1}, at_ms, {"card": ids})
+
+
+def _scorer(models: Models, *, event_id: object = "string", card_id: object = "string") -> tuple[Scorer, AvroCodec]:
+    codec = AvroCodec(_event_schema(event_id, card_id), 11)
+    sc = Scorer(plan=None, project="p", redis=None, decoder=BatchDecoder(codec, ["card_id"], "event_time"),
+                spec=MatrixSpec(("v:f",), (("card", "card_id"),), (0.0,)), models=models, xp=np,
+                prediction_encoder=SplitEncoder(AvroCodec(load_schema("prediction"), 1), ("latency", "produced_ms")),
+                shadow_encoder=SplitEncoder(AvroCodec(load_schema("shadow"), 2)))
+    return sc, codec
+
+
+def _score(sc: Scorer, codec: AvroCodec, rows: list[tuple]) -> tuple[Any, list[dict], list[dict]]:
+    """(output, decoded predictions, decoded shadows) of one batch of (event_id, card_id) rows."""
+    with patch("scoring.scorer.fetch", _fake_fetch):
+        out = sc.score_batch([codec.encode({"event_id": e, "card_id": c, "amount": 1.0, "event_time": 5})
+                              for e, c in rows])
+    preds = [AvroCodec(load_schema("prediction"), 1).decode(v) for _, v, _ in out.predictions]
+    shadows = [AvroCodec(load_schema("shadow"), 2).decode(v) for _, v, _ in out.shadows]
+    return out, preds, shadows
+
+
+def test_integer_entity_keys_are_routed_to_the_canary() -> None:
+    sc, codec = _scorer(Models(_Model("prod", 1), (), _Model("cand", 2), 50.0), card_id="long")
+    out, preds, _ = _score(sc, codec, [(f"e{i}", 100 + i) for i in range(40)])
+    assert not out.rejects and len(preds) == 40
+    assert [p["model_version"] == "2" for p in preds] == canary_mask([str(100 + i) for i in range(40)], 50.0).tolist()
+
+
+def test_a_non_finite_score_dead_letters_its_row_only() -> None:
+    bad = lambda X: np.where(X[:, 0] % 3 == 1, np.nan, 0.25)  # noqa: E731  rows 1, 4: NaN
+    shadow_seen: list[int] = []
+    shadow = _Model("sh", 7, lambda X: shadow_seen.append(len(X)) or np.full(len(X), 0.5))
+    sc, codec = _scorer(Models(_Model("prod", 1, bad), (shadow,)))
+    out, preds, shadows = _score(sc, codec, [(f"e{i}", f"c{i}") for i in range(6)])
+    assert [(r.index, r.reason, r.stage) for r in out.rejects] == [(i, "model_error", "score") for i in (1, 4)]
+    assert all("non-finite score" in r.error and "prod@1" in r.error for r in out.rejects)
+    assert [p["event_id"] for p in preds] == ["e0", "e2", "e3", "e5"] and out.scores.tolist() == [0.25] * 4
+    assert [s["event_id"] for s in shadows] == ["e0", "e2", "e3", "e5"] and shadow_seen == [4]
+    assert len(out.fetched.entities) == 4
+
+
+def test_a_failing_canary_leaves_its_rows_to_the_champion() -> None:
+    def broken(X):
+        raise RuntimeError("kernel failed")
+    rows = [(f"e{i}", f"c{i}") for i in range(8)]
+    for canary, fallen in ((_Model("cand", 2, broken), 8),
+                           (_Model("cand", 2, lambda X: np.where(X[:, 0] < 3, np.inf, 0.75)), 3)):
+        sc, codec = _scorer(Models(_Model("prod", 1), (), canary, 100.0))
+        out, preds, _ = _score(sc, codec, rows)
+        assert not out.rejects and len(preds) == 8
+        assert [p["model_version"] for p in preds].count("1") == fallen
+        assert all((p["score"], p["model_version"]) in ((0.5, "1"), (0.75, "2")) for p in preds)
+        assert sc.metrics.registry.get_sample_value("headwater_score_canary_fallbacks_total",
+                                                    {"model": "cand", "version": "2"}) == fallen
+
+
+def test_failing_shadows_never_affect_production() -> None:
+    def broken(X):
+        raise RuntimeError("no")
+    shadows = (_Model("raises", 2, broken), _Model("nan", 3, lambda X: np.full(len(X), np.nan)), _Model("ok", 4))
+    sc, codec = _scorer(Models(_Model("prod", 1), shadows))
+    out, preds, sh = _score(sc, codec, [(f"e{i}", f"c{i}") for i in range(5)])
+    assert not out.rejects and len(preds) == 5 and {s["model_name"] for s in sh} == {"ok"}
+    errors = lambda name: sc.metrics.registry.get_sample_value("headwater_score_shadow_errors_total",  # noqa: E731
+                                                               {"shadow": name})
+    assert (errors("raises"), errors("nan")) == (1, 1)
+
+
+def test_a_production_model_that_raises_still_dead_letters_the_batch() -> None:
+    def broken(X):
+        raise RuntimeError("no")
+    sc, codec = _scorer(Models(_Model("prod", 1, broken)))
+    out, preds, _ = _score(sc, codec, [(f"e{i}", f"c{i}") for i in range(3)])
+    assert not preds and [(r.index, r.reason) for r in out.rejects] == [(i, "model_error") for i in range(3)]
+
+
+def test_a_null_event_id_is_dead_lettered_not_a_crash() -> None:
+    sc, codec = _scorer(Models(_Model("prod", 1)), event_id=["null", "string"])
+    out, preds, _ = _score(sc, codec, [("e0", "c0"), (None, "c1"), ("e2", "c2")])
+    assert [(r.index, r.reason) for r in out.rejects] == [(1, "missing_event_id")]
+    assert [p["event_id"] for p in preds] == ["e0", "e2"]
+
+
+def test_scorer_refuses_a_non_string_event_id_and_models_with_other_features() -> None:
+    with pytest.raises(ScoreConfigError, match=r"'event_id' is int64, not a string.*\"string\""):
+        _scorer(Models(_Model("prod", 1)), event_id="long")
+    sc, _ = _scorer(Models(_Model("prod", 1)))
+    with pytest.raises(ScoreConfigError, match="features differ"):
+        sc.set_models(Models(_Model("prod", 2, features=("v:g",))))
+    assert sc.models.production.meta.version == 1
 
 
 def test_adaptive_batch_grows_under_load_and_shrinks_when_idle() -> None:

@@ -124,6 +124,9 @@ def test_models_commands(tmp_path, tset, capsys):
     assert main(["models", "check", "fraud@challenger", *common]) == 0
     assert main(["models", "alias", "fraud", "challenger", "9", *common]) == 2
     assert "no version 9" in capsys.readouterr().err
+    assert main(["models", "alias", "fraud", "challenger", "none", *common]) == 2
+    assert "set the canary to 0 first" in capsys.readouterr().err
+    assert main(["models", "canary", "fraud", "0", *common]) == 0
     assert main(["models", "alias", "fraud", "challenger", "none", *common]) == 0
     assert main(["models", "show", "nope", *common]) == 2
 

@@ -114,8 +114,9 @@ def normalize(raw: list[dict]) -> list[dict]:
 @given(st.lists(event, min_size=0, max_size=40),
        st.lists(st.tuples(st.sampled_from(["a", "b", "c", "zz"]), st.integers(T0 - H, T0 + 4 * H)), min_size=1,
                 max_size=12),
-       st.sampled_from([1000, 10_000]), st.sampled_from([0, 300_000]), st.sampled_from([None, 1800_000]))
-def test_property_matches_oracle_and_tile_path(tmp_path_factory, raw, queries, tick, lateness, ttl):
+       st.sampled_from([1000, 10_000]), st.sampled_from([0, 300_000]), st.sampled_from([None, 1800_000]),
+       st.integers(1, 2**12 - 1))
+def test_property_matches_oracle_and_tile_path(tmp_path_factory, raw, queries, tick, lateness, ttl, subset):
     events = normalize(raw)
     plan = build_plan([prop_view(tick, lateness, ttl)])
     vp = plan.views[0]
@@ -124,6 +125,10 @@ def test_property_matches_oracle_and_tile_path(tmp_path_factory, raw, queries, t
     spine = pa.table({"card_id": [q[0] for q in queries], "ts": [q[1] for q in queries]})
     got = training_set(plan, spine, ["pv:*"], tiles=out, chunk_rows=5).to_pylist()
     assert training_set(plan, spine, ["pv:*"], tiles=out, max_tiles=7).to_pylist() == got  # entity buckets
+    some = [f"pv:{f.name}" for i, f in enumerate(vp.features) if subset >> (i % 12) & 1]
+    if some:  # a feature asked without the others reads the same tiles (a window's body is on coarser rungs)
+        assert training_set(plan, spine, some, tiles=out).to_pylist() == [{k: r[k] for k in r if k in some or
+                                                                           not k.startswith("pv:")} for r in got]
     raw_rows = pa.Table.from_pylist([{k: e[k] for k in ("card_id", "amount", "n", "country", "ts")}
                                      | {"hw_partition": e["partition"], "hw_offset": e["offset"],
                                         "hw_append_ms": e["append_time_ms"]} for e in events],
@@ -246,6 +251,15 @@ def test_files_and_column_order(edge, tmp_path_factory):
         assert t.schema.field("ev:amount_count_10m").type == pa.int64()
 
 
+def test_csv_entity_ids_stay_strings(tmp_path):
+    """A CSV spine's ids are not inferred as numbers: "007" stays "007", the entity the tiles hold."""
+    plan = build_plan([edge_view()])
+    write_memory_tiles(tmp_path / "tiles", plan.views[0], [ev("007", T0), ev("007", T0 + 1000, offset=1)])
+    (tmp_path / "s.csv").write_text(f"card_id,ts\n007,{T0 + 60_000}\n")
+    t = training_set(plan, tmp_path / "s.csv", ["ev:amount_count_10m"], tiles=tmp_path / "tiles")
+    assert t.column("card_id").to_pylist() == ["007"] and t.column("ev:amount_count_10m").to_pylist() == [2]
+
+
 def test_errors_are_one_line(edge, tmp_path_factory):
     plan, out = edge
     with pytest.raises(SpineError, match="no column 'card_id'"):
@@ -259,6 +273,8 @@ def test_errors_are_one_line(edge, tmp_path_factory):
     other = build_plan([edge_view(ttl="2h")])
     with pytest.raises(PlanMismatchError, match="replay view 'ev' again"):
         training_set(other, pd.DataFrame({"card_id": ["a"], "ts": [T0]}), ["ev:*"], tiles=out)
+    with pytest.raises(BackfillError, match="source 'txn' is not a source of the definitions \\(sources: tx\\)"):
+        training_set(plan, pd.DataFrame({"card_id": ["a"], "ts": [T0]}), ["ev:*"], tiles=out, sources={"txn": "x"})
 
 
 def test_latest_from_raw_rows_without_tiles(edge, tmp_path_factory):
@@ -287,6 +303,9 @@ def test_cli_training_set(edge, tmp_path_factory, capsys):
     rc = main(["training-set", "--repo", str(EXAMPLE_REPO), "--spine", str(d / "spine.parquet"), "--features",
                "card_velocity:amount_sum_1h", "--out", str(d / "train.parquet"), "--tiles", str(d / "none")])
     assert rc == 2 and "no tiles of view 'card_velocity'" in capsys.readouterr().err
+    rc = main(["training-set", "--repo", str(EXAMPLE_REPO), "--spine", str(d / "spine.parquet"), "--features",
+               "card_velocity:last_country", "--out", str(d / "train.parquet"), "--source", "transactions"])
+    assert rc == 2 and "--source 'transactions': use NAME=PATH" in capsys.readouterr().err
 
 
 def test_cli_writes_the_training_set(tmp_path, capsys):
