@@ -10,8 +10,8 @@ File columns: ``entity, tile_start, plan_hash, n_events, max_append_ms`` then ev
 view's plan (``ViewPlan.fields``, named ``IRField.name``), typed like the tiles topic value schema
 (``online_store.tiles``): cnt int64, sum/sumsq double, min/max in the column's type (int64 for
 int/long/timestamp, double for float/double, string, bool), last string, distinct list<string>.
-Progress rows (``resolution_ms = 0``) are never written. Writing a partition replaces it
-(INSERT OVERWRITE), so a rerun is idempotent.
+Progress rows (``resolution_ms = 0``) are never written. A replay replaces the view's whole tile
+set (``replay.runner``), so a rerun is idempotent.
 
 Readers go through :func:`open_tiles` (DuckDB view) or :func:`open_dataset` (pyarrow): both check
 the plan hash (manifest and files) first, because tiles of another plan hold other semantics and

@@ -2,7 +2,8 @@
 
 Resolves the range to exact offsets (``replay.bounds``), runs the batch job (``replay.sql``) on a
 local MiniCluster while reporting progress (``replay.progress``), then writes one manifest per
-view (``backfill.layout``: ``<out>/_replay/<view>.json``). Reruns overwrite the partitions they write.
+view (``backfill.layout``: ``<out>/_replay/<view>.json``). A replay's tiles replace the view's whole
+tile set, so a rerun of the same range is idempotent (``run_replay``).
 """
 
 from __future__ import annotations
@@ -88,25 +89,33 @@ def _root_cause(exc: BaseException) -> str:
 
 def _commit_view(staged: Path, view_dir: Path) -> int:
     """Make the partitions Flink wrote for a view the view's whole tile set (files named
-    ``*.parquet``): one replay, one range, one manifest. They are gathered next to ``view_dir`` and
-    swapped in, so a reader sees the old set or the new one. Returns the rows moved (tiles written)."""
+    ``*.parquet``): one replay, one range, one manifest. They are gathered next to ``view_dir``
+    (its real place, if it is a link) and swapped in by two renames. Returns the rows moved."""
     import pyarrow.parquet as pq
     rows = 0
+    view_dir = view_dir.resolve()  # a link to another filesystem: gather and swap over there
     fresh = view_dir.with_name(f".{view_dir.name}.new-{uuid.uuid4().hex[:8]}")
-    for part in sorted(staged.glob("resolution_ms=*/date=*")):
-        files = [f for f in sorted(part.iterdir()) if f.is_file() and not f.name.startswith((".", "_"))]
-        if not files:
-            continue
-        target = fresh / part.parent.name / part.name
-        target.mkdir(parents=True)
-        for f in files:
-            rows += pq.ParquetFile(f).metadata.num_rows
-            os.replace(f, target / (f.name if f.suffix == ".parquet" else f.name + ".parquet"))
-    fresh.mkdir(parents=True, exist_ok=True)
     old = view_dir.with_name(f".{view_dir.name}.old-{uuid.uuid4().hex[:8]}")
-    if view_dir.exists():
-        os.replace(view_dir, old)
-    os.replace(fresh, view_dir)
+    try:
+        for part in sorted(staged.glob("resolution_ms=*/date=*")):
+            files = [f for f in sorted(part.iterdir()) if f.is_file() and not f.name.startswith((".", "_"))]
+            if not files:
+                continue
+            target = fresh / part.parent.name / part.name
+            target.mkdir(parents=True)
+            for f in files:
+                rows += pq.ParquetFile(f).metadata.num_rows
+                shutil.move(f, target / (f.name if f.suffix == ".parquet" else f.name + ".parquet"))
+        fresh.mkdir(parents=True, exist_ok=True)
+        if view_dir.exists():
+            os.replace(view_dir, old)
+        os.replace(fresh, view_dir)
+    except OSError as exc:
+        kept = view_dir if view_dir.exists() else old
+        raise ReplayError(f"cannot put the new tiles of {view_dir.name} in place ({exc}); the previous tiles "
+                          f"are in {kept}: fix the directory and rerun the replay") from exc
+    finally:
+        shutil.rmtree(fresh, ignore_errors=True)
     shutil.rmtree(old, ignore_errors=True)
     return rows
 

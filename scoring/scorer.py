@@ -141,10 +141,16 @@ class Scorer:
                                    "schema")
         models.check_features(spec.refs)
 
-    def set_models(self, models: Models) -> None:
-        """Swap models between batches (alias moves); the caller has checked their definitions and
-        warmed their executors (``scoring.service``); a feature mismatch here is a bug, so it raises."""
-        models.check_features(self.spec.refs)
+    def set_models(self, models: Models, spec: MatrixSpec | None = None, decoder: BatchDecoder | None = None) -> None:
+        """Swap models between batches (alias moves), with a new matrix and decoder when the move
+        changed the features; the caller has checked their definitions and warmed their executors
+        (``scoring.service``). Models that do not score the matrix raise: nothing is swapped."""
+        models.check_features((spec or self.spec).refs)
+        if spec is not None:
+            assert decoder is not None, "a new matrix comes with the decoder of its entities"
+            self.spec, self.decoder = spec, decoder
+            self.key_fields = [k for _, k in spec.entities]
+            self.primary_key = self.key_fields[0]
         self.models = models
 
     def score_batch(self, values: Sequence[bytes | None]) -> BatchOutput:
@@ -293,7 +299,7 @@ class Scorer:
             if as_of is not None:
                 observe_many(m.freshness.labels(view), [max(0.0, (t_ms - as_of) / 1e3)], weight=n)
         m.no_features.inc(int(empty.sum()))
-        if len(set(versions)) == 1:
+        if len(set(zip(names, versions))) == 1:  # a canary of another name may share the version number
             m.predictions.labels(names[0], versions[0]).inc(n)
         else:
             for (a, b), c in zip(*np.unique(np.array([names, versions]).T, axis=0, return_counts=True)):

@@ -5,9 +5,10 @@ running plan (skew guard, ``scoring.registry.check_definitions``), when shadows 
 disagree on the feature list, when a feature is not numeric, or when a model cannot score one
 row on the chosen device. While running, aliases are re-resolved every ``reload_s`` from one
 read of ``aliases.json``: a moved ``champion``/``challenger``/canary percentage takes effect at
-the next batch without a restart. A move to a model that fails the skew guard, uses other
-features than the running matrix (refs or order) or cannot run here is refused and logged; the
-old models keep scoring. A canary percentage without a ``challenger`` alias scores no canary
+the next batch without a restart; a champion naming other features brings its own matrix (and
+the entity keys decoded), built before the swap. A move that fails the skew guard, whose canary
+or shadows score other features than the new champion, or to a model that cannot run here is
+refused and logged; the old models keep scoring. A canary percentage without a ``challenger`` alias scores no canary
 (a warning), rather than failing every reload.
 """
 
@@ -72,10 +73,13 @@ class _Models:
         self.registry, self.opts, self.plan, self.xp = registry, opts, plan, xp
         self._loaded: dict[tuple[str, int], Any] = {}
         self._warned: str | None = None
-        self.current = self._resolve(None)
-        # the running matrix (MatrixSpec.refs): every model accepted later must score exactly these
-        self.refs: tuple[str, ...] = tuple(self.current.production.meta.features)
+        self.current = self._resolve()
         self._next = time.monotonic() + opts.reload_s
+
+    @property
+    def refs(self) -> tuple[str, ...]:
+        """The production model's features: the matrix every model of ``current`` scores."""
+        return tuple(self.current.production.meta.features)
 
     def _load(self, spec: str, aliases: dict[str, Any]) -> Any:
         name = spec.partition("@")[0]
@@ -90,8 +94,8 @@ class _Models:
             self._loaded[(name, version)] = hit
         return hit
 
-    def _resolve(self, refs: tuple[str, ...] | None):
-        """Models for the current aliases; ``refs`` None (start-up): production's features."""
+    def _resolve(self):
+        """Models for the current aliases; canary and shadows must score production's matrix."""
         from scoring.scorer import Models
         o = self.opts
         aliases: dict[str, Any] = {}
@@ -109,7 +113,7 @@ class _Models:
             pct = 0.0
         canary = self._load(o.canary or f"{name}@challenger", aliases) if pct > 0 else None
         models = Models(prod, tuple(self._load(s, aliases) for s in o.shadows), canary, pct)
-        models.check_features(prod.meta.features if refs is None else refs)
+        models.check_features(prod.meta.features)
         return models
 
     def _warn(self, message: str) -> None:
@@ -118,24 +122,42 @@ class _Models:
             log.warning(message)
             self._warned = message
 
-    def maybe_reload(self) -> Any | None:
-        """New ``Models`` when an alias moved since the last check, else None."""
+    def maybe_reload(self, accept: Any = None) -> Any | None:
+        """New ``Models`` when an alias moved since the last check, else None. ``accept(new)`` puts
+        them to work (the scorer, with a new matrix when the features changed); if it raises, the
+        move is refused and the current models go on."""
         if time.monotonic() < self._next:
             return None
         self._next = time.monotonic() + self.opts.reload_s
-        try:
-            new = self._resolve(self.refs)
-        except Exception as exc:  # SkewError, features differ, cannot run, RegistryError, bad aliases.json ...
-            log.error("alias move refused, keeping the current models: %s", exc)
-            return None
         old = self.current
         key = lambda ms: (ms.production.meta.spec, ms.canary and ms.canary.meta.spec, ms.canary_percent,
                           tuple(s.meta.spec for s in ms.shadows))
-        if key(new) == key(old):
+        try:
+            new = self._resolve()
+            if key(new) == key(old):
+                return None
+            if accept is not None:
+                accept(new)
+        except Exception as exc:  # SkewError, features differ, cannot run, RegistryError, bad aliases.json ...
+            log.error("alias move refused, keeping the current models: %s", exc)
             return None
         log.warning("models changed: %s -> %s", key(old), key(new))
         self.current = new
         return new
+
+
+def _matrix(redis: Any, repo: Any, plan: Any, refs: tuple[str, ...]) -> tuple[Any, Any]:
+    """(MatrixSpec, BatchDecoder) for a model's features: at start-up and when a move changes them."""
+    from headwater.repo_schemas import codec_for
+    from scoring.decode import BatchDecoder
+    from scoring.features import MatrixSpec
+
+    spec = MatrixSpec.probe(redis, repo.project, plan, refs)
+    event_time = {plan.view(r.partition(":")[0]).event_time_field for r in spec.refs}
+    if len(event_time) != 1:
+        raise ScoreConfigError(f"the model's views read different event-time fields {sorted(event_time)}: "
+                               "score one source per consumer")
+    return spec, BatchDecoder(codec_for(repo, "events"), [k for _, k in spec.entities], event_time.pop())
 
 
 def build(repo_path: str | Path, opts: ScoreOptions, *, redis: Any = None, clock: Any = time.time,
@@ -146,8 +168,6 @@ def build(repo_path: str | Path, opts: ScoreOptions, *, redis: Any = None, clock
     from online_store.feature_log import FeatureLogWriter
     from online_store.repo_fetch import redis_client
     from scoring.consumer import ConsumerSettings, ScoreLoop
-    from scoring.decode import BatchDecoder
-    from scoring.features import MatrixSpec
     from scoring.metrics import ScoringMetrics, serve
     from scoring.outputs import SplitEncoder
     from scoring.registry import Registry
@@ -162,15 +182,9 @@ def build(repo_path: str | Path, opts: ScoreOptions, *, redis: Any = None, clock
     xp = array_module(opts.device)
     models = _Models(registry, opts, plan, xp)
     redis = redis if redis is not None else redis_client(conn.redis_url)
-    spec = MatrixSpec.probe(redis, repo.project, plan, models.refs)
+    spec, decoder = _matrix(redis, repo, plan, models.refs)
     from online_store.reader import warm
     warm(repo.project, plan)  # the compiled merge loaded before the first batch, not during it
-    views = {plan.view(r.partition(":")[0]) for r in spec.refs}
-    event_time = {v.event_time_field for v in views}
-    if len(event_time) != 1:
-        raise ScoreConfigError(f"the model's views read different event-time fields {sorted(event_time)}: "
-                               "score one source per consumer")
-    decoder = BatchDecoder(codec_for(repo, "events"), [k for _, k in spec.entities], event_time.pop())
     metrics = ScoringMetrics()
     if opts.metrics_port:
         serve(metrics, opts.metrics_port)
@@ -189,10 +203,15 @@ def build(repo_path: str | Path, opts: ScoreOptions, *, redis: Any = None, clock
         max_wait_ms=opts.max_wait_ms, exactly_once=opts.exactly_once, instance_id=opts.instance_id)
     fl = FeatureLogWriter(None, t.feature_log.name, codec_for(repo, "feature_log")) if opts.feature_log_rate > 0 else None
 
-    def reload() -> None:
-        new = models.maybe_reload()
-        if new is not None:
+    def accept(new: Any) -> None:
+        refs = tuple(new.production.meta.features)
+        if refs == scorer.spec.refs:
             scorer.set_models(new)
+        else:  # the model names other features: the matrix (and the entities decoded) follow it
+            scorer.set_models(new, *_matrix(redis, repo, plan, refs))
+
+    def reload() -> None:
+        models.maybe_reload(accept)
 
     loop = ScoreLoop(settings, scorer, codec_for(repo, "dlq"), fl, metrics, on_batch=on_batch, reload=reload)
     return loop, scorer

@@ -199,14 +199,23 @@ def _models(reg, plan, **opts):
     return _Models(reg, ScoreOptions(**{"model": "fraud", "reload_s": 0.0, **opts}), plan, np)
 
 
-def test_alias_move_to_other_features_is_refused(tmp_path, plan, caplog):
+def test_a_move_is_refused_when_its_acceptance_fails_and_shadows_must_match(tmp_path, plan, caplog):
+    """A champion naming other features is handed to ``accept`` (the scorer builds its matrix);
+    if that raises, nothing changes. A shadow of other features than production: refused."""
     reg = Registry(tmp_path / "models")
     _register(reg, plan, _fit(0)[1])
     _register(reg, plan, _fit(1)[1], features=FEATURES[::-1])  # same refs, another column order
     ms = _models(reg, plan)
     reg.set_alias("fraud", "champion", 2)
-    assert ms.maybe_reload() is None and ms.current.production.meta.version == 1
-    assert "alias move refused" in caplog.text and "features differ" in caplog.text
+
+    def refuse(new):
+        raise ScoreConfigError("no matrix for it")
+
+    assert ms.maybe_reload(refuse) is None and ms.current.production.meta.version == 1
+    assert "alias move refused" in caplog.text and "no matrix for it" in caplog.text
+    seen = []
+    assert ms.maybe_reload(seen.append).production.meta.version == 2 and ms.refs == tuple(FEATURES[::-1])
+    assert [m.production.meta.version for m in seen] == [2]
     reg.set_alias("fraud", "champion", 1)
     reg.set_alias("fraud", "shadow", 2)
     with pytest.raises(ScoreConfigError, match="features differ"):  # at start-up: one line, as before

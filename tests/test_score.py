@@ -137,18 +137,31 @@ def loop_for(env: dict, opts: ScoreOptions, captured: list | None = None):
     return build(env["path"], opts, redis=env["rds"], clock=lambda: now_s, on_batch=on_batch)
 
 
-def reference_scores(env: dict, model: DenseModel, cards: list[str], merchants: list[str]) -> np.ndarray:
+def reference_scores(env: dict, model: DenseModel, cards: list[str], merchants: list[str], refs=REFS) -> np.ndarray:
     """Independent fetch at the pinned t and the model's maths written out in float64."""
-    res = fetch(env["rds"], env["repo"].project, env["plan"], {"card": cards, "merchant": merchants}, REFS,
+    res = fetch(env["rds"], env["repo"].project, env["plan"], {"card": cards, "merchant": merchants}, refs,
                 at_ms=env["now"])
-    X = np.empty((len(cards), len(REFS)))
-    for j, ref in enumerate(REFS):
+    X = np.empty((len(cards), len(refs)))
+    for j, ref in enumerate(refs):
         v, null = res.numpy(ref)
         X[:, j] = np.where(null, np.nan, v.astype(np.float64))
     X = np.where(np.isnan(X), model.impute, X)
     (w, b), = model.layers
     z = ((X - model.mean) / model.scale) @ w + b
     return 1 / (1 + np.exp(-z[:, 0]))
+
+
+def move_after_first_batch(reg: Registry, version: int) -> tuple[list[int], Any]:
+    """An ``on_batch`` that moves fraud's champion to ``version`` once the first batch is scored;
+    the list gets each batch's prediction count."""
+    moved: list[int] = []
+
+    def on_batch(out: Any) -> None:
+        moved.append(len(out.predictions))
+        if len(moved) == 1:
+            reg.set_alias("fraud", "champion", version)
+
+    return moved, on_batch
 
 
 # ---------------------------------------------------------------- tests
@@ -255,6 +268,29 @@ def test_every_dead_letter_reason(env: dict) -> None:
                                                        "avro_error", "missing_entity_key", "bad_event_time"])
     assert {d["value"] for d in dlq} == set(raw)  # original bytes kept
     assert all(d["topic"] == env["repo"].topics.events.name and d["error"] for d in dlq)
+
+
+def test_a_champion_with_other_features_brings_its_matrix_without_restart(env: dict) -> None:
+    """v2 reads card features only, in another order: after the move the scorer fetches and
+    assembles v2's matrix (and decodes only the card key), and its scores equal the reference."""
+    register(env, "fraud", 1)
+    card_refs = ("card_velocity:amount_sum_1h", "card_velocity:txn_count_10m", "card_velocity:amount_max_1d")
+    v2, _ = register(env, "fraud", 2, refs=card_refs)
+    reg = Registry.for_repo(env["repo"])
+    recs = transactions(64, env["now"])
+    produce(env, recs)
+    moved, on_batch = move_after_first_batch(reg, 2)
+    loop, scorer = build(env["path"], ScoreOptions(model="fraud", device="cpu", reload_s=0.0, feature_log_rate=0.0,
+                                                   max_batch=8), redis=env["rds"], on_batch=on_batch,
+                         clock=lambda: env["now"] / 1000.0)
+    assert loop.run(max_events=64, idle_timeout_s=20).predictions == 64
+    assert scorer.spec.refs == card_refs and scorer.key_fields == ["card_id"]
+    by_id = {r["event_id"]: r for r in recs}
+    later = [p for p in read_topic(env, "predictions", 64) if p["model_version"] == "2"]
+    assert 0 < len(later) < 64
+    cards = [by_id[p["event_id"]]["card_id"] for p in later]
+    np.testing.assert_allclose([p["score"] for p in later], reference_scores(
+        env, v2, cards, ["m0"] * len(cards), refs=card_refs), rtol=2e-5, atol=1e-6)
 
 
 def test_model_error_dead_letters_the_batch_and_the_consumer_survives(env: dict, monkeypatch) -> None:
@@ -388,13 +424,7 @@ def test_canary_routes_by_entity_hash_and_alias_moves_apply_without_restart(env:
     # alias move while running: after the first batch champion -> 2, canary off; later batches follow
     reg.set_alias("fraud", "champion", 2)
     more = produce(env, transactions(64, env["now"]))
-    moved: list = []
-
-    def on_batch(out):
-        moved.append(len(out.predictions))
-        if len(moved) == 1:
-            reg.set_alias("fraud", "champion", 1)
-
+    moved, on_batch = move_after_first_batch(reg, 1)
     loop2, _ = build(env["path"], ScoreOptions(model="fraud", device="cpu", canary_percent=0.0, reload_s=0.0,
                                                 feature_log_rate=0.0, max_batch=8),  # same group: resumes
                      redis=env["rds"], on_batch=on_batch)
