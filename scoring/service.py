@@ -8,8 +8,8 @@ read of ``aliases.json``: a moved ``champion``/``challenger``/canary percentage 
 the next batch without a restart; a champion naming other features brings its own matrix (and
 the entity keys decoded), built before the swap. A move that fails the skew guard, whose canary
 or shadows score other features than the new champion, or to a model that cannot run here is
-refused and logged; the old models keep scoring. A canary percentage without a ``challenger`` alias scores no canary
-(a warning), rather than failing every reload.
+refused and logged; the old models keep scoring. A canary percentage without a ``challenger``
+alias scores no canary (a warning), rather than failing every reload.
 """
 
 from __future__ import annotations
