@@ -56,7 +56,8 @@ def read_to_end(bootstrap: str, topic: str, *, tail: int | None = None, start_ms
         marks = watermarks(c, topic, md.partitions)
         if start_ms is not None:
             from replay.bounds import resolve_range
-            marks = {r.partition: (r.start, marks[r.partition][1]) for r in resolve_range(c, topic, start_ms=start_ms).partitions}
+            first = resolve_range(c, topic, start_ms=start_ms).partitions
+            marks = {r.partition: (r.start, marks[r.partition][1]) for r in first}
         if ends is not None:
             marks = {p: (lo, min(hi, ends.get(p, hi))) for p, (lo, hi) in marks.items()}
         end = {p: hi for p, (_, hi) in marks.items()}

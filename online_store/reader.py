@@ -39,7 +39,7 @@ import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from itertools import chain, compress, repeat
 from typing import Any, Literal
@@ -133,6 +133,16 @@ class FetchResult:
 
     def rows(self) -> list[dict[str, Any]]:
         return self.to_arrow().to_pylist()
+
+    def take(self, rows: np.ndarray) -> FetchResult:
+        """The same fetch restricted to ``rows`` (indices, in that order)."""
+        def pick(ids: Sequence[str]) -> tuple[str, ...]:
+            return tuple(ids[i] for i in rows)
+
+        return replace(self, entities=pick(self.entities),
+                       columns={f: (v[rows], null[rows]) for f, (v, null) in self.columns.items()},
+                       entity_columns=None if self.entity_columns is None else
+                       {k: pick(v) for k, v in self.entity_columns.items()})
 
 
 # ---------------------------------------------------------------- read layout (per view, per tick)

@@ -13,7 +13,6 @@ that fails, or scores a row non-finite, leaves those rows to the champion (logge
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 import types
@@ -79,9 +78,8 @@ class Models:
         for m in (self.production, self.canary, *self.shadows):
             if m is not None and tuple(m.meta.features) != tuple(refs):
                 raise ScoreConfigError(f"model {m.meta.spec} features differ: it uses {list(m.meta.features)} but "
-                                       f"the running feature matrix is {list(refs)}: production, canary and shadow "
-                                       "models must score the same refs in the same order (restart the scorer to "
-                                       "change features)")
+                                       f"the feature matrix is {list(refs)}: canary and shadow models must score "
+                                       "the champion's refs in the same order")
 
 
 @dataclass(frozen=True)
@@ -106,17 +104,6 @@ class BatchOutput:
     scores: np.ndarray | None = None  # served scores of the good rows (tests, bench)
     fetched: FetchResult | None = None
     e2e_ms: np.ndarray | None = None  # per consumed event: record timestamp -> outputs acknowledged
-
-
-def _take(res: FetchResult, rows: np.ndarray) -> FetchResult:
-    """``res`` restricted to ``rows`` (indices), so the feature log and ``out.fetched`` hold only
-    the rows that got a prediction."""
-    def pick(seq: Sequence[Any]) -> tuple[Any, ...]:
-        return tuple(seq[i] for i in rows)
-
-    return dataclasses.replace(
-        res, entities=pick(res.entities), columns={f: (v[rows], null[rows]) for f, (v, null) in res.columns.items()},
-        entity_columns=None if res.entity_columns is None else {k: pick(v) for k, v in res.entity_columns.items()})
 
 
 class Scorer:
@@ -185,7 +172,7 @@ class Scorer:
                                    f"non-finite score ({served[i]})", "score") for i in np.flatnonzero(bad)]
             keep = np.flatnonzero(~bad)
             n, table, X, empty = len(keep), table.take(keep), X[self.xp.asarray(keep)], empty[keep]
-            res, served = _take(res, keep), served[keep]
+            res, served = res.take(keep), served[keep]  # the feature log and out.fetched: scored rows only
             thresholds = None if thresholds is None else thresholds[keep]
             names, versions = [names[i] for i in keep], [versions[i] for i in keep]
             if not n:
