@@ -117,6 +117,15 @@ class ReplayManifest:
     def to_dict(self) -> dict[str, Any]:
         return {**dict(self.extra), **{k: getattr(self, k) for k in self._KEYS}}
 
+    @property
+    def covered(self) -> tuple[int | None, int | None] | None | str:
+        """``(lo, hi)`` event times (ms; None: open) the replay holds every event of, None when it
+        holds no such range, ``"unknown"`` for a manifest written before replays recorded it."""
+        c = self.extra.get("covered", "unknown")
+        if not isinstance(c, Mapping):
+            return None if c is None else "unknown"
+        return (c.get("from_ms"), c.get("to_ms"))
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ReplayManifest":
         missing = [k for k in cls._KEYS if k not in data]

@@ -177,6 +177,7 @@ def offline_values(repo: Any, rows: Sequence[Mapping[str, Any]], plan: Any, tile
     """Per log row, its features recomputed by ``backfill.training_set`` at the row's ``t_ms``;
     one training-set call per view, spine = the distinct (entity, t) pairs of that view's rows."""
     from backfill import training_set
+    from backfill.coverage import CoverageError
 
     out: list[dict[str, Any]] = [{} for _ in rows]
     by_view: dict[str, list[int]] = defaultdict(list)
@@ -189,7 +190,12 @@ def offline_values(repo: Any, rows: Sequence[Mapping[str, Any]], plan: Any, tile
         pairs = list(dict.fromkeys((rows[i]["entity"], rows[i]["t_ms"]) for i in idx))
         spine = pa.table({vp.entity_key: pa.array([e for e, _ in pairs], pa.string()),
                           "ts": pa.array([t for _, t in pairs], pa.timestamp("ms", tz="UTC"))})
-        got = training_set(repo, spine, refs, tiles=tiles, timestamp_column="ts")
+        try:
+            got = training_set(repo, spine, refs, tiles=tiles, timestamp_column="ts")
+        except CoverageError as exc:  # a recompute past the replay would report mismatches that are not there
+            raise ParityError(f"{exc.detail.replace('spine rows', 'logged fetches')}: replay again into {tiles} "
+                              f"(`headwater replay --out {tiles} --replace`) once the logged fetches are "
+                              "past, or run parity --now") from exc
         cols = {ref: got[_column(got, ref)].to_pylist() for ref in refs if _column(got, ref) is not None}
         missing = [ref for ref in refs if ref not in cols]
         if missing:
@@ -292,7 +298,9 @@ def check(repo: Any, *, feature_log: Any = "topic", tiles: Any, sample: int | No
         raise ParityError(f"--sample {sample}: sample at least one logged fetch")
     if sample is not None and sample < len(rows):
         rows = random.Random(seed).sample(rows, sample)
-    say(f"parity: {len(rows):,} logged fetches to check ({len(stale):,} skipped: other plan hash)")
+    unreadable = flog.skipped(log)
+    say(f"parity: {len(rows):,} logged fetches to check ({len(stale):,} skipped: other plan hash"
+        + (f"; {unreadable:,} unreadable feature-log records skipped" if unreadable else "") + ")")
     _check_tiles(tiles, plan, {r["features"][0].partition(":")[0] for r in rows if r["features"]})
     t0 = time.perf_counter()
     offline = offline_values(repo, rows, plan, tiles)

@@ -38,13 +38,18 @@ class SpineSource:
                 import pyarrow.csv as pcsv
                 opts = pcsv.ParseOptions(delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
                 conv = pcsv.ConvertOptions(column_types={c: pa.string() for c in text_columns})
-                self._table = pcsv.read_csv(path, parse_options=opts, convert_options=conv)
+                try:
+                    self._table = pcsv.read_csv(path, parse_options=opts, convert_options=conv)
+                except (pa.ArrowInvalid, OSError) as exc:
+                    raise SpineError(f"spine {path} is not a readable CSV ({str(exc).splitlines()[0]}): "
+                                     "fix the file (a header row, the same number of fields on every row)") from exc
             else:
                 import pyarrow.parquet as pq
                 try:
                     self._parquet = pq.ParquetFile(path)
-                except pa.ArrowInvalid as exc:
-                    raise SpineError(f"spine {path} is not a Parquet file ({exc}); use .csv for CSV") from exc
+                except (pa.ArrowInvalid, OSError) as exc:
+                    raise SpineError(f"spine {path} is not a Parquet file ({str(exc).splitlines()[0]}); use .csv "
+                                     "for CSV, and one file rather than a dataset directory") from exc
         elif isinstance(spine, pa.Table):
             self._table = spine
         elif isinstance(spine, pa.RecordBatch):
@@ -74,8 +79,22 @@ class SpineSource:
             yield t.slice(start, chunk_rows)
 
 
+    def column_chunks(self, column: str, chunk_rows: int) -> Iterator[pa.ChunkedArray]:
+        """One column, chunk by chunk, without reading the others of a Parquet spine."""
+        if self._parquet is not None:
+            for batch in self._parquet.iter_batches(batch_size=chunk_rows, columns=[column]):
+                yield pa.chunked_array([batch.column(0)])
+            return
+        for chunk in self.chunks(chunk_rows):
+            yield chunk.column(column)
+
+
 def open_spine(spine: Any, required: Sequence[str], text_columns: Sequence[str] = ()) -> SpineSource:
     src = SpineSource(spine, text_columns)
+    names = src.schema.names
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise SpineError(f"spine has the column {twice[0]!r} twice: rename one")
     missing = [c for c in required if c not in src.schema.names]
     if missing:
         raise SpineError(f"spine has no column {missing[0]!r} (columns: {', '.join(src.schema.names)}); "
@@ -116,9 +135,10 @@ def timestamps_ms(col: pa.ChunkedArray | pa.Array, name: str) -> np.ndarray:
     if pa.types.is_string(t) or pa.types.is_large_string(t):
         import pandas as pd
         try:
-            parsed = pd.to_datetime(pd.Series(col.to_pylist()), utc=True, format="mixed")
+            parsed = pd.to_datetime(pd.Series(col.to_pylist()), utc=True, format="ISO8601")  # never 01/02 as US
         except (ValueError, TypeError) as exc:
-            raise SpineError(f"spine column {name!r} holds strings that are not ISO-8601 timestamps ({exc}); "
+            raise SpineError(f"spine column {name!r} holds strings that are not ISO-8601 timestamps "
+                             f"({str(exc).splitlines()[0].split(', at position')[0]}); "
                              "use e.g. 2026-01-01T10:00:00+01:00 or epoch milliseconds") from exc
         return pa.array(parsed).cast(pa.timestamp("ns", "UTC")).cast(pa.int64()).to_numpy() // 1_000_000
     raise SpineError(f"spine column {name!r} has type {t}, not a timestamp: use a datetime, an ISO-8601 string "

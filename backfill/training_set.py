@@ -29,17 +29,21 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from backfill import layout
+from backfill.coverage import CoverageError, describe, uncovered
 from backfill.errors import BackfillError, SpineError
 from backfill.latest_rows import latest_values, register_source
 from backfill.pit_join import entity_codes, feature_arrow_type, load_tiles, view_values
 from backfill.spine import entity_ids, open_spine, timestamps_ms
 from streamjobs.plan import Feature, FeaturePlan
 
-__all__ = ["training_set", "iter_training_set", "write_training_set", "DEFAULT_CHUNK_ROWS"]
+__all__ = ["training_set", "iter_training_set", "write_training_set", "DEFAULT_CHUNK_ROWS", "FEATURE_HASHES_KEY"]
 
 DEFAULT_CHUNK_ROWS = 1_000_000
+#: Parquet metadata: {"view:feature": definition hash} of the columns, for `headwater train`'s skew guard
+FEATURE_HASHES_KEY = b"headwater.feature_hashes"
 #: Tiles loaded at once per view: a chunk's entities are split into ceil(stored tiles / this) hash
 #: buckets, each loaded and merged alone (a random spine touches every entity, so time chunks alone
 #: would load every tile). ~60-100 bytes per tile in memory.
@@ -59,7 +63,7 @@ def _plan(repo: Any) -> FeaturePlan:
 def iter_training_set(repo: Any, spine: Any, features: str | Sequence[str], *, tiles: str | Path | None = None,
                       timestamp_column: str = "ts", sources: Mapping[str, Any] | None = None,
                       chunk_rows: int = DEFAULT_CHUNK_ROWS, progress: Progress | None = None,
-                      max_tiles: int = DEFAULT_MAX_TILES) -> Iterator[pa.Table]:
+                      max_tiles: int = DEFAULT_MAX_TILES, allow_partial: bool = False) -> Iterator[pa.Table]:
     """:func:`training_set` chunk by chunk (Arrow tables in spine order), for bounded-memory writers."""
     import duckdb
     import pyarrow.parquet as pq
@@ -86,6 +90,7 @@ def iter_training_set(repo: Any, spine: Any, features: str | Sequence[str], *, t
     tiled: dict[str, tuple[str, list[Feature]]] = {}
     buckets: dict[str, int] = {}
     raw: dict[str, tuple[str, list[Feature]]] = {}
+    covered: dict[str, Any] = {}
     for v in views:
         from_rows = [f for f in by_view[v.name] if f.op == "latest" and v.source in sources]
         from_tiles = [f for f in by_view[v.name] if f not in from_rows]
@@ -97,8 +102,11 @@ def iter_training_set(repo: Any, spine: Any, features: str | Sequence[str], *, t
                                     f"pointing at a replay output" + (
                                         "" if from_tiles[0].op != "latest" else f", or sources={{{v.source!r}: ...}}"))
             tiled[v.name] = (layout.open_tiles(con, tiles, v), from_tiles)
+            covered[v.name] = layout.read_manifest(tiles, v.name).covered  # type: ignore[union-attr]
             stored = sum(pq.ParquetFile(p).metadata.num_rows for p in layout.tile_files(tiles, v.name))
             buckets[v.name] = max(1, -(-stored // max(int(max_tiles), 1)))
+    covered = {n: c for n, c in covered.items() if c != "unknown"}  # manifests older than the record
+    partial = _check_coverage(src, timestamp_column, plan, covered, tiled, chunk_rows, allow_partial, tiles)
     done, total, t0 = 0, src.num_rows, time.perf_counter()
     for chunk in src.chunks(max(int(chunk_rows), 1)):
         t = timestamps_ms(chunk.column(timestamp_column), timestamp_column)
@@ -110,6 +118,12 @@ def iter_training_set(repo: Any, spine: Any, features: str | Sequence[str], *, t
                 cols = _tiled_values(con, rel, v, feats, ids, t, buckets[v.name])
                 for f in feats:
                     values[f"{v.name}:{f.name}"] = _arrow(f, *cols[f.name])
+                    if partial and v.name in covered:
+                        gap = uncovered(v, f, t, covered[v.name])
+                        if gap.any():  # --allow-partial: a value the replay cannot give is null, never short
+                            values[f"{v.name}:{f.name}"] = pc.if_else(
+                                pa.array(gap), pa.nulls(len(gap), values[f"{v.name}:{f.name}"].type),
+                                values[f"{v.name}:{f.name}"])
             if v.name in raw:
                 rel, feats = raw[v.name]
                 for name, arr in latest_values(con, rel, v, feats, ids, t).items():
@@ -152,20 +166,57 @@ def _arrow(f: Feature, v: np.ndarray, null: np.ndarray) -> pa.Array:
     return pa.array(v, feature_arrow_type(f), mask=null)
 
 
+def _check_coverage(src: Any, timestamp_column: str, plan: FeaturePlan, covered: Mapping[str, Any],
+                    tiled: Mapping[str, tuple[str, list[Feature]]], chunk_rows: int, allow_partial: bool,
+                    tiles: Any) -> bool:
+    """Refuse spine rows whose windows reach past what the replay read (``backfill.coverage``), or
+    with ``allow_partial`` say how many will have null features; True when some will."""
+    todo = [(plan.view(n), tiled[n][1], covered[n]) for n in covered if n in tiled]
+    if not todo:
+        return False
+    counts = {v.name: 0 for v, _, _ in todo}
+    first: dict[str, np.ndarray] = {}
+    for col in src.column_chunks(timestamp_column, max(int(chunk_rows), 1)):
+        t = timestamps_ms(col, timestamp_column)
+        for v, feats, cov in todo:
+            gap = np.zeros(len(t), dtype=bool)
+            for f in feats:
+                gap |= uncovered(v, f, t, cov)
+            counts[v.name] += int(gap.sum())
+            if gap.any() and v.name not in first:
+                first[v.name] = t[gap]
+    bad = [(v, feats, cov) for v, feats, cov in todo if counts[v.name]]
+    if not bad:
+        return False
+    v, feats, cov = bad[0]
+    what = (f"{counts[v.name]:,} of {src.num_rows:,} spine rows ask features of view {v.name!r} over event times "
+            f"the replay in {tiles} did not read ({describe(v, feats, first[v.name], cov)})")
+    if not allow_partial:
+        raise CoverageError(what, "replay a range covering them (`headwater replay --from ... --to ... --replace`), "
+                                  "drop those rows, or pass --allow-partial to keep them with those features null")
+    for v, feats, cov in bad:
+        print(f"training-set: {counts[v.name]:,} rows get null {v.name} features: outside the replayed range "
+              f"({describe(v, feats, first[v.name], cov)})", file=sys.stderr)
+    return True
+
+
 def training_set(repo: Any, spine: Any, features: str | Sequence[str], *, tiles: str | Path | None = None,
                  timestamp_column: str = "ts", sources: Mapping[str, Any] | None = None,
                  chunk_rows: int = DEFAULT_CHUNK_ROWS, progress: Progress | None = None,
-                 max_tiles: int = DEFAULT_MAX_TILES) -> pa.Table:
+                 max_tiles: int = DEFAULT_MAX_TILES, allow_partial: bool = False) -> pa.Table:
     """Point-in-time feature values for every spine row (see the module doc).
 
     ``repo``: repository path, ``RepoConfig`` or a ``FeaturePlan``; ``spine``: Parquet/CSV path,
     pandas DataFrame or Arrow table with the views' entity key columns and ``timestamp_column``
     (ints = epoch ms, naive = UTC, any zone normalised to UTC); ``features``: ``"view:feature"`` or
     ``"view:*"`` refs; ``tiles``: a replay output directory (``backfill.layout``); ``sources``: raw
-    rows per source name for latest-value features (``backfill.latest_rows``).
+    rows per source name for latest-value features (``backfill.latest_rows``). Rows whose windows
+    reach past the event times the replay read raise :class:`backfill.coverage.CoverageError`, or
+    with ``allow_partial`` get those features null.
     """
     parts = list(iter_training_set(repo, spine, features, tiles=tiles, timestamp_column=timestamp_column,
-                                   sources=sources, chunk_rows=chunk_rows, progress=progress, max_tiles=max_tiles))
+                                   sources=sources, chunk_rows=chunk_rows, progress=progress, max_tiles=max_tiles,
+                                   allow_partial=allow_partial))
     if not parts:  # an empty spine: its columns plus the (empty) feature columns
         plan = _plan(repo)
         schema = open_spine(spine, [timestamp_column]).schema
@@ -186,18 +237,29 @@ def write_training_set(out: str | Path, repo: Any, spine: Any, features: str | S
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
+    meta = _hashes_metadata(repo, features)
     writer = None
     rows = 0
     try:
         for part in iter_training_set(repo, spine, features, progress=kw.pop("progress", show), **kw):
             if writer is None:
-                writer = pq.ParquetWriter(tmp, part.schema)
+                writer = pq.ParquetWriter(tmp, part.schema.with_metadata({**(part.schema.metadata or {}), **meta}))
             writer.write_table(part)
             rows += part.num_rows
     finally:
         if writer is not None:
             writer.close()
     if writer is None:
-        pq.write_table(training_set(repo, spine, features, **kw), tmp)
+        empty = training_set(repo, spine, features, **kw)
+        pq.write_table(empty.replace_schema_metadata({**(empty.schema.metadata or {}), **meta}), tmp)
     tmp.replace(out)
     return rows
+
+
+def _hashes_metadata(repo: Any, features: str | Sequence[str]) -> dict[bytes, bytes]:
+    """Each column's definition hash, so a model trained on this file after a definition edit is refused."""
+    import json
+    from scoring.registry import feature_hashes
+    plan = _plan(repo)
+    refs = [fr.ref for fr in plan.features_by_ref(features)]
+    return {FEATURE_HASHES_KEY: json.dumps(feature_hashes(plan, refs), sort_keys=True).encode()}

@@ -26,6 +26,9 @@ def _stack_settings(args):
         kw["redis_persistence"] = True
     if getattr(args, "docker", False):
         kw["mode"] = "docker"
+    if getattr(args, "action", None) == "up":  # a bare `stack up` restarts the stack on the ports it had
+        from headwater.stack import saved_ports
+        kw = {**saved_ports(StackSettings()), **kw}
     return StackSettings(**kw)
 
 
@@ -182,7 +185,11 @@ def cmd_spine(args) -> int:
     from headwater.config import load_connection, load_repo
     res = labelled_spine(load_repo(args.repo), load_connection(), join=args.join, timeout_s=args.timeout,
                          progress=lambda m: print(f"  {m}", file=sys.stderr, flush=True))
-    pq.write_table(res.table, args.out)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")  # never half a spine under the final name
+    pq.write_table(res.table, tmp)
+    tmp.replace(out)
     print(f"wrote {res.summary()} to {args.out}")
     return 0
 
@@ -196,7 +203,8 @@ def cmd_training_set(args) -> int:
                              "Parquet/CSV file of its raw rows)")
     sources = dict(s.split("=", 1) for s in args.source or [])
     rows = write_training_set(args.out, args.repo, args.spine, features, tiles=args.tiles,
-                              timestamp_column=args.timestamp_column, sources=sources or None)
+                              timestamp_column=args.timestamp_column, sources=sources or None,
+                              allow_partial=args.allow_partial)
     print(f"wrote {rows} rows to {args.out}")
     return 0
 
@@ -358,6 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument("--tiles", default="data/tiles", help="replay output directory (Parquet tile layout)")
     ts.add_argument("--source", action="append", metavar="NAME=PATH",
                     help="raw rows of a source for latest-value features without tiles (repeatable)")
+    ts.add_argument("--allow-partial", action="store_true",
+                    help="keep spine rows whose windows reach past the replayed range, those features null "
+                         "(default: refuse them)")
     ts.set_defaults(func=cmd_training_set)
 
     tr = sub.add_parser("train", help="fit a model on a training set and register an immutable version")
@@ -408,6 +419,25 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("headwater: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        where = _service_of(exc)
+        if where is None:
+            raise
+        print(f"headwater: error: {where} failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+              f"; is the stack up? (`headwater stack status`; HEADWATER_BOOTSTRAP_SERVERS / HEADWATER_REDIS_URL)",
+              file=sys.stderr)
+        return 2
+
+
+def _service_of(exc: BaseException) -> str | None:
+    """Kafka or Redis, for an error from their clients that no command turned into its own line
+    (a broker or Redis that cannot be reached); None for anything else, which stays a traceback."""
+    mod = type(exc).__module__ or ""
+    if mod.startswith(("confluent_kafka", "cimpl")):
+        return "Kafka"
+    if mod.startswith("redis"):
+        return "Redis"
+    return None
 
 
 if __name__ == "__main__":

@@ -352,6 +352,14 @@ def wait_healthy(conn: Connection, progress: Progress, timeout: float = 90.0) ->
             time.sleep(0.5)
 
 
+def saved_ports(defaults: StackSettings) -> dict[str, int]:
+    """The ports of the last `stack up` in this stack directory, so that a plain `stack up` after
+    `setup.sh --kafka-port ...` neither probes the default ports (another stack may live there)
+    nor rewrites the connection file to point at them."""
+    used = _used_settings(stack_dir(defaults), defaults)
+    return {"kafka_port": used.kafka_port, "redis_port": used.redis_port}
+
+
 def _used_settings(root: Path, fallback: StackSettings) -> StackSettings:
     path = root / "run" / "settings.json"
     try:

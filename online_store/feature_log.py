@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from online_store.reader import FetchResult
     from streamjobs.plan import FeaturePlan
 
-__all__ = ["records", "FeatureLogWriter", "read", "write_file", "FeatureLogError", "META_COLUMNS"]
+__all__ = ["records", "FeatureLogWriter", "read", "write_file", "skipped", "FeatureLogError", "META_COLUMNS"]
 
 #: Columns of ``read``'s table before the one-column-per-ref values.
 META_COLUMNS = ("event_id", "entity_key", "entity", "t_ms", "as_of_ms", "plan_hash", "features")
@@ -181,23 +181,79 @@ def write_file(recs: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
     return path
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+#: What ``to_table`` reads from every record (``event_id`` may be absent).
+_REQUIRED = {"entity_key": str, "entity": str, "t_ms": int, "as_of_ms": int, "plan_hash": str,
+             "features": list, "values": dict}
+#: ``read``'s table metadata key: how many records were skipped as unusable (``skipped``).
+_SKIPPED = b"headwater.feature_log.skipped"
+
+
+def _usable(rec: Any) -> bool:
+    """Whether a record has every field ``to_table`` reads, of the right kind."""
+    return isinstance(rec, dict) and all(isinstance(rec.get(k), t) for k, t in _REQUIRED.items())
+
+
+def skipped(table: pa.Table) -> int:
+    """How many records ``read`` skipped (undecodable, or missing fields) to build ``table``."""
+    meta = table.schema.metadata or {}
+    return int(meta.get(_SKIPPED, b"0"))
+
+
+class _Skips:
+    """Counts unusable records and logs the first few, naming where they are: parity checks the
+    rest exactly (each logged fetch is checked on its own), and reports how many it could not."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def __call__(self, where: str, why: Any) -> None:
+        import logging
+        self.n += 1
+        if self.n <= 5:
+            logging.getLogger("headwater.feature_log").warning("feature log: %s skipped (%s)", where, why)
+
+
+def _read_jsonl(path: Path, skip: _Skips) -> list[dict[str, Any]]:
     out = []
     for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if line.strip():
             try:
-                out.append(json.loads(line))
+                rec = json.loads(line)
             except ValueError as exc:
                 raise FeatureLogError(f"{path}:{i} is not a JSON record ({exc}); "
                                       f"write feature logs with feature_log.write_file") from exc
+            if _usable(rec):
+                out.append(rec)
+            else:
+                skip(f"{path}:{i}", f"not a feature-log record: needs {', '.join(_REQUIRED)}")
     return out
 
 
-def _read_topic(topic: str, conn: Connection, store: Any, timeout_s: float) -> list[dict[str, Any]]:
-    """Every record from the start to the end offsets seen on entry (a bounded read)."""
+def _decode(value: bytes, codecs: dict[int, Any], store: Any, parsed: Any) -> dict[str, Any]:
+    """One framed Avro value; raises ``DecodeError`` (or fastavro's errors) on bad bytes."""
+    import io
+
+    import fastavro
+    from schemas import AvroCodec, DecodeError
+
+    if len(value) < 5 or value[0] != 0:
+        raise DecodeError("bad_magic", "not Confluent-framed Avro", bytes(value))
+    sid = struct.unpack(">I", value[1:5])[0]
+    if sid not in codecs:
+        codecs[sid] = AvroCodec(store.get_by_id(sid), sid, store) if store is not None else None
+    if codecs[sid] is not None:
+        return codecs[sid].decode(value)
+    return fastavro.schemaless_reader(io.BytesIO(value[5:]), parsed, None)  # no store: the packaged schema
+
+
+def _read_topic(topic: str, conn: Connection, store: Any, timeout_s: float, skip: _Skips) -> list[dict[str, Any]]:
+    """Every record from the start to the end offsets seen on entry (a bounded read). Records that
+    do not decode (bad framing, an unregistered id, bad bytes) or lack fields are skipped and
+    counted: the topic keeps them, so failing on one would fail every later parity run."""
     import fastavro
     from headwater.topic_read import read_to_end
-    from schemas import AvroCodec, load_schema
+    from schemas import load_schema
+    from schemas.errors import SchemaStoreError, UnknownSchemaIdError
 
     parsed = fastavro.parse_schema(load_schema("feature_log"))
     codecs: dict[int, Any] = {}
@@ -207,22 +263,32 @@ def _read_topic(topic: str, conn: Connection, store: Any, timeout_s: float) -> l
         for m in batch:
             if not m.value():
                 continue
-            sid = struct.unpack(">I", m.value()[1:5])[0]
-            if sid not in codecs:
-                codecs[sid] = AvroCodec(store.get_by_id(sid), sid, store) if store is not None else None
-            if codecs[sid] is not None:
-                out.append(codecs[sid].decode(m.value()))
-            else:  # no store: read with the packaged schema
-                import io
-                out.append(fastavro.schemaless_reader(io.BytesIO(m.value()[5:]), parsed, None))
+            where = f"{topic}[{m.partition()}]@{m.offset()}"
+            try:
+                rec = _decode(m.value(), codecs, store, parsed)
+            except UnknownSchemaIdError as exc:
+                skip(where, exc)
+                continue
+            except SchemaStoreError as exc:  # the store is down: nothing is known about any record
+                raise FeatureLogError(f"cannot decode {where}: schema store unavailable ({exc}); "
+                                      "retry once it answers") from exc
+            except Exception as exc:  # DecodeError, anything fastavro raises on bad bytes
+                skip(where, exc)
+                continue
+            if _usable(rec):
+                out.append(rec)
+            else:
+                skip(where, "not a feature-log record (written with another schema?)")
     return out
 
 
 def read(source: str | Path, *, connection: Connection | None = None, repo: RepoConfig | None = None,
          timeout_s: float = 60.0) -> pa.Table:
     """The log as a table (``META_COLUMNS`` + one column per ref) from a ``.jsonl``/``.parquet``
-    file or a topic (a name, or the ``feature_log`` role of ``repo`` when ``source`` is ``"topic"``)."""
+    file or a topic (a name, or the ``feature_log`` role of ``repo`` when ``source`` is ``"topic"``).
+    Unusable records are skipped; ``skipped(table)`` says how many."""
     text = str(source)
+    skip = _Skips()
     if text.endswith((".jsonl", ".parquet")):
         path = Path(text)
         if not path.is_file():
@@ -230,7 +296,7 @@ def read(source: str | Path, *, connection: Connection | None = None, repo: Repo
         if path.suffix == ".parquet":
             import pyarrow.parquet as pq
             return pq.read_table(path)
-        return to_table(_read_jsonl(path))
+        return _counted(to_table(_read_jsonl(path, skip)), skip)
     store = None
     if repo is not None:
         from schemas import open_store
@@ -240,5 +306,9 @@ def read(source: str | Path, *, connection: Connection | None = None, repo: Repo
     if connection is None:
         from headwater.config import load_connection
         connection = load_connection()
-    return to_table(_read_topic(text, connection, store, timeout_s))
+    return _counted(to_table(_read_topic(text, connection, store, timeout_s, skip)), skip)
+
+
+def _counted(table: pa.Table, skip: _Skips) -> pa.Table:
+    return table.replace_schema_metadata({**(table.schema.metadata or {}), _SKIPPED: str(skip.n).encode()})
 

@@ -282,10 +282,16 @@ def _chunk(n: int) -> int:
 
 
 def _commands(layouts: Sequence[_Layout], ents: Sequence[Sequence[bytes]], reads: Sequence[str]) -> tuple[bytes, int]:
-    """HMGET (or HGETALL) per (view, entity), HLEN probes, then HGET as_of, per view: (RESP, replies)."""
+    """HGET as_of, then HMGET (or HGETALL) per (view, entity) and HLEN probes, per view: (RESP, replies).
+
+    as_of first: Redis runs a pipeline's commands in order, and as_of only rises while tiles only
+    get newer, so an as_of read before the tiles is true of them; read after, the writer's tile
+    write and progress raise could land in between and as_of would vouch for events they lack."""
     parts: list[bytes] = []
     n = 0
     for lay, view_ents, read in zip(layouts, ents, reads):
+        parts.append(lay.as_of_cmd)
+        n += 1
         if lay.fields:
             hmget = read != "hgetall"
             head = b"*%d\r\n$5\r\nHMGET\r\n" % (2 + len(lay.fields)) if hmget else b"*2\r\n$7\r\nHGETALL\r\n"
@@ -296,8 +302,6 @@ def _commands(layouts: Sequence[_Layout], ents: Sequence[Sequence[bytes]], reads
             for e in view_ents[:_probes(read, len(view_ents))]:
                 parts += (b"*2\r\n$4\r\nHLEN\r\n", _bulk(lay.prefix + e + b"}"))
                 n += 1
-        parts.append(lay.as_of_cmd)
-        n += 1
     return b"".join(parts), n
 
 
@@ -314,7 +318,14 @@ def _round_trip(redis: Any, layouts: Sequence[_Layout], ents: Sequence[Sequence[
     payload, n = _commands(layouts, ents, reads)
     pool = redis.connection_pool
     for attempt in (0, 1):
-        conn, held = _connection(pool)
+        try:  # a checkout connects (redis-py 5.3): Redis down fails here, and must read as it does below
+            conn, held = _connection(pool)
+        except (ConnectionError, TimeoutError, OSError) as exc:
+            if attempt:
+                raise _failed(exc) from exc
+            continue
+        except RedisError as exc:
+            raise _failed(exc) from exc
         try:
             conn.send_packed_command([payload], check_health=not held)
             sock = getattr(conn, "_sock", None)
@@ -364,7 +375,10 @@ class _Incoming:
             if not got:
                 raise ConnectionError("Redis closed the connection mid-reply")
             self.size += got
-            self.counted, c = resp.complete(self.buf, self.counted, self.size, self.left)
+            try:
+                self.counted, c = resp.complete(self.buf, self.counted, self.size, self.left)
+            except ValueError as exc:  # a reply of a kind the fetch never asks for
+                raise _failed(exc) from exc
             self.ready += c
             self.left -= c
 
@@ -375,7 +389,10 @@ class _Incoming:
 
     def scalar(self) -> Any:
         self.need(1)
-        pos, v = resp.scalar(self.buf, self.pos, self.size)
+        try:
+            pos, v = resp.scalar(self.buf, self.pos, self.size)
+        except ValueError as exc:
+            raise _failed(exc) from exc
         self.took(pos, 1)
         if isinstance(v, Exception):
             raise _failed(v)
@@ -400,6 +417,7 @@ def _from_incoming(inc: _Incoming, layouts: Sequence[_Layout], ents: Sequence[Se
     for k, (lay, view_ents, read) in enumerate(zip(layouts, ents, reads)):
         n = len(view_ents)
         seen = probed = None
+        raw = inc.scalar()  # as_of comes first (``_commands``)
         if lay.fields:
             pairs = read == "hgetall"
             parts, elements = [], 0
@@ -424,7 +442,6 @@ def _from_incoming(inc: _Incoming, layouts: Sequence[_Layout], ents: Sequence[Se
                 probed = sum(inc.scalar() for _ in range(probes)) / probes
         else:
             columns = merge(k, _Sparse.of(np.zeros(0, np.intp), np.zeros(0, np.intp), []), n)
-        raw = inc.scalar()
         out.append(_ViewReply(columns, seen, probed, None if raw is None else int(raw)))
     return out
 
@@ -445,6 +462,8 @@ def _from_replies(layouts: Sequence[_Layout], ents: Sequence[Sequence[bytes]], r
         n = len(view_ents)
         rows: list[Any] = []
         seen = probed = None
+        raw = replies[i]  # as_of comes first (``_commands``)
+        i += 1
         if lay.fields:
             rows, i = replies[i:i + n], i + n
             if read == "hgetall" and n:
@@ -453,17 +472,37 @@ def _from_replies(layouts: Sequence[_Layout], ents: Sequence[Sequence[bytes]], r
             if probes:
                 probed = sum(replies[i:i + probes]) / probes
                 i += probes
-        raw = replies[i]
-        i += 1
         out.append(_ViewReply(merge(k, _sparse(lay, rows, read), n), seen, probed, None if raw is None else int(raw)))
     return out
 
 
 def _round_trip_pipeline(redis: Any, layouts: Sequence[_Layout], ents: Sequence[Sequence[bytes]],
                          project: str, reads: Sequence[str], merge: Merge) -> list[_ViewReply]:
-    """Same commands through a client pipeline (Redis Cluster: one round trip per node, in parallel)."""
+    """Same commands through a client pipeline (Redis Cluster: one round trip per node, in parallel).
+    Redis errors become ``StoreUnavailableError``, as on the single-node path (the scorer retries those)."""
+    from redis.cluster import RedisCluster
+    from redis.exceptions import RedisClusterException, RedisError
+
+    try:
+        if isinstance(redis, RedisCluster):  # nodes answer in parallel: as_of in a round trip of its own, first
+            as_of = redis.pipeline(transaction=False)
+            for lay in layouts:
+                as_of.execute_command("HGET", keys.progress_key(project, lay.view), keys.AS_OF_FIELD)
+            replies = _pipeline_tiles(redis, layouts, ents, project, reads, as_of.execute())
+        else:
+            replies = _pipeline_tiles(redis, layouts, ents, project, reads, None)
+    except (RedisError, RedisClusterException) as exc:
+        raise _failed(exc) from exc
+    return _from_replies(layouts, ents, reads, replies, merge)
+
+
+def _pipeline_tiles(redis: Any, layouts: Sequence[_Layout], ents: Sequence[Sequence[bytes]], project: str,
+                    reads: Sequence[str], as_of: list[Any] | None) -> list[Any]:
+    """The replies in ``_commands`` order; ``as_of``: per view, already read (else HGET first in the pipeline)."""
     pipe = redis.pipeline(transaction=False)
     for lay, view_ents, read in zip(layouts, ents, reads):
+        if as_of is None:
+            pipe.execute_command("HGET", keys.progress_key(project, lay.view), keys.AS_OF_FIELD)
         if lay.fields:
             for e in view_ents:
                 if read != "hgetall":
@@ -472,8 +511,15 @@ def _round_trip_pipeline(redis: Any, layouts: Sequence[_Layout], ents: Sequence[
                     pipe.execute_command("HGETALL", lay.prefix + e + b"}")
             for e in view_ents[:_probes(read, len(view_ents))]:
                 pipe.execute_command("HLEN", lay.prefix + e + b"}")
-        pipe.execute_command("HGET", keys.progress_key(project, lay.view), keys.AS_OF_FIELD)
-    return _from_replies(layouts, ents, reads, pipe.execute(), merge)
+    replies = pipe.execute()
+    if as_of is None:
+        return replies
+    out, i = [], 0
+    for a, lay, view_ents, read in zip(as_of, layouts, ents, reads):
+        n = (len(view_ents) + _probes(read, len(view_ents))) if lay.fields else 0
+        out += [a, *replies[i:i + n]]
+        i += n
+    return out
 
 
 # ---------------------------------------------------------------- read="auto"

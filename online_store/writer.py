@@ -121,8 +121,10 @@ class TileWriter:
     def __init__(self, redis: Any, project: str, plan: FeaturePlan, *, metrics: WriterMetrics | None = None,
                  max_tiles_per_call: int = 256, source_partitions: Mapping[str, int] | None = None,
                  clock: Callable[[], float] = time.time, history_ms: int | None = None) -> None:
-        """``history_ms``: keep at least this much history per entity (trimming and expiry never cut
-        closer), so ``fetch(at=t)`` is exact for any t that far back; default: only what "now" needs."""
+        """``history_ms``: keep this much more history per entity, so ``fetch(at=t)`` is exact for any
+        ``t >= newest - allowed_lateness - history_ms``; default: only what "now" needs. Added to
+        ``R(r)`` and the key TTL, not a floor under them: a fetch ``history_ms`` back still reads
+        ``R(r)`` behind its own t."""
         self.redis = redis
         self.project = keys.check_project(project)
         self.plan = plan
@@ -135,8 +137,8 @@ class TileWriter:
         self._codecs = {v.name: keys.TileCodec(v) for v in plan.views}
         self._res_args: dict[str, list[int]] = {}
         for v in plan.views:
-            ret = {r: max(x, history_ms or 0) for r, x in keys.retention_ms(v).items()}
-            ttl = max(keys.key_ttl_ms(v), history_ms or 0)
+            ret = {r: x + (history_ms or 0) for r, x in keys.retention_ms(v).items()}
+            ttl = keys.key_ttl_ms(v) + (history_ms or 0)
             self._res_args[v.name] = [ttl, len(ret), *(x for r in sorted(ret) for x in (r, ret[r]))]
         self._once = _Once()
         self._load_scripts()
@@ -171,6 +173,21 @@ class TileWriter:
             return None
         return view
 
+    def usable(self, rec: Mapping[str, Any], stats: WriteStats) -> dict[str, Any] | None:
+        """A progress record or marker with its numbers as ints, or None (counted by reason: another
+        view or plan, or ``invalid``): one record of another shape must never stop the writer, since
+        a restart reads it again."""
+        view = self.check(rec, stats)
+        if view is None:
+            return None
+        try:
+            return dict(rec, **{f: int(rec[f]) for f in ("resolution_ms", "tile_start", "n_events", "max_append_ms")})
+        except (KeyError, TypeError, ValueError) as exc:
+            stats.invalid += 1
+            self._rejected("invalid")
+            self._once(("invalid", view.name), "view %r: invalid progress or marker record dropped (%s)", view.name, exc)
+            return None
+
     def write(self, records: Sequence[Mapping[str, Any] | None],
               transcoded: Sequence[tuple[str, Transcoded]] = ()) -> WriteStats:
         """Store tiles (monotonic) and publish progress records immediately; one round trip for the tiles.
@@ -195,11 +212,13 @@ class TileWriter:
             if rec is None:
                 continue
             stats.records += 1
+            if is_progress(rec):
+                ok = self.usable(rec, stats)
+                if ok is not None:
+                    progress.append(ok)
+                continue
             view = self.check(rec, stats)
             if view is None:
-                continue
-            if is_progress(rec):
-                progress.append(rec)
                 continue
             if is_marker(rec):
                 stats.markers += 1
@@ -612,13 +631,16 @@ def _write_loop(consumer: Any, ends: _EndOffsets, writer: TileWriter, decoder: _
                      topic, m.partition(), m.offset(), exc)
                 continue
             if kind == "progress":
-                rec[_AT] = (m.partition(), m.offset())
-                progress.append(rec)
+                ok = writer.usable(rec, total)  # else counted by reason, skipped
+                if ok is not None:
+                    ok[_AT] = (m.partition(), m.offset())
+                    progress.append(ok)
             elif kind == "marker":
                 total.records += 1
-                if writer.check(rec, total) is not None:  # else counted as another view's or plan's
-                    markers.add(rec["view"], int(rec["resolution_ms"]), -1 - int(rec["tile_start"]), rec["entity"],
-                                int(rec["n_events"]), int(rec["max_append_ms"]))
+                ok = writer.usable(rec, total)  # else counted by reason, skipped
+                if ok is not None:
+                    markers.add(ok["view"], ok["resolution_ms"], -1 - ok["tile_start"], str(ok["entity"]),
+                                ok["n_events"], ok["max_append_ms"])
                     total.markers += 1
             else:
                 tiles.append(rec)

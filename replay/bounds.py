@@ -16,7 +16,10 @@ ranges); ``START`` or ``END`` may be left empty for the partition's first / curr
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 from datetime import datetime, timezone
 
 from replay.errors import RangeError
@@ -32,6 +35,10 @@ class PartitionRange:
     partition: int
     start: int  # first offset read
     end: int    # first offset not read
+    low: int = -1    # the partition's first and end offsets when the range was resolved (-1: unknown)
+    high: int = -1
+    start_by_time: bool = False  # start is the first record at or after --from
+    end_by_time: bool = False    # end is the first record at or after --to
 
     @property
     def count(self) -> int:
@@ -47,6 +54,8 @@ class TopicRange:
     partitions: tuple[PartitionRange, ...]
     start_ms: int | None = None
     end_ms: int | None = None
+    resolved_ms: int | None = None  # wall clock just before the end offsets were read
+    topic_partitions: tuple[int, ...] = ()  # every partition of the topic, read or not
 
     @property
     def total(self) -> int:
@@ -58,6 +67,41 @@ class TopicRange:
         end = ";".join(f"partition:{p.partition},offset:{max(p.end, p.start)}" for p in self.partitions)
         return KafkaBounds(startup="specific-offsets", start_offsets=start,
                            bounded="specific-offsets", end_offsets=end)
+
+    def covered_ms(self, read: Mapping[str, Mapping[str, Any]]) -> tuple[int | None, int | None] | None:
+        """The event-time range ``[lo, hi)`` whose every event this range holds (None: open side),
+        or None when it holds no such range. ``read``: per partition (str) the replay's stats, with
+        the first and last append time read. Events are appended at or after their event time
+        (LogAppendTime), so a partition read from offset ``s`` holds every event whose time is at or
+        after the first append read (or ``--from``); read to its end offset, every event appended
+        before the range was resolved; read to ``--to``, every event appended before it; read to
+        an offset, every event appended before the last append read. Late arrivals appended after
+        the replay are not in it, as in any backfill. Unread partitions hold entities whose windows
+        would all come out empty, so a range that skips one covers nothing."""
+        if set(self.topic_partitions) - {p.partition for p in self.partitions}:
+            return None
+        los: list[int] = []
+        his: list[int] = []
+        for p in self.partitions:
+            st = read.get(str(p.partition)) or {}
+            first, last = st.get("min_append_ms"), st.get("max_append_ms")
+            if p.start > 0:  # records before it existed (or were deleted by retention)
+                if p.start_by_time and self.start_ms is not None:
+                    los.append(self.start_ms)
+                elif first is not None:
+                    los.append(int(first))
+                else:
+                    return None
+            if p.end >= p.high >= 0 and self.resolved_ms is not None:
+                his.append(self.resolved_ms)
+            elif p.end_by_time and self.end_ms is not None:
+                his.append(self.end_ms)
+            elif last is not None:
+                his.append(int(last))
+            else:
+                return None
+        lo, hi = (max(los) if los else None), (min(his) if his else None)
+        return None if lo is not None and hi is not None and lo >= hi else (lo, hi)
 
     def to_json(self) -> dict:
         return {"topic": self.topic, "from_ms": self.start_ms, "to_ms": self.end_ms,
@@ -123,6 +167,7 @@ def resolve_range(consumer, topic: str, *, start_ms: int | None = None, end_ms: 
         raise RangeError(f"--offsets names partition {unknown[0]} but {topic!r} has partitions "
                          f"0..{parts[-1]}: drop it or fix the number")
     chosen = [p for p in parts if not offsets or p in offsets]
+    resolved_ms = int(time.time() * 1000)  # before the end offsets: all appended before it lies below them
     marks = watermarks(consumer, topic, chosen, timeout_s)
 
     def by_time(ts: int | None) -> dict[int, int]:
@@ -143,7 +188,15 @@ def resolve_range(consumer, topic: str, *, start_ms: int | None = None, end_ms: 
         if o_end is not None and o_end > high:
             raise RangeError(f"--offsets {p}:-{o_end}: partition {p} of {topic!r} ends at offset {high}: "
                              f"end at {high} or earlier (a bounded replay cannot wait for future records)")
+        if o_start is not None and o_start > high:
+            raise RangeError(f"--offsets {p}:{o_start}-: partition {p} of {topic!r} ends at offset {high}: "
+                             f"start at {high} or earlier")
+        if o_end is not None and o_end < low:
+            raise RangeError(f"--offsets {p}:-{o_end}: partition {p} of {topic!r} starts at offset {low} "
+                             f"(older records were deleted by retention): end after {low}")
         start = max(low, o_start if o_start is not None else low, t_start.get(p, low))
         end = min(high, o_end if o_end is not None else high, t_end.get(p, high))
-        out.append(PartitionRange(p, start, max(end, start)))
-    return TopicRange(topic, tuple(out), start_ms, end_ms)
+        out.append(PartitionRange(p, start, max(end, start), low, high,
+                                  start_by_time=p in t_start and start == t_start[p],
+                                  end_by_time=p in t_end and end == t_end[p]))
+    return TopicRange(topic, tuple(out), start_ms, end_ms, resolved_ms, tuple(parts))

@@ -70,6 +70,11 @@ def _read_stats(path: Path) -> dict:
             "partitions": {str(r["partition"]): {k: r[k] for k in r if k != "partition"} for r in rows}}
 
 
+def _covered_json(c: tuple[int | None, int | None] | None) -> dict | None:
+    return None if c is None else {"from_ms": c[0], "to_ms": c[1],
+                                   "note": "event times [from, to) whose every event was read; null: open"}
+
+
 def _quiet_hadoop() -> None:
     """PyFlink's log4j config prints Hadoop's INFO lines (one per Parquet file) to the console."""
     try:
@@ -225,6 +230,7 @@ def run_replay(repo, out, *, start=None, end=None, offsets=None, views=None, par
                     "ladder": list(v.ladder), "allowed_lateness_ms": v.allowed_lateness_ms,
                     "range": ranges[v.topic].to_json(), "events_read": st["events"], "events_late": st["late"],
                     "tiles_written": tiles, "partitions_read": st["partitions"], "finished_ms": finished,
+                    "covered": _covered_json(ranges[v.topic].covered_ms(st["partitions"])),
                     "seconds": round(seconds, 3), "parallelism": par}
         layout.write_manifest(out, manifest)
     shutil.rmtree(work, ignore_errors=True)

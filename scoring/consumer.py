@@ -51,7 +51,7 @@ from scoring.metrics import ScoringMetrics, observe_many
 from scoring.outputs import DLQ_BYTES_MAX, dead_letter
 from scoring.scorer import BatchOutput, Scorer
 
-__all__ = ["ConsumerSettings", "ScoreLoop", "AdaptiveBatch", "LoopStats", "pipelined"]
+__all__ = ["ConsumerSettings", "ScoreLoop", "AdaptiveBatch", "LoopStats", "pipelined", "MAX_BATCH"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,14 @@ log = logging.getLogger(__name__)
 _PERMANENT = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.TOPIC_AUTHORIZATION_FAILED,
                         KafkaError.CLUSTER_AUTHORIZATION_FAILED, KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
                         KafkaError.GROUP_AUTHORIZATION_FAILED, KafkaError.INVALID_RECORD})
+
+
+#: Seconds between two measurements of the consumer-lag gauge.
+LAG_EVERY_S = 1.0
+
+#: confluent-kafka's ``Consumer.consume`` refuses more messages than this (ValueError mid-run,
+#: once the adaptive target has doubled past it): ``max_batch`` is capped at start instead.
+MAX_BATCH = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -80,8 +88,9 @@ class ConsumerSettings:
 
     def __post_init__(self) -> None:
         from scoring.errors import ScoreConfigError
-        if self.max_batch < 1:
-            raise ScoreConfigError(f"--max-batch {self.max_batch}: use 1 or more")
+        if not 1 <= self.max_batch <= MAX_BATCH:
+            raise ScoreConfigError(f"--max-batch {self.max_batch}: use 1 to {MAX_BATCH:,} (the most messages "
+                                   "one Kafka consume returns)")
         if self.max_wait_ms < 0:
             raise ScoreConfigError(f"--max-wait-ms {self.max_wait_ms}: use 0 or more")
 
@@ -168,6 +177,21 @@ class _Unsettled(NamedTuple):
     produce_s: float  # time spent handing its outputs to the producer
 
 
+class _StopAwareProducer:
+    """The loop's producer as the feature-log writer sees it: ``produce`` goes through
+    ``ScoreLoop._produce``, so a full queue with a stop asked for raises ``DeliveryError`` instead
+    of retrying until librdkafka times messages out (the writer's own retry ignores the stop flag)."""
+
+    def __init__(self, loop: ScoreLoop) -> None:
+        self._loop = loop
+
+    def produce(self, topic: str, value: bytes, key: bytes | None = None, headers: Any = None) -> None:
+        self._loop._produce(topic, key, value, headers)
+
+    def __getattr__(self, name: str) -> Any:  # poll, flush, ...: the loop's current producer
+        return getattr(self._loop.producer, name)
+
+
 class ScoreLoop:
     """Owns the consumer and the producer; ``run()`` until ``stop()``, a signal or ``max_events``."""
 
@@ -186,12 +210,14 @@ class ScoreLoop:
         self._failures: list[tuple[str, Any]] = []  # (topic, KafkaError) of failed deliveries
         self._pending: _Unsettled | None = None  # a pipelined batch: produced, not yet settled
         self._in_txn = False
+        self._lag_next = 0.0  # monotonic time of the next lag measurement
         from confluent_kafka import Consumer, Producer
         self.producer = Producer({**settings.producer_conf(), "on_delivery": self._on_delivery,
                                   "delivery.report.only.error": True})  # success costs no Python call
         self.feature_log = feature_log_writer
         if feature_log_writer is not None:
-            feature_log_writer.producer = self.producer  # same producer: same transaction, same flush
+            # same producer (same transaction, same flush), through the stop-aware BufferError retry
+            feature_log_writer.producer = _StopAwareProducer(self)
         self.consumer = Consumer(settings.consumer_conf())
 
     def stop(self, *_: Any) -> None:
@@ -245,6 +271,7 @@ class ScoreLoop:
         last_msg = time.monotonic()
         try:
             while not self._stop.is_set():
+                self._lag(time.monotonic())
                 if max_events is not None and self.stats.events + (
                         len(self._pending.msgs) if self._pending else 0) >= max_events:
                     break
@@ -301,7 +328,7 @@ class ScoreLoop:
         """Score ``msgs``, settle the pending batch, produce; returns the new unsettled batch when
         ``defer`` (None otherwise, and always with transactions: each batch commits before the
         next is consumed)."""
-        s, m = self.s, self.metrics
+        s = self.s
         t0 = time.perf_counter()
         out = self.scorer.score_batch(list(map(_Message.value, msgs)))
         if self._pending is not None:
@@ -317,7 +344,6 @@ class ScoreLoop:
         for r in out.rejects:
             msg = msgs[r.index]
             self._produce(s.dlq_topic, (msg.key() or b"")[:DLQ_BYTES_MAX // 10] or None, dead_letter(self.dlq_codec, msg, r.reason, r.error, r.stage), None)
-            m.dlq.labels(r.reason).inc()
         if out.feature_log and self.feature_log is not None:
             self.feature_log.write(out.feature_log)
         parts = np.fromiter(map(_Message.partition, msgs), np.int64, len(msgs))
@@ -376,7 +402,7 @@ class ScoreLoop:
         self._settled(b, b.produce_s + time.perf_counter() - t)
 
     def _settled(self, b: _Unsettled, produce_s: float) -> None:
-        """A batch's outputs are acknowledged: latency, lag and the batch callback."""
+        """A batch's outputs are acknowledged: counts, dead-letter metric, latency and the batch callback."""
         m, msgs, out = self.metrics, b.msgs, b.out
         st = self.stats  # counted once acknowledged: a rewound batch is not counted twice
         st.batches += 1
@@ -384,13 +410,14 @@ class ScoreLoop:
         st.predictions += len(out.predictions)
         st.shadows += len(out.shadows)
         st.dead_letters += len(out.rejects)
+        for r in out.rejects:  # here, not when produced: a rewound batch's dead letters count once
+            m.dlq.labels(r.reason).inc()
         now = time.time()
         m.stage.labels("produce").observe(produce_s)
         m.events.inc(len(msgs))
         stamps = np.fromiter(map(itemgetter(1), map(_Message.timestamp, msgs)), np.int64, len(msgs))
         out.e2e_ms = np.maximum(0.0, now * 1000.0 - stamps)
         observe_many(m.e2e, out.e2e_ms / 1000.0)
-        self._lag(b.offsets)
         out.latency_ms["produce"] = produce_s * 1e3
         out.latency_ms["batch"] = (time.perf_counter() - b.t0) * 1e3
         if self.on_batch is not None:
@@ -453,12 +480,24 @@ class ScoreLoop:
                 log.warning("seek %s[%d]@%d: %s", t, p, o, seek_exc)
         time.sleep(0.5)
 
-    def _lag(self, offsets: list[Any]) -> None:
+    def _lag(self, now: float) -> None:
+        """High watermark - position over every assigned partition, at most every ``LAG_EVERY_S``.
+        Called each iteration, idle and rewinding ones included: the gauge must grow during an
+        outage, when no batch settles. Local calls only (cached watermarks): never blocks."""
+        if now < self._lag_next:
+            return
+        self._lag_next = now + LAG_EVERY_S
+        try:
+            parts = self.consumer.position(self.consumer.assignment())
+        except KafkaException:
+            return
         lag = 0
-        for tp in offsets:
+        for tp in parts:
+            if tp.offset < 0:  # nothing consumed there yet: no position to measure from
+                continue
             try:
                 _, high = self.consumer.get_watermark_offsets(tp, cached=True)
-            except Exception:  # no fetch statistics yet
+            except KafkaException:  # no fetch statistics yet
                 continue
             if high >= 0:
                 lag += max(0, high - tp.offset)

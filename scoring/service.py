@@ -153,11 +153,15 @@ def _matrix(redis: Any, repo: Any, plan: Any, refs: tuple[str, ...]) -> tuple[An
     from scoring.features import MatrixSpec
 
     spec = MatrixSpec.probe(redis, repo.project, plan, refs)
-    event_time = {plan.view(r.partition(":")[0]).event_time_field for r in spec.refs}
-    if len(event_time) != 1:
-        raise ScoreConfigError(f"the model's views read different event-time fields {sorted(event_time)}: "
-                               "score one source per consumer")
-    return spec, BatchDecoder(codec_for(repo, "events"), [k for _, k in spec.entities], event_time.pop())
+    return spec, BatchDecoder(codec_for(repo, "events"), [k for _, k in spec.entities], events_time_field(repo, plan))
+
+
+def events_time_field(repo: Any, plan: Any) -> str | None:
+    """The scored events' own event-time field: that of the views reading the events topic (the
+    plan allows one per topic), whatever topics the model's views read (a profile view's
+    ``updated_at`` is not a field of the events). None when no view reads it: no time check."""
+    topic = repo.topics.events.name
+    return next((v.event_time_field for v in plan.views if v.topic == topic), None)
 
 
 def build(repo_path: str | Path, opts: ScoreOptions, *, redis: Any = None, clock: Any = time.time,

@@ -7,12 +7,17 @@ are exactly those refs, in the order given (or every ref column of the file, in 
 Holdout: the latest ``holdout`` fraction of rows by timestamp (a time split, as the model will
 score the future), else a seeded random split without a timestamp column. Metrics are computed
 with the *registered artifact* through its own executor, so they describe what will serve.
-The threshold stored with the model is the holdout score at rank k (the cut of precision@k).
+The threshold stored with the model is the holdout score at rank k (the cut of precision@k); the
+score's reference histogram is the holdout's too (training rows score more extreme than live ones).
+The model is stamped with the current definitions' feature hashes, so a training set recording
+other hashes (``HASHES_KEY``: built before a definition edit) is refused; one recording none trains
+with a warning.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,11 +26,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from backfill.training_set import FEATURE_HASHES_KEY
 from scoring.models.errors import TrainError
 from scoring.models.histogram import reference_histogram
 from scoring.registry import KINDS, ModelMeta, Registry, feature_hashes
 
-__all__ = ["TrainConfig", "train", "precision_at_k", "read_matrix"]
+__all__ = ["TrainConfig", "train", "precision_at_k", "read_matrix", "HASHES_KEY", "check_training_set"]
+
+#: Parquet schema metadata key of a training set: JSON ``{"view:feature": feature_hash}`` of the
+#: definitions that computed its columns (``backfill.training_set`` writes it).
+HASHES_KEY = FEATURE_HASHES_KEY  # written by backfill.training_set.write_training_set
 
 
 @dataclass(frozen=True)
@@ -142,7 +152,6 @@ def _fit(cfg: TrainConfig, X: np.ndarray, y: np.ndarray):
         return booster, lambda d: booster.save_model(str(Path(d) / XGBOOST_FILE)), {
             "library": "xgboost", "trees": cfg.trees, **params}
     if cfg.kind == "gbdt" and cfg.library == "lightgbm":
-        import json
         import lightgbm as lgb
         params = {"objective": "binary", "num_leaves": 2 ** cfg.depth, "max_depth": cfg.depth,
                   "learning_rate": cfg.learning_rate, "seed": cfg.seed, "num_threads": 2, "verbose": -1, **cfg.params}
@@ -190,6 +199,7 @@ def train(repo, training_set: Path | str, cfg: TrainConfig, *, registry: Registr
         raise TrainError(f"training set {path.name} has no feature column {missing[0] if missing else 'view:feature'!r}: "
                          f"pass --features with refs among {[c for c in table.column_names if ':' in c]}")
     hashes = feature_hashes(plan, features)  # also validates every ref against the definitions
+    check_training_set(table.schema.metadata, hashes, path.name, log)
     y = _labels(table, cfg.label)
     X = read_matrix(table, features)
     ts = _timestamps_ms(table, cfg.timestamp_column)
@@ -220,6 +230,40 @@ def train(repo, training_set: Path | str, cfg: TrainConfig, *, registry: Registr
     return metas
 
 
+def _stored_hashes(metadata: dict | None, name: str) -> dict | None:
+    """The training set's ``HASHES_KEY`` object, or None when it has none."""
+    raw = (metadata or {}).get(HASHES_KEY)
+    if raw is None:
+        return None
+    try:
+        stored = json.loads(raw)
+    except ValueError:
+        stored = None
+    if not isinstance(stored, dict):
+        raise TrainError(f"training set {name} has unreadable {HASHES_KEY.decode()} metadata: rebuild it with "
+                         f"`headwater training-set`")
+    return stored
+
+
+def check_training_set(metadata: dict | None, hashes: dict[str, str], name: str, log=print) -> None:
+    """Skew guard at training time: the model is stamped with the *current* definitions' hashes,
+    so the values in the file must come from those definitions, not from older ones."""
+    stored = _stored_hashes(metadata, name)
+    if stored is None:
+        log(f"warning: training set {name} records no feature-definition hashes (not built by `headwater "
+            f"training-set`, or by an older version): the skew guard cannot check that its values match the "
+            f"current definitions")
+        return
+    changed = [ref for ref in hashes if ref in stored and stored[ref] != hashes[ref]]
+    if changed:
+        raise TrainError(f"training set {name} was built from feature definitions that differ from the current "
+                         f"ones: {', '.join(changed)}: rebuild it with `headwater training-set`")
+    unknown = [ref for ref in hashes if ref not in stored]
+    if unknown:
+        log(f"warning: training set {name} records no definition hash for {', '.join(unknown)}: the skew "
+            f"guard cannot check those columns")
+
+
 def _data_range(ts, n, column, path) -> dict:
     if ts is None or not len(ts):
         return {"rows": n, "file": path.name}
@@ -246,7 +290,7 @@ def _register_evaluated(registry, cfg, kind, features, hashes, write, params, li
         metrics = {"auc": float(roc_auc_score(y[ho], hs)), "precision_at_k": precision_at_k(y[ho], hs, k), "k": k,
                    "holdout_rows": int(len(ho)), "holdout_positive_rate": float(y[ho].mean())}
         histograms = {ref: reference_histogram(X[:, i]) for i, ref in enumerate(features)}
-        histograms["score"] = reference_histogram(scores)
+        histograms["score"] = reference_histogram(hs)  # unseen rows only: as live traffic scores
         copy = lambda d: [shutil.copy2(p, Path(d) / p.name) for p in staged.iterdir() if p.is_file()]
         return registry.register(cfg.model, kind, features, copy, feature_hashes=hashes,
                                  threshold=float(np.sort(hs)[::-1][k - 1]), metrics=metrics,

@@ -107,6 +107,8 @@ def source_ddl(src: SourceBinding, bootstrap: str, group_id: str, bounds: KafkaB
              f"{q(APPEND_TS)} TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL"]
     opts = {"connector": "kafka", "topic": src.topic, "properties.bootstrap.servers": bootstrap,
             "properties.group.id": group_id, "properties.auto.offset.reset": "earliest",
+            # aborted transactions are not events (the spine, parity and the scorer read committed too)
+            "properties.isolation.level": "read_committed",
             **bounds.options(),
             "format": "headwater-avro", "headwater-avro.schema-id": str(src.schema_id),
             **({"headwater-avro.mark-every": str(MARK_EVERY)} if markers else {})}

@@ -20,6 +20,8 @@ from streamjobs.naming import aggregation_name, check_identifier, latest_name
 __all__ = ["Entity", "Source", "Aggregation", "LatestValue", "FeatureView", "Feature", "avro_columns"]
 
 Duration = Union[str, int]
+#: key types whose string form is the same in Flink's CAST and in Python/Arrow
+ENTITY_KEY_TYPES = frozenset({"string", "int", "long"})
 _AVRO_PRIMITIVES = frozenset({"int", "long", "float", "double", "string", "boolean"})
 
 
@@ -30,8 +32,11 @@ def _avro_type(t: Any) -> str:
     if isinstance(t, dict):
         if t.get("logicalType") in ("timestamp-millis", "local-timestamp-millis"):
             return "timestamp"
+        if t.get("logicalType") in ("timestamp-micros", "local-timestamp-micros", "timestamp-nanos",
+                                    "local-timestamp-nanos"):
+            return "other"  # not epoch ms: read as a long it would sit 1000x in the future
         if t.get("type") == "enum":
-            return "string"
+            return "enum"  # refused by avro_columns: the features job's Avro reader has no enum column
         return _avro_type(t.get("type")) if isinstance(t.get("type"), str) else "other"
     return t if t in _AVRO_PRIMITIVES else "other"
 
@@ -45,7 +50,12 @@ def avro_columns(schema: Mapping[str, Any] | str | Path) -> dict[str, str]:
             raise DefinitionError(f"cannot read Avro schema {str(schema)!r}: {exc}") from exc
     if schema.get("type") != "record" or not isinstance(schema.get("fields"), list):
         raise DefinitionError(f"Avro schema {schema.get('name')!r} is not a record with fields")
-    return {f["name"]: _avro_type(f["type"]) for f in schema["fields"]}
+    out = {f["name"]: _avro_type(f["type"]) for f in schema["fields"]}
+    enums = [n for n, t in out.items() if t == "enum"]
+    if enums:
+        raise DefinitionError(f"Avro schema {schema.get('name')!r}: field {enums[0]!r} is an enum, which the "
+                              "features job cannot read; make it a string field")
+    return out
 
 
 @dataclass(frozen=True)
@@ -78,6 +88,9 @@ class Source:
         if cols is not None:
             pairs = tuple(cols.items() if isinstance(cols, Mapping) else cols)
             for name, typ in pairs:
+                if str(name).lower().startswith("hw_"):
+                    raise DefinitionError(f"source {self.name!r}: column {name!r} uses the prefix hw_, which "
+                                          "Headwater keeps for its own columns; rename the field")
                 if typ not in ir.COLUMN_TYPES:
                     raise DefinitionError(
                         f"source {self.name!r}: column {name!r} has type {typ!r}; use one of {', '.join(ir.COLUMN_TYPES)}"
@@ -105,6 +118,9 @@ class Aggregation:
     name: str | None = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.windows, (str, int, tuple, list)):
+            raise DefinitionError(f"aggregation {self.op}({self.column}): windows must be a duration or a tuple "
+                                  f"of them, e.g. ('1h', '24h'); got {self.windows!r}")
         ws = (self.windows,) if isinstance(self.windows, (str, int)) else tuple(self.windows)
         object.__setattr__(self, "windows", ws)
         if not ws:
@@ -202,11 +218,12 @@ class FeatureView:
         tick = self.tick_ms
         where = f"view {self.name!r}"
         key_type = self._column(self.entity.key, f"entity key of {self.entity.name!r}")
-        if key_type not in ir.SCALAR_TYPES:
+        if key_type not in ENTITY_KEY_TYPES:  # a double or boolean key prints differently in Flink and Python
             raise DefinitionError(f"{where}: entity key {self.entity.key!r} has type {key_type}; use a string or integer field")
         if self._column(self.source.event_time_field, "event_time_field") not in ("long", "timestamp"):
             raise DefinitionError(
-                f"{where}: event_time_field {self.source.event_time_field!r} must be a long or timestamp-millis column"
+                f"{where}: event_time_field {self.source.event_time_field!r} must be a long (epoch ms) or "
+                "timestamp-millis column; convert micro- or nanosecond times to milliseconds upstream"
             )
         resolved: dict[int, list[Feature]] = {}
         for i, a in enumerate(self.aggregations):
@@ -219,6 +236,9 @@ class FeatureView:
                 if ctype not in ir.SCALAR_TYPES:
                     raise DefinitionError(f"{where}: latest({a.column}) needs a scalar column, but it is {ctype}")
                 ttl = None if a.ttl is None else windows.parse_duration(a.ttl)
+                if ttl is not None and ttl % tick:  # else its lower bound moves within a tick
+                    raise DefinitionError(f"{where}: latest({a.column}) ttl {a.ttl} is not a multiple of the "
+                                          f"tick ({tick} ms); round it to whole ticks")
                 hop = windows.latest_hop(ttl, hops, tick)
                 resolved[i] = [Feature(latest_name(a.column, a.name), "latest", a.column, ctype, ttl, hop, ttl)]
         out = [f for i in sorted(resolved) for f in resolved[i]]

@@ -174,4 +174,12 @@ def build_plan(views: FeatureView | Iterable[FeatureView]) -> FeaturePlan:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise DefinitionError(f"duplicate view name {dupes[0]!r}; view names must be unique in a repository")
+    by_topic: dict[str, ViewPlan] = {}
+    for p in plans:  # one job reads a topic once: its tile columns and `last` keys are per event-time field
+        first = by_topic.setdefault(p.topic, p)
+        if first.event_time_field != p.event_time_field:
+            raise DefinitionError(
+                f"views {first.name!r} and {p.name!r} read topic {p.topic!r} with different event-time fields "
+                f"({first.event_time_field!r}, {p.event_time_field!r}); give them the same event_time_field, "
+                "or read the other time from its own topic")
     return FeaturePlan(tuple(plans), _digest([PLAN_FORMAT, [[p.name, p.plan_hash] for p in plans]]))

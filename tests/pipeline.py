@@ -54,6 +54,16 @@ def pipeline_view(view: FeatureView, topic: str, schema: dict) -> FeatureView:
     return dataclasses.replace(view, source=src)
 
 
+def _record(name: str, entity_field: str, e: Mapping) -> dict:
+    """A conformance event as an events-topic record, its entity prefixed by the case's name."""
+    rec = {"card_id": "", "amount": 0.0, "merchant_id": ""}
+    rec.update({k: e[k] for k in EVENT_FIELDS if k in e and e[k] is not None})
+    rec["amount"] = float(rec["amount"])
+    rec[entity_field] = prefixed(name, e[entity_field])
+    rec[EVENT_TIME] = int(e["event_time_ms"])
+    return rec
+
+
 def produce_cases(conn: Connection, repo: RepoConfig, schema: dict,
                   cases: Sequence[tuple[str, str, Sequence[Mapping]]]) -> dict[tuple[str, int, int], int]:
     """cases: (name, entity_field, events). Returns (case, partition, case offset) -> broker offset."""
@@ -74,16 +84,33 @@ def produce_cases(conn: Connection, repo: RepoConfig, schema: dict,
 
     for name, entity_field, events in cases:
         for e in sorted(events, key=lambda e: (e["partition"], e["offset"])):
-            rec = {"card_id": "", "amount": 0.0, "merchant_id": ""}
-            rec.update({k: e[k] for k in EVENT_FIELDS if k in e and e[k] is not None})
-            rec["amount"] = float(rec["amount"])
-            rec[entity_field] = prefixed(name, e[entity_field])
-            rec[EVENT_TIME] = int(e["event_time_ms"])
+            rec = _record(name, entity_field, e)
             p.produce(topic, codec.encode(rec), rec[entity_field].encode(), partition=int(e["partition"]),
                       timestamp=int(e["append_time_ms"]),
                       on_delivery=delivered((name, int(e["partition"]), int(e["offset"]))))
     assert p.flush(60) == 0
     return offsets
+
+
+def produce_aborted(conn: Connection, repo: RepoConfig, schema: dict, name: str, entity_field: str,
+                    events: Sequence[Mapping]) -> None:
+    """The case's events once more, in one Kafka transaction that is aborted: every reader must skip
+    them (producers upstream of Headwater may write events transactionally)."""
+    from confluent_kafka import Producer
+    from headwater.repo_schemas import subject
+    from schemas import AvroCodec, open_store
+
+    topic = repo.topics.events.name
+    codec = AvroCodec.for_subject(open_store(repo.resolve(repo.schema_store)), subject(topic), schema)
+    p = Producer({"bootstrap.servers": conn.bootstrap_servers, "transactional.id": f"hw-test-abort-{topic}"})
+    p.init_transactions(30)
+    p.begin_transaction()
+    for e in events:
+        rec = _record(name, entity_field, e)
+        p.produce(topic, codec.encode(rec), rec[entity_field].encode(), partition=int(e["partition"]),
+                  timestamp=int(e["append_time_ms"]))
+    p.flush(60)
+    p.abort_transaction(30)
 
 
 def run_job(conn: Connection, repo: RepoConfig, views: Iterable[FeatureView], group: str) -> Definitions:

@@ -1,5 +1,7 @@
 """Replay through the real stack: Kafka (CreateTime test topic) -> Flink batch SQL -> Parquet tiles.
 
+The topic also holds an aborted transaction repeating the biggest vector: a replay must skip it.
+
 The conformance vectors are produced once (tests/pipeline.py injects their append times as record
 timestamps and keeps their per-partition order); each test runs one replay. The Parquet tiles must
 equal, field for field, the tiles ``ir.update`` builds from exactly the records the range selects.
@@ -16,8 +18,8 @@ import pytest
 from replay.errors import ReplayError
 
 from tests.oracle import feature_view_from_case
-from tests.pipeline import (EVENT_TIME, assert_tiles_equal, event_schema, pipeline_view, prefixed, produce_cases,
-                            setup)
+from tests.pipeline import (EVENT_TIME, assert_tiles_equal, event_schema, pipeline_view, prefixed, produce_aborted,
+                            produce_cases, setup)
 from tests.test_conformance_ir import CASES
 
 pytestmark = [pytest.mark.integration, pytest.mark.flink,
@@ -39,6 +41,9 @@ def produced(stack, tmp_path_factory):
     views = tuple(pipeline_view(feature_view_from_case(c, event_time_field=EVENT_TIME), repo.topics.events.name,
                                 schema) for c in cases)
     offsets = produce_cases(stack, repo, schema, [(c["name"], c["view"]["entity"], c["events"]) for c in cases])
+    # the big case once more in an aborted transaction: a replay reading uncommitted would count it twice
+    big = next(c for c in cases if c["name"] == BIG)
+    produce_aborted(stack, repo, schema, BIG, big["view"]["entity"], big["events"])
     events = []  # every record of the topic, with its broker offset
     for c in cases:
         ent = c["view"]["entity"]
@@ -90,6 +95,7 @@ def test_replay_tiles_equal_ir_update_tiles_and_late_count(stack, produced):
         assert (m.events_read, m.events_late, m.plan_hash) == (len(events), late, vp.plan_hash)
         assert m.tiles_written == len(tiles) == next(v.tiles_written for v in stats.views if v.view == vp.name)
         assert {int(p): r for p, r in m.range["offsets"].items()}.keys() == {0, 1, 2}
+        assert m.covered[0] is None and m.covered[1] <= m.finished_ms  # the whole topic, to the resolve time
         assert all(f.name.endswith(".parquet") for f in layout.tile_files(out, vp.name))
     assert next(v.events_late for v in stats.views if v.view == "lateness_by_append_time") > 0
 

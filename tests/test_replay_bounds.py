@@ -83,9 +83,27 @@ def test_resolve_range(topic, consumer):
     assert opts["scan.bounded.specific-offsets"] == "partition:0,offset:6;partition:1,offset:6"
 
 
+def test_covered_event_times(topic, consumer):
+    """The event times whose every event a range holds: what training sets may ask of its tiles."""
+    import time
+    before = int(time.time() * 1000)
+    whole = resolve_range(consumer, topic)
+    lo, hi = whole.covered_ms({})
+    assert lo is None and before <= hi <= int(time.time() * 1000)  # from the first offset, to the resolve time
+    assert resolve_range(consumer, topic, start_ms=3_000, end_ms=7_000).covered_ms({}) == (3_000, 7_000)
+    assert resolve_range(consumer, topic, offsets=parse_offsets("1:2-5")).covered_ms({}) is None  # p0 unread
+    explicit = resolve_range(consumer, topic, offsets=parse_offsets("0:2-6,1:2-6"))
+    read = {"0": {"min_append_ms": 3_000, "max_append_ms": 6_000}, "1": {"min_append_ms": 3_001, "max_append_ms": 6_001}}
+    assert explicit.covered_ms(read) == (3_001, 6_000)
+    assert explicit.covered_ms({}) is None  # nothing known of what it read
+    late = resolve_range(consumer, topic, start_ms=50_000)  # nothing after --from: every time from it on
+    assert late.covered_ms({})[0] == 50_000
+
+
 @pytest.mark.parametrize("kw, words", [
     ({"offsets": {5: (0, 1)}}, "names partition 5"),
     ({"offsets": {0: (0, 11)}}, "ends at offset 10"),
+    ({"offsets": {0: (11, None)}}, "start at 10 or earlier"),
     ({"start_ms": 5, "end_ms": 1}, "before --from"),
 ])
 def test_resolve_range_errors(topic, consumer, kw, words):

@@ -139,3 +139,20 @@ def test_cluster_id_never_starts_with_a_dash(monkeypatch):
     cid = hwstack._cluster_id()
     assert not cid.startswith("-")
     assert cid == "AAAAAAAAAAAAAAAAAAAAAQ"
+
+
+def test_a_bare_stack_up_keeps_the_ports_of_the_last_one(tmp_path, monkeypatch):
+    """`setup.sh --kafka-port 19092 ...` then `stack up`: the second must not probe 9092 (another
+    stack may live there) nor point the connection file at it."""
+    import argparse
+    from headwater.cli import _stack_settings
+    from headwater.config import StackSettings
+    monkeypatch.setenv("HEADWATER_STACK_DIR", str(tmp_path))
+    args = argparse.Namespace(action="up", kafka_port=None, redis_port=None)
+    assert (_stack_settings(args).kafka_port, _stack_settings(args).redis_port) == (9092, 6379)  # nothing saved
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "settings.json").write_text(StackSettings(kafka_port=19092, redis_port=16379).model_dump_json())
+    got = _stack_settings(args)
+    assert (got.kafka_port, got.redis_port) == (19092, 16379)
+    got = _stack_settings(argparse.Namespace(action="up", kafka_port=29092, redis_port=None))
+    assert (got.kafka_port, got.redis_port) == (29092, 16379)

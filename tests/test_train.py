@@ -161,3 +161,62 @@ def test_train_alias_points_at_the_new_version_and_a_bad_one_fails_before_the_fi
     assert main(base + ["--kind", "logreg", "--alias", "Bad Alias"]) == 2
     assert "alias 'Bad Alias' is invalid" in capsys.readouterr().err
     assert len(Registry(models).versions("fraud")) == 3  # nothing fitted or registered
+
+
+def _with_hashes(src, dst, hashes):
+    """``src`` rewritten with ``hashes`` as its definition-hash metadata (the key `headwater training-set`
+    writes: the contract with backfill.training_set)."""
+    t = pq.read_table(src)
+    key = b"headwater.feature_hashes"
+    meta = {**(t.schema.metadata or {}), **({} if hashes is None else {key: json.dumps(hashes).encode()})}
+    pq.write_table(t.replace_schema_metadata(meta), dst)
+    return dst
+
+
+def _train(path, models, log):
+    from scoring.train import TrainConfig, train
+    return train(EXAMPLE_REPO, path, TrainConfig(model="m", kind="logreg", features=FEATURES),
+                 registry=Registry(models), log=log)
+
+
+def _current_hashes():
+    from headwater.config import load_repo
+    from scoring.registry import feature_hashes
+    from streamjobs.repo import load_definitions
+    return feature_hashes(load_definitions(load_repo(EXAMPLE_REPO)).plan, FEATURES)
+
+
+def test_a_training_set_built_from_other_definitions_is_refused(tmp_path, tset):
+    from scoring.models.errors import TrainError
+    stale = {**_current_hashes(), FEATURES[1]: "0" * 16}  # amount_max_1h computed by an older definition
+    path = _with_hashes(tset, tmp_path / "stale.parquet", stale)
+    with pytest.raises(TrainError) as err:
+        _train(path, tmp_path / "models", log=lambda *_: None)
+    msg = str(err.value)
+    assert FEATURES[1] in msg and FEATURES[0] not in msg and "headwater training-set" in msg and "\n" not in msg
+    assert not (tmp_path / "models").exists() or not Registry(tmp_path / "models").list()
+
+
+def test_a_training_set_of_the_current_definitions_trains_without_a_warning(tmp_path, tset):
+    lines = []
+    path = _with_hashes(tset, tmp_path / "ok.parquet", _current_hashes())
+    meta = _train(path, tmp_path / "models", log=lines.append)[0]
+    assert not [ln for ln in lines if "warning" in ln]
+    assert meta.feature_hashes == _current_hashes()
+
+
+def test_a_training_set_without_hashes_trains_with_one_warning(tmp_path, tset):
+    lines = []
+    path = _with_hashes(tset, tmp_path / "plain.parquet", None)
+    _train(path, tmp_path / "models", log=lines.append)
+    warnings = [ln for ln in lines if ln.startswith("warning")]
+    assert len(warnings) == 1 and "skew guard cannot check" in warnings[0] and "\n" not in warnings[0]
+
+
+def test_the_score_reference_histogram_is_the_holdout_only(tmp_path, tset):
+    """Training rows score more extreme than unseen ones: a reference over them reads as drift on
+    unchanged traffic."""
+    meta = _train(tset, tmp_path / "models", log=lambda *_: None)[0]
+    h = meta.histograms["score"]
+    assert h["total"] == meta.metrics["holdout_rows"] == 600
+    assert meta.histograms[FEATURES[0]]["total"] == 3000  # feature references keep every row

@@ -260,6 +260,42 @@ def test_csv_entity_ids_stay_strings(tmp_path):
     assert t.column("card_id").to_pylist() == ["007"] and t.column("ev:amount_count_10m").to_pylist() == [2]
 
 
+def test_rows_past_the_replayed_range_are_refused_or_null(edge):
+    """Outside the event times a replay read, a count would read 0 like an entity without events."""
+    from backfill.coverage import CoverageError
+    plan, out = edge
+    m = layout.read_manifest(out, "ev").to_dict()
+    layout.write_manifest(out, {**m, "covered": {"from_ms": T0 - H, "to_ms": T0 + 2 * H}})
+    spine = pa.table({"card_id": ["c1", "c1", "c3"], "ts": [T0 + 1_200_700, T0 + 3 * H, T0 - H + 300_000]})
+    with pytest.raises(CoverageError, match="2 of 3 spine rows .* view 'ev'.*--allow-partial") as info:
+        rows(plan, out, spine)
+    assert "\n" not in str(info.value)
+    r = rows(plan, out, spine, allow_partial=True)
+    assert (r[0]["ev:amount_count_10m"], r[0]["ev:amount_sum_10m"], r[0]["ev:last_country"]) == (1, 1.0, "FR")
+    for x in r[1:]:  # after the range's end, and a window starting before its start: null, never 0
+        assert [x[f"ev:{n}"] for n in ("amount_count_10m", "amount_sum_10m", "amount_mean_10m", "last_country")] \
+            == [None] * 4
+    assert rows(plan, out, spine.slice(0, 1)) == r[:1]
+    layout.write_manifest(out, {**m, "covered": None})  # a replay that covers no complete range
+    with pytest.raises(CoverageError, match="1 of 1 spine rows.*no complete range"):
+        rows(plan, out, spine.slice(0, 1))
+
+
+def test_bad_spine_files_are_one_line(edge, tmp_path):
+    plan, out = edge
+    cases = {"empty.csv": ("", "not a readable CSV"), "ragged.csv": ("card_id,ts\nc1,1,2\n", "Expected 2 columns"),
+             "dup.csv": ("card_id,ts,ts\nc1,1,2\n", "column 'ts' twice"),
+             "us.csv": ("card_id,ts\nc1,01/02/2026\n", "not ISO-8601")}
+    for name, (text, words) in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(SpineError, match=words) as info:
+            training_set(plan, tmp_path / name, ["ev:*"], tiles=out)
+        assert "\n" not in str(info.value), name
+    (tmp_path / "set.parquet").mkdir()
+    with pytest.raises(SpineError, match="one file rather than a dataset directory"):
+        training_set(plan, tmp_path / "set.parquet", ["ev:*"], tiles=out)
+
+
 def test_errors_are_one_line(edge, tmp_path_factory):
     plan, out = edge
     with pytest.raises(SpineError, match="no column 'card_id'"):
@@ -331,3 +367,9 @@ def test_cli_writes_the_training_set(tmp_path, capsys):
     assert [(r["card_velocity:amount_sum_1h"], r["card_velocity:txn_count_10m"],
              r["card_velocity:merchant_id_distinct_count_1h"]) for r in t] == [(0.0, 0, None), (0.0, 0, None),
                                                                              (16.5, 3, 2)]
+    # the skew guard's input: each column's definition hash, as `headwater train` compares them
+    from backfill.training_set import FEATURE_HASHES_KEY
+    from scoring.registry import feature_hashes
+    stored = json.loads(pq.read_schema(tmp_path / "out" / "train.parquet").metadata[FEATURE_HASHES_KEY])
+    refs = [c for c in pq.read_schema(tmp_path / "out" / "train.parquet").names if ":" in c]
+    assert stored == feature_hashes(load_definitions(load_repo(EXAMPLE_REPO)).plan, refs) and len(refs) == 3
