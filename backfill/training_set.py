@@ -175,7 +175,7 @@ def _check_coverage(src: Any, timestamp_column: str, plan: FeaturePlan, covered:
     if not todo:
         return False
     counts = {v.name: 0 for v, _, _ in todo}
-    first: dict[str, np.ndarray] = {}
+    span: dict[str, tuple[int, int]] = {}  # earliest and latest uncovered t: the windows' extremes
     for col in src.column_chunks(timestamp_column, max(int(chunk_rows), 1)):
         t = timestamps_ms(col, timestamp_column)
         for v, feats, cov in todo:
@@ -183,20 +183,21 @@ def _check_coverage(src: Any, timestamp_column: str, plan: FeaturePlan, covered:
             for f in feats:
                 gap |= uncovered(v, f, t, cov)
             counts[v.name] += int(gap.sum())
-            if gap.any() and v.name not in first:
-                first[v.name] = t[gap]
+            if gap.any():
+                lo, hi = span.get(v.name, (int(t[gap].min()), int(t[gap].max())))
+                span[v.name] = (min(lo, int(t[gap].min())), max(hi, int(t[gap].max())))
     bad = [(v, feats, cov) for v, feats, cov in todo if counts[v.name]]
     if not bad:
         return False
     v, feats, cov = bad[0]
     what = (f"{counts[v.name]:,} of {src.num_rows:,} spine rows ask features of view {v.name!r} over event times "
-            f"the replay in {tiles} did not read ({describe(v, feats, first[v.name], cov)})")
+            f"the replay in {tiles} did not read ({describe(v, feats, np.array(span[v.name], np.int64), cov)})")
     if not allow_partial:
         raise CoverageError(what, "replay a range covering them (`headwater replay --from ... --to ... --replace`), "
                                   "drop those rows, or pass --allow-partial to keep them with those features null")
     for v, feats, cov in bad:
         print(f"training-set: {counts[v.name]:,} rows get null {v.name} features: outside the replayed range "
-              f"({describe(v, feats, first[v.name], cov)})", file=sys.stderr)
+              f"({describe(v, feats, np.array(span[v.name], np.int64), cov)})", file=sys.stderr)
     return True
 
 
