@@ -8,7 +8,7 @@ One definition of where tiles live on disk and what their columns are (contracts
 
 File columns: ``entity, tile_start, plan_hash, n_events, max_append_ms`` then every IR field of the
 view's plan (``ViewPlan.fields``, named ``IRField.name``), typed like the tiles topic value schema
-(``online_store.tiles``): cnt int64, sum/sumsq double, min/max in the column's type (int64 for
+(``online_store.tiles``): cnt int64, sum/m2 double, min/max in the column's type (int64 for
 int/long/timestamp, double for float/double, string, bool), last string, distinct list<string>.
 Progress rows (``resolution_ms = 0``) are never written. A replay replaces the view's whole tile
 set (``replay.runner``), so a rerun is idempotent.
@@ -58,7 +58,7 @@ def ir_arrow_type(f: ir.IRField) -> pa.DataType:
     """Arrow type of one IR column (same as the tiles topic's Avro type of that field)."""
     if f.kind == "cnt":
         return pa.int64()
-    if f.kind in ("sum", "sumsq"):
+    if f.kind in ("sum", "m2"):
         return pa.float64()
     if f.kind in ("min", "max"):
         return _SCALAR[f.column_type]

@@ -5,8 +5,14 @@ same t by ``backfill.training_set`` (the point-in-time join; this module has no 
 own). A value that differs is *explained* only when the online read may legitimately have lacked
 events: the events topic holds an on-time event of that entity inside the feature's window
 (``windows.window_bounds``) whose Kafka append time is after the fetch's ``as_of`` (DESIGN: online
-covers ``[floor(t - W, h), min(floor(t, tick), as_of))``). Those mismatches are reported apart as
-"late", with the events' keys; every other difference is unexplained and fails the check.
+covers ``[floor(t - W, h), min(floor(t, tick), as_of))``), *and* the difference is one those
+events can make (``fits``): offline read every event online did plus some of them, so a count or
+distinct count may only be higher offline, by at most their number; a sum may differ by at most
+the sum of their absolute values; an offline min, max or last must be one of their values (with
+online's min no lower, max no higher); offline null where online has a value never fits. Mean
+and stddev have no bound without the IR: any late event of the column explains them. Those
+mismatches are reported apart as "late", with the events' keys; every other difference is
+unexplained and fails the check.
 
 Equality: floats within 1e-9 relative (or 1e-9 absolute, for values that are 0 up to rounding,
 e.g. a stddev of identical amounts), everything else exact; null vs value is its own class.
@@ -28,7 +34,7 @@ import pyarrow as pa
 from backfill.errors import BackfillError
 from streamjobs import windows
 
-__all__ = ["ParityError", "LateAppend", "Check", "EventIndex", "classify", "compare", "offline_values",
+__all__ = ["ParityError", "LateAppend", "Check", "EventIndex", "classify", "fits", "compare", "offline_values",
            "read_events_after", "check", "REL_TOL", "ABS_TOL"]
 
 REL_TOL = 1e-9
@@ -63,14 +69,15 @@ class Check:
     offline: Any
     kind: Kind
     late: tuple[LateAppend, ...] = ()
+    fits: bool = True  # the late appends can make this difference (``fits``)
 
     @property
     def explained(self) -> bool:
-        return self.kind != "match" and bool(self.late)
+        return self.kind != "match" and bool(self.late) and self.fits
 
     @property
     def unexplained(self) -> bool:
-        return self.kind != "match" and not self.late
+        return self.kind != "match" and not self.explained
 
 
 def _is_float(v: Any) -> bool:
@@ -91,14 +98,36 @@ def classify(online: Any, offline: Any, rel_tol: float = REL_TOL, abs_tol: float
     return "match" if online == offline else "value"
 
 
+def fits(op: str, online: Any, offline: Any, late_values: Sequence[Any], rel_tol: float = REL_TOL,
+         abs_tol: float = ABS_TOL) -> bool:
+    """Whether late appends with these column values can account for ``online != offline`` of a
+    feature with ``op`` (module docstring): the offline side read a superset of online's events."""
+    vals = [v for v in late_values if v is not None]
+    if not vals or offline is None:
+        return False
+    if op in ("count", "distinct_count"):
+        more = int(offline) - int(online or 0)
+        return 0 < more <= (len(vals) if op == "count" else len(set(map(str, vals))))
+    if op == "sum":
+        return abs(float(offline) - float(online or 0.0)) <= sum(abs(float(v)) for v in vals) * (1 + rel_tol) + abs_tol
+    if op in ("min", "max", "last", "latest"):
+        if online is not None and op in ("min", "max") and (online < offline if op == "min" else online > offline):
+            return False
+        return any(classify(v, offline, rel_tol, abs_tol) == "match" for v in vals)
+    return True  # mean, stddev
+
+
 # ---------------------------------------------------------------- events appended after as_of
 
 
 class EventIndex:
-    """Events per (entity key field, entity), sorted by event time, for the late-append lookup."""
+    """Events per (entity key field, entity), sorted by event time, for the late-append lookup;
+    the other columns' values too, for ``fits``."""
 
     def __init__(self) -> None:
         self._by: dict[tuple[str, str], tuple[np.ndarray, ...]] = {}
+        self._values: dict[str, list[Any]] = {}  # column -> its value in every indexed event (None: absent)
+        self._n = 0
 
     def add(self, events: pa.Table, key_fields: Sequence[str], event_time_field: str) -> EventIndex:
         """Index ``events`` (``read_events_after``'s columns) under each key field it has."""
@@ -108,6 +137,13 @@ class EventIndex:
         app = events["_append_ms"].to_numpy().astype(np.int64)
         part = events["_partition"].to_numpy().astype(np.int64)
         off = events["_offset"].to_numpy().astype(np.int64)
+        base, n = self._n, events.num_rows
+        for name in events.column_names:  # event ``base + i`` of every column; None where a table lacks it
+            if not name.startswith("_"):
+                self._values.setdefault(name, [None] * base).extend(events[name].to_pylist())
+        for col in self._values.values():
+            col.extend([None] * (base + n - len(col)))
+        self._n = base + n
         for key in key_fields:
             if key not in events.column_names:
                 continue
@@ -117,23 +153,36 @@ class EventIndex:
             for e, rows in groups.items():
                 idx = np.array(rows, dtype=np.intp)
                 idx = idx[np.argsort(et[idx], kind="stable")]
-                self._by[(key, e)] = (et[idx], app[idx], part[idx], off[idx])
+                self._by[(key, e)] = (et[idx], app[idx], part[idx], off[idx], base + idx)
         return self
+
+    def _late(self, key: str, entity: str, lo: int | None, hi: int, as_of_ms: int,
+              allowed_lateness_ms: int) -> tuple[np.ndarray, ...] | None:
+        got = self._by.get((key, entity))
+        if got is None:
+            return None
+        et = got[0]
+        a = 0 if lo is None else int(np.searchsorted(et, lo, "left"))
+        b = int(np.searchsorted(et, hi, "left"))
+        et, app, part, off, row = (x[a:b] for x in got)
+        hit = (app > as_of_ms) & ~windows.is_late(et, app, allowed_lateness_ms)
+        return et[hit], app[hit], part[hit], off[hit], row[hit]
 
     def late_for(self, key: str, entity: str, lo: int | None, hi: int, as_of_ms: int,
                  allowed_lateness_ms: int) -> tuple[LateAppend, ...]:
         """On-time events with ``lo <= event_time < hi`` (no lower bound when ``lo`` is None)
         appended after ``as_of_ms``."""
-        got = self._by.get((key, entity))
+        got = self._late(key, entity, lo, hi, as_of_ms, allowed_lateness_ms)
         if got is None:
             return ()
-        et, app, part, off = got
-        a = 0 if lo is None else int(np.searchsorted(et, lo, "left"))
-        b = int(np.searchsorted(et, hi, "left"))
-        sel = slice(a, b)
-        hit = (app[sel] > as_of_ms) & ~windows.is_late(et[sel], app[sel], allowed_lateness_ms)
-        return tuple(LateAppend(entity, int(p), int(o), int(t), int(x))
-                     for t, x, p, o in zip(et[sel][hit], app[sel][hit], part[sel][hit], off[sel][hit]))
+        return tuple(LateAppend(entity, int(p), int(o), int(t), int(x)) for t, x, p, o, _ in zip(*got))
+
+    def late_values(self, column: str, key: str, entity: str, lo: int | None, hi: int, as_of_ms: int,
+                    allowed_lateness_ms: int) -> list[Any]:
+        """``column``'s values of the events ``late_for`` finds (empty when it was not read)."""
+        got = self._late(key, entity, lo, hi, as_of_ms, allowed_lateness_ms)
+        col = self._values.get(column)
+        return [] if got is None or col is None else [col[i] for i in got[4].tolist()]
 
 
 def read_events_after(conn: Any, topic: str, after_ms: int, columns: Sequence[str], codec: Any,
@@ -222,13 +271,15 @@ def compare(rows: Sequence[Mapping[str, Any]], offline: Sequence[Mapping[str, An
             on, of = row.get(ref), off.get(ref)
             kind = classify(on, of, rel_tol, abs_tol)
             late: tuple[LateAppend, ...] = ()
+            ok = True
             if kind != "match" and events is not None:
                 t = int(row["t_ms"])
                 hi = windows.tile_start(t, vp.tick_ms)
                 lo = None if f.window_ms is None else windows.window_bounds(t, f.window_ms, f.hop_ms, vp.tick_ms)[0]
-                late = events.late_for(vp.entity_key, str(row["entity"]), lo, hi, int(row["as_of_ms"]),
-                                       vp.allowed_lateness_ms)
-            checks.append(Check(ref, str(row["entity"]), int(row["t_ms"]), int(row["as_of_ms"]), on, of, kind, late))
+                where = (vp.entity_key, str(row["entity"]), lo, hi, int(row["as_of_ms"]), vp.allowed_lateness_ms)
+                late = events.late_for(*where)
+                ok = bool(late) and fits(f.op, on, of, events.late_values(f.column, *where), rel_tol, abs_tol)
+            checks.append(Check(ref, str(row["entity"]), int(row["t_ms"]), int(row["as_of_ms"]), on, of, kind, late, ok))
     return checks
 
 
@@ -313,7 +364,7 @@ def check(repo: Any, *, feature_log: Any = "topic", tiles: Any, sample: int | No
     for topic in topics:  # every view of the example reads one topic; several are read one by one
         role = next((k for k, s in repo.topics.all().items() if s.name == topic or k == topic), "events")
         vps = [v for v in plan.views if v.topic == topic]
-        cols = sorted({v.entity_key for v in vps} | {vps[0].event_time_field})
+        cols = sorted({v.entity_key for v in vps} | {vps[0].event_time_field} | {f.column for v in vps for f in v.features})
         table = read_events_after(conn, repo.topics.all()[role].name, after, cols, codec_for(repo, role))
         events.add(table, [v.entity_key for v in vps], vps[0].event_time_field)
         say(f"parity: {table.num_rows:,} events appended after the oldest as_of ({after}) read from "

@@ -80,6 +80,7 @@ def _check_json(c: Any) -> dict[str, Any]:
            "online": clean(c.online), "offline": clean(c.offline)}
     if c.late:
         out["late_events"] = [asdict(e) for e in c.late]
+        out["late_events_fit"] = c.fits  # false: they cannot make this difference (parity.fits)
     return out
 
 
@@ -161,7 +162,8 @@ class ParityReport:
                      + ("" if rate is None else f"; {rate:,.0f} fetches checked/s"))
         for c in self.unexplained[:10]:
             lines.append(f"  UNEXPLAINED {c.ref} entity={c.entity} t={c.t_ms} as_of={c.as_of_ms}: "
-                         f"online={c.online!r} offline={c.offline!r}")
+                         f"online={c.online!r} offline={c.offline!r}"
+                         + (f" ({len(c.late)} append(s) after as_of cannot make this difference)" if c.late else ""))
         return "\n".join(lines)
 
     # ------------------------------------------------------------ HTML

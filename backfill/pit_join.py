@@ -36,7 +36,7 @@ __all__ = ["feature_arrow_type", "entity_codes", "load_tiles", "view_values", "B
 
 #: Rows x tiles cells of one merge block (per field: 8 bytes each).
 BLOCK_CELLS = 1 << 21
-_NUMERIC_KINDS = ("cnt", "sum", "sumsq", "min", "max")
+_NUMERIC_KINDS = ("cnt", "sum", "m2", "min", "max")
 Column = tuple[np.ndarray, np.ndarray]  # (values, null mask); object dtype for strings
 
 
@@ -98,7 +98,7 @@ def _padded(tiles: pa.Table, f: ir.IRField) -> tuple[np.ndarray, np.ndarray | No
     """A numeric field's column with one extra identity tile at the end (cnt 0, sum 0.0, min/max null)."""
     col = tiles.column(f.name)
     n = len(col)
-    dtype = np.float64 if f.kind in ("sum", "sumsq") or f.column_type in ("float", "double") else np.int64
+    dtype = np.float64 if f.kind in ("sum", "m2") or f.column_type in ("float", "double") else np.int64
     vals = np.empty(n + 1, dtype=dtype)
     vals[n] = 0
     vals[:n] = pc.fill_null(col, pa.scalar(0, pa.from_numpy_dtype(dtype))).to_numpy(zero_copy_only=False)

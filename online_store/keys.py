@@ -26,7 +26,7 @@ Tile value (little-endian; fixed part first so the reader decodes many tiles wit
 ``np.frombuffer``)::
 
     n_events int64 | max_append_ms int64          the version, compared server-side by the writer's Lua
-    per numeric IR field, in ViewPlan.fields order: cnt int64 | sum, sumsq float64 |
+    per numeric IR field, in ViewPlan.fields order: cnt int64 | sum, m2 float64 |
         min/max int64 (int, long, timestamp) or float64 (float, double) plus a uint8 null flag
     var part                                      only when the view has last/distinct fields, in
                                                   field order: 0x01 then the fields joined by 0x1e, a
@@ -269,7 +269,7 @@ end
 
 # ---------------------------------------------------------------- tile values
 
-_NUMERIC = ("cnt", "sum", "sumsq", "min", "max")
+_NUMERIC = ("cnt", "sum", "m2", "min", "max")
 _INT_TYPES = ("int", "long", "timestamp")
 
 

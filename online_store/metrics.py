@@ -31,6 +31,9 @@ class WriterMetrics:
                                 "Records dropped: plan hash mismatch, unknown view or undecodable", ["reason"], registry=r)
         self.freshness = Histogram("headwater_writer_freshness_seconds",
                                    "now - max_append_ms of each tile when written", buckets=_FRESHNESS_BUCKETS, registry=r)
+        self.late = Gauge("headwater_writer_events_late",
+                          "Events the features job dropped as late since its state began (newest late-count "
+                          "records read, summed over source partitions)", ["view"], registry=r)
         self.as_of_age = Gauge("headwater_writer_as_of_age_seconds", "now - published as_of", ["view"], registry=r)
         self.progress = Counter("headwater_writer_progress_published",
                                 "Per-partition progress values published, by the rule that vouched for them "

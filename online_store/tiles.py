@@ -20,6 +20,12 @@ partition's next offset (``MAX(offset) + 1``: the writer compares it with the pa
 offset to tell a fully aggregated, idle partition). The writer turns progress into the ``as_of``
 that fetches report.
 
+``resolution_ms == -1`` (``LATE_RESOLUTION``) marks a *late count* record (streaming job only; a
+replay counts late events in its manifest): ``tile_start`` holds a source partition, ``n_events``
+how many events of that partition the job has dropped as late since its state began (the
+lateness predicate of the tile queries, negated), ``max_append_ms`` the newest append time among
+them. No record means none so far. The writer exposes the counts as a metric; they are not tiles.
+
 An entity ``MARKER_PREFIX + <reader id>`` marks a *marker* (streaming job, parallelism 1): emitted
 by a tile query itself, from a copy of one record in ``MARK_EVERY`` the job reads
 (``streamjobs.compiler``), so it shares the query's aggregation and its order on the tiles topic
@@ -45,10 +51,11 @@ from streamjobs import ir
 from streamjobs.plan import ViewPlan
 
 __all__ = ["TILE_KEY_SCHEMA", "HEADER_FIELDS", "PROGRESS_RESOLUTION", "tile_value_schema",
-           "tile_subject", "key_subject", "is_progress", "tile_ir", "tile_version", "MARKER_PREFIX",
+           "tile_subject", "key_subject", "is_progress", "is_late", "LATE_RESOLUTION", "tile_ir", "tile_version", "MARKER_PREFIX",
            "MARK_EVERY", "is_marker", "marker_key"]
 
 PROGRESS_RESOLUTION = 0
+LATE_RESOLUTION = -1
 #: A marker's entity starts so (the source reader's id follows). Markers also carry
 #: ``tile_start = -1 - partition``: a tile's start is never negative (an event is on time only
 #: within the lateness of its append time), so an event whose key starts so cannot pass for one.
@@ -66,7 +73,7 @@ _AVRO = {"int": "int", "long": "long", "float": "float", "double": "double", "ti
 def _field_type(f: ir.IRField) -> Any:
     if f.kind == "cnt":
         t: Any = "long"
-    elif f.kind in ("sum", "sumsq"):
+    elif f.kind in ("sum", "m2"):
         t = "double"
     elif f.kind in ("min", "max"):
         t = _AVRO[f.column_type]
@@ -106,6 +113,10 @@ def key_subject(tiles_topic: str) -> str:
 
 def is_progress(record: Mapping[str, Any]) -> bool:
     return record["resolution_ms"] == PROGRESS_RESOLUTION
+
+
+def is_late(record: Mapping[str, Any]) -> bool:
+    return record["resolution_ms"] == LATE_RESOLUTION
 
 
 def marker_key(entity: str, tile_start: int) -> bool:

@@ -71,7 +71,7 @@ def compile_transcoder(codec: TileCodec) -> Transcoder | None:
     put(1, "if vw != VIEW: return None")
     raw_string("ent")
     varint(1, "res")
-    put(1, "if res == 0: return None")  # progress: the settle rule's path
+    put(1, "if res <= 0: return None")  # progress (settle rule) and late counts: the full path
     varint(1, "ts")
     raw_string("ph")
     put(1, "if ph != PLAN: return None")

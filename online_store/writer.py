@@ -46,6 +46,10 @@ writer's and the brokers' clocks and the replication delay (a record is stamped 
 appends it, but the high watermark passes it only once the in-sync replicas have it). A partition
 whose last record is a transaction marker never looks idle. Offsets are stored (committed) only
 below the oldest progress record still settling, so a restart reads it again rather than losing it.
+
+**Late counts.** Late-count records (``resolution_ms == -1``) carry, per source partition, how many
+events the job has dropped as late; the writer keeps the newest per partition and exposes their
+sum per view (``headwater_writer_events_late``, ``note_late``), logging when it grows.
 """
 
 from __future__ import annotations
@@ -64,7 +68,7 @@ from online_store.errors import StoreUnavailableError
 from schemas.errors import SchemaStoreError
 from online_store.metrics import WriterMetrics
 from online_store.markers import MarkerTracker
-from online_store.tiles import is_marker, marker_key, is_progress, tile_ir, tile_value_schema, tile_version
+from online_store.tiles import is_late, is_marker, marker_key, is_progress, tile_ir, tile_value_schema, tile_version
 from online_store.transcode import ERRORS as TRANSCODE_ERRORS
 from online_store.transcode import Transcoded, compile_transcoder
 from schemas.store import canonical_json
@@ -96,6 +100,7 @@ class WriteStats:
     undecodable: int = 0
     tombstones: int = 0
     markers: int = 0
+    late_counts: int = 0
 
     def __iadd__(self, other: WriteStats) -> WriteStats:
         for f in fields(self):
@@ -141,6 +146,8 @@ class TileWriter:
             ttl = keys.key_ttl_ms(v) + (history_ms or 0)
             self._res_args[v.name] = [ttl, len(ret), *(x for r in sorted(ret) for x in (r, ret[r]))]
         self._once = _Once()
+        #: per view and source partition, the newest late count read (``note_late``)
+        self.late: dict[str, dict[int, int]] = {}
         self._load_scripts()
 
     def _load_scripts(self) -> None:
@@ -188,6 +195,20 @@ class TileWriter:
             self._once(("invalid", view.name), "view %r: invalid progress or marker record dropped (%s)", view.name, exc)
             return None
 
+    def note_late(self, rec: Mapping[str, Any]) -> None:
+        """Take a usable late-count record: its partition's count replaces the last one read (records
+        of one key arrive in order; a ``--fresh`` job starts again from 0), logged when it grows."""
+        view, part, n = rec["view"], int(rec["tile_start"]), int(rec["n_events"])
+        counts = self.late.setdefault(view, {})
+        before = sum(counts.values())
+        counts[part] = n
+        total = sum(counts.values())
+        if self.metrics is not None:
+            self.metrics.late.labels(view).set(total)
+        if total > before:
+            log.info("view %r: the features job has dropped %d event(s) as late so far (source partition %d: %d)",
+                     view, total, part, n)
+
     def write(self, records: Sequence[Mapping[str, Any] | None],
               transcoded: Sequence[tuple[str, Transcoded]] = ()) -> WriteStats:
         """Store tiles (monotonic) and publish progress records immediately; one round trip for the tiles.
@@ -216,6 +237,12 @@ class TileWriter:
                 ok = self.usable(rec, stats)
                 if ok is not None:
                     progress.append(ok)
+                continue
+            if is_late(rec):
+                ok = self.usable(rec, stats)
+                if ok is not None:
+                    stats.late_counts += 1
+                    self.note_late(ok)
                 continue
             view = self.check(rec, stats)
             if view is None:
@@ -618,7 +645,8 @@ def _write_loop(consumer: Any, ends: _EndOffsets, writer: TileWriter, decoder: _
                 continue
             try:
                 rec = decoder.decode(value)
-                kind = "progress" if is_progress(rec) else "marker" if is_marker(rec) else "tile"
+                kind = ("progress" if is_progress(rec) else "late" if is_late(rec) else "marker" if is_marker(rec)
+                        else "tile")
             except SchemaStoreError as exc:  # the registry is down (an unknown id is a DecodeError): no data
                 raise StoreUnavailableError(f"schema store unavailable while reading {topic}[{m.partition()}]@"
                                             f"{m.offset()} ({exc}): the writer stops before that record, nothing "
@@ -635,6 +663,12 @@ def _write_loop(consumer: Any, ends: _EndOffsets, writer: TileWriter, decoder: _
                 if ok is not None:
                     ok[_AT] = (m.partition(), m.offset())
                     progress.append(ok)
+            elif kind == "late":
+                total.records += 1
+                ok = writer.usable(rec, total)  # else counted by reason, skipped
+                if ok is not None:
+                    total.late_counts += 1
+                    writer.note_late(ok)
             elif kind == "marker":
                 total.records += 1
                 ok = writer.usable(rec, total)  # else counted by reason, skipped

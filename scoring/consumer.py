@@ -402,8 +402,10 @@ class ScoreLoop:
         self._settled(b, b.produce_s + time.perf_counter() - t)
 
     def _settled(self, b: _Unsettled, produce_s: float) -> None:
-        """A batch's outputs are acknowledged: counts, dead-letter metric, latency and the batch callback."""
+        """A batch's outputs are acknowledged: counts, the batch's metrics, latency and the batch callback."""
         m, msgs, out = self.metrics, b.msgs, b.out
+        if out.observe is not None:  # before "produce" and "batch" join latency_ms: observed below
+            out.observe()
         st = self.stats  # counted once acknowledged: a rewound batch is not counted twice
         st.batches += 1
         st.events += len(msgs)

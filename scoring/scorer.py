@@ -18,6 +18,7 @@ import time
 import types
 import zlib
 from collections.abc import Callable, Sequence
+from functools import partial
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,6 +105,10 @@ class BatchOutput:
     scores: np.ndarray | None = None  # served scores of the good rows (tests, bench)
     fetched: FetchResult | None = None
     e2e_ms: np.ndarray | None = None  # per consumed event: record timestamp -> outputs acknowledged
+    #: records the batch's metrics (size, stage latencies, freshness, no-feature rows, predictions,
+    #: shadow differences); the consumer calls it once the outputs are acknowledged, so a batch
+    #: scored again after a rewind counts once
+    observe: Callable[[], None] | None = None
 
 
 class Scorer:
@@ -216,14 +221,14 @@ class Scorer:
                 "model_version": pa.repeat(str(sh.meta.version), n), "score": s, "production_model": name_col,
                 "production_version": ver_col, "production_score": served, "latency_ms": np.full(n, ms)})
             out.shadows += zip(keys, enc, [None] * n)
-            observe_many(m.shadow_diff.labels(sh.meta.name), np.abs(s - served))
         if self.feature_log_rate > 0:
             from online_store import feature_log
             out.feature_log = feature_log.records(res, self.plan, event_ids=event_ids,
                                                   sample_rate=self.feature_log_rate)
         out.scores, out.fetched = served, res
         out.latency_ms["encode"] = (time.perf_counter() - t4) * 1e3
-        self._observe(n, empty, res, t_ms, out.latency_ms, names, versions)
+        out.observe = partial(self._observe, n, empty, res, t_ms, dict(out.latency_ms), names, versions,
+                              [(sh.meta.name, np.abs(s - served)) for sh, s, _ in shadow_scores])
         return out
 
     # ---------------------------------------------------------------- helpers
@@ -277,8 +282,10 @@ class Scorer:
                 for a, b in zip(names, versions)]
 
     def _observe(self, n: int, empty: np.ndarray, res: FetchResult, t_ms: int, lat: dict[str, float],
-                 names: list[str], versions: list[str]) -> None:
+                 names: list[str], versions: list[str], diffs: list[tuple[str, np.ndarray]]) -> None:
         m = self.metrics
+        for name, d in diffs:
+            observe_many(m.shadow_diff.labels(name), d)
         m.batch_size.observe(n)
         for stage, ms in lat.items():
             m.stage.labels(stage).observe(ms / 1e3)

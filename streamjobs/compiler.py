@@ -3,8 +3,9 @@
 
 Per view and per ladder resolution ``r`` one ``GROUP BY entity, tile_start`` produces whole-IR
 tiles (every aggregate text comes from ``ir.field_sql``, every time expression from
-``windows``), plus one ``GROUP BY partition`` producing *progress* records (see
-``online_store.tiles``). No Python runs per event: this is all JVM operators.
+``windows``), plus one ``GROUP BY partition`` producing *progress* records and, streaming only,
+one counting the events dropped as late (*late count* records; see ``online_store.tiles``). No
+Python runs per event: this is all JVM operators.
 
 Streaming at parallelism 1 adds *markers* to every tile query (``markers=True``): the source's
 format emits one record in ``MARK_EVERY`` a second time, right after itself, with ``hw_marked`` set
@@ -22,13 +23,13 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Literal
 
-from online_store.tiles import MARK_EVERY, MARKER_PREFIX, PROGRESS_RESOLUTION
+from online_store.tiles import LATE_RESOLUTION, MARK_EVERY, MARKER_PREFIX, PROGRESS_RESOLUTION
 from streamjobs import ir, windows
 from streamjobs.avro_ddl import ddl_columns
 from streamjobs.plan import FeaturePlan, ViewPlan
 
 __all__ = ["SourceBinding", "KafkaBounds", "CompiledJob", "source_ddl", "function_ddl", "events_view_sql",
-           "tile_selects", "tile_sink_ddl", "compile_job", "job_config", "q", "state_ttl_ms"]
+           "tile_selects", "late_select", "tile_sink_ddl", "compile_job", "job_config", "q", "state_ttl_ms"]
 
 # metadata columns every source table gets (names chosen not to collide with user columns)
 PARTITION, OFFSET, APPEND_TS, APPEND_MS = "hw_partition", "hw_offset", "hw_append_ts", "hw_append_ms"
@@ -121,11 +122,11 @@ EPOCH_MS_FUNCTION, EPOCH_MS_CLASS = "HW_EPOCH_MS", "io.headwater.flink.EpochMill
 
 def function_ddl() -> list[str]:
     """Registers the Java functions the compiled SQL calls (``ir.DISTINCT_FUNCTION``,
-    ``ir.LAST_KEY_FUNCTION``, :data:`EPOCH_MS_FUNCTION`) for this TableEnvironment; their classes
+    ``ir.LAST_KEY_FUNCTION``, ``ir.M2_FUNCTION``, :data:`EPOCH_MS_FUNCTION`) for this TableEnvironment; their classes
     ship in the ``headwater-avro`` format jar (``streamjobs/java``)."""
     return [f"CREATE TEMPORARY SYSTEM FUNCTION IF NOT EXISTS {name} AS '{cls}' LANGUAGE JAVA"
             for name, cls in ((ir.DISTINCT_FUNCTION, ir.DISTINCT_CLASS), (ir.LAST_KEY_FUNCTION, ir.LAST_KEY_CLASS),
-                              (EPOCH_MS_FUNCTION, EPOCH_MS_CLASS))]
+                              (ir.M2_FUNCTION, ir.M2_CLASS), (EPOCH_MS_FUNCTION, EPOCH_MS_CLASS))]
 
 
 def _tile_col(r: int) -> str:
@@ -240,6 +241,25 @@ def tile_selects(view: ViewPlan, src: SourceBinding, markers: bool = False,
     return out
 
 
+def late_select(view: ViewPlan, src: SourceBinding, markers: bool = False) -> tuple[int, str]:
+    """``(LATE_RESOLUTION, SELECT)``: per source partition, the events the tile queries drop as late
+    (their lateness predicate not true, as the replay's stats count them), and the newest append
+    time among them; marker copies (``markers``) are not events. Only late rows reach the
+    aggregate, so it costs nothing while nothing is late."""
+    on_time = windows.on_time_sql(q(view.event_time_field), q(APPEND_MS), view.allowed_lateness_ms)
+    nulls = ",\n    ".join(f"CAST(NULL AS {f.sql_type}) AS {q(f.name)}" for f in view.fields)
+    part = f"COALESCE(CAST({q(PARTITION)} AS BIGINT), CAST(-1 AS BIGINT))"  # NOT NULL, as progress's
+    where = f"({on_time}) IS NOT TRUE" + (f" AND {q(MARKED)} = 0" if markers else "")
+    return (LATE_RESOLUTION,
+        f"SELECT CAST('{view.name}' AS STRING) AS {q('view')}, CAST('' AS STRING) AS {q('entity')}, "
+        f"CAST({LATE_RESOLUTION} AS BIGINT) AS {q('resolution_ms')}, {part} AS {q('tile_start')},\n"
+        f"    '{view.plan_hash}' AS {q('plan_hash')}, COUNT(*) AS {q('n_events')}, "
+        f"MAX({q(APPEND_MS)}) AS {q('max_append_ms')},\n    {nulls}\n"
+        f"  FROM {q(src.events_view)} AS e\n"
+        f"  WHERE {where}\n"
+        f"  GROUP BY {part}")
+
+
 def tile_sink_table(view: ViewPlan, resolution_ms: int) -> str:
     return f"tiles__{view.name}__{resolution_ms}"
 
@@ -263,13 +283,14 @@ def tile_sink_ddl(view: ViewPlan, resolution_ms: int, value_schema: dict, tiles_
     (``streamjobs/java``) adds the parts fixed per table. ``pinned`` (with markers): all of a
     query's records go to one partition, in order (idempotent producer): see the module docstring."""
     cols = [f"{q(n)} {t}" for n, t in ddl_columns(value_schema)]
-    pk = ("tile_start",) if resolution_ms == PROGRESS_RESOLUTION else ("entity", "tile_start")
+    per_partition = resolution_ms in (PROGRESS_RESOLUTION, LATE_RESOLUTION)
+    pk = ("tile_start",) if per_partition else ("entity", "tile_start")
     cols.append(f"PRIMARY KEY ({', '.join(q(k) for k in pk)}) NOT ENFORCED")
     opts = {"connector": "upsert-kafka", "topic": tiles_topic, "properties.bootstrap.servers": bootstrap,
             "key.format": "headwater-tile-key", "key.headwater-tile-key.schema-id": str(key_schema_id),
             "key.headwater-tile-key.view": view.name,
             "key.headwater-tile-key.resolution-ms": str(resolution_ms),
-            **({"key.headwater-tile-key.entity": ""} if resolution_ms == PROGRESS_RESOLUTION else {}),
+            **({"key.headwater-tile-key.entity": ""} if per_partition else {}),
             "value.format": "headwater-avro", "value.headwater-avro.schema-id": str(value_schema_id),
             "value.fields-include": "ALL"}
     if pinned:
@@ -331,7 +352,10 @@ def compile_job(plan: FeaturePlan, sources: dict[str, SourceBinding], tiles_topi
     inserts = []
     for view in plan.views:
         schema, sid = value_schemas[view.name]
-        for r, select in tile_selects(view, sources[view.topic], markers, downtime_ms):
+        selects = tile_selects(view, sources[view.topic], markers, downtime_ms)
+        if mode == "streaming":  # a replay counts late events in its stats query instead
+            selects.append(late_select(view, sources[view.topic], markers))
+        for r, select in selects:
             ddl.append(tile_sink_ddl(view, r, schema, tiles_topic, bootstrap, key_schema_id, sid, markers))
             inserts.append(f"INSERT INTO {q(tile_sink_table(view, r))}\n{select}")
     return CompiledJob(tuple(ddl), tuple(inserts), job_config(mode, checkpoint_dir, markers=markers), markers)

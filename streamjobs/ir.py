@@ -8,10 +8,17 @@ Field kinds (shared across ops on one column: count/mean/stddev share ``cnt``)::
 
     cnt      BIGINT         COUNT(col)                                 empty 0
     sum      DOUBLE         COALESCE(SUM(CAST(col AS DOUBLE)), 0)      empty 0.0
-    sumsq    DOUBLE         COALESCE(SUM(CAST(col AS DOUBLE)*...), 0)  empty 0.0
+    m2       DOUBLE         HW_M2(CAST(col AS DOUBLE))                 empty 0.0
     min/max  column type    MIN(col) / MAX(col)                        empty None
     last     STRING         MAX(<composite key, see encode_last>)      empty None
     distinct ARRAY<STRING>  HW_DISTINCT(CAST(col AS STRING))           empty frozenset() (Python)
+
+``m2`` is the tile's sum of squared deviations from its mean, which stddev needs:
+``HW_M2`` (``M2_FUNCTION``, ``M2Agg`` in ``streamjobs/java``) updates (n, mean, M2) per value by
+Welford's method and combines partial accumulators by Chan et al., the formula :func:`merge`
+applies to tiles. Tiles once kept ``SUM(x*x)`` and took ``sumsq - sum^2/n``, which cancels when the
+spread is small against the values (twelve equal charges of 2,500,000.01 in one tile read a
+stddev of 0.05, not 0).
 
 ``HW_DISTINCT`` (``DISTINCT_FUNCTION``) is the set of distinct non-null values as a sorted array,
 NULL when empty: a Java aggregate in ``streamjobs/java`` (``DistinctSetAgg``). Flink's
@@ -21,8 +28,8 @@ NULL when empty: a Java aggregate in ``streamjobs/java`` (``DistinctSetAgg``). F
 Engines without it (DuckDB in benchmarks) take ``field_sql(..., engine="ansi")``, the standard
 ``ARRAY_AGG(DISTINCT ...) FILTER (WHERE col IS NOT NULL)``.
 
-NULL column values are ignored by every field (SQL semantics). ``m2`` (``<column>__m2``) is not
-a tile field: ``merge`` adds it to merged IRs for stddev (Chan et al. pairwise combination).
+NULL column values are ignored by every field (SQL semantics). ``m2`` merges by Chan et al.'s
+pairwise formula, which reads the column's ``cnt`` and ``sum`` (stddev always has all three).
 No data finalizes to count 0 and sum 0.0; every other op (distinct_count too) to None, never NaN.
 Imports only the standard library, numpy and ``streamjobs.errors`` (and numba, on first use of the
 compiled merge).
@@ -47,7 +54,7 @@ __all__ = [
     "LAST_TS_DIGITS", "LAST_PARTITION_DIGITS", "LAST_OFFSET_DIGITS", "LAST_KEY_LEN",
     "IRField", "Op", "OPS", "SqlInputs", "LastEntry", "FeatureLike",
     "get_op", "fields_for", "ir_fields", "field_sql", "last_key_sql", "DISTINCT_FUNCTION", "DISTINCT_CLASS",
-    "LAST_KEY_FUNCTION", "LAST_KEY_CLASS",
+    "LAST_KEY_FUNCTION", "LAST_KEY_CLASS", "M2_FUNCTION", "M2_CLASS",
     "value_to_str", "str_to_value", "encode_last", "decode_last",
     "empty_ir", "tile_from_events", "update", "merge", "merge_many", "merge_columns", "finalize", "finalize_op",
     "to_row", "from_row", "cmerge", "cmerge_var", "vfinalize",
@@ -66,8 +73,7 @@ _SQL_TYPES = MappingProxyType({
     "timestamp": "BIGINT", "string": "STRING", "boolean": "BOOLEAN",
 })
 #: Canonical field order inside one column (plan and tile schema follow it).
-FIELD_KINDS = ("cnt", "sum", "sumsq", "min", "max", "last", "distinct")
-_M2 = "m2"
+FIELD_KINDS = ("cnt", "sum", "m2", "min", "max", "last", "distinct")
 
 
 @dataclass(frozen=True)
@@ -93,7 +99,7 @@ class IRField:
         """Flink SQL type of the aggregate this field's SQL produces."""
         if self.kind == "cnt":
             return "BIGINT"
-        if self.kind in ("sum", "sumsq"):
+        if self.kind in ("sum", "m2"):
             return "DOUBLE"
         if self.kind in ("min", "max"):
             return _SQL_TYPES[self.column_type]
@@ -103,7 +109,7 @@ class IRField:
 
     @property
     def empty(self) -> Any:
-        return {"cnt": 0, "sum": 0.0, "sumsq": 0.0, "distinct": frozenset()}.get(self.kind)
+        return {"cnt": 0, "sum": 0.0, "m2": 0.0, "distinct": frozenset()}.get(self.kind)
 
 
 # ---------------------------------------------------------------- value <-> string (last, distinct)
@@ -212,6 +218,9 @@ DISTINCT_CLASS = "io.headwater.flink.DistinctSetAgg"
 #: the ``last`` key's Java spelling (``last_key_sql(..., engine="flink")``), registered alongside
 LAST_KEY_FUNCTION = "HW_LAST_KEY"
 LAST_KEY_CLASS = "io.headwater.flink.LastKey"
+#: the per-tile M2 aggregate (Welford within a tile, Chan between partial accumulators), registered alongside
+M2_FUNCTION = "HW_M2"
+M2_CLASS = "io.headwater.flink.M2Agg"
 
 
 def field_sql(field: IRField, column_sql: str | None = None, inputs: SqlInputs = SqlInputs(),
@@ -220,7 +229,8 @@ def field_sql(field: IRField, column_sql: str | None = None, inputs: SqlInputs =
 
     ``last_key_column``: a column already holding :func:`last_key_sql` for this field (the
     compiler computes it once per event instead of once per resolution). ``engine="ansi"``: the
-    standard-SQL spelling of ``distinct`` for engines without :data:`DISTINCT_FUNCTION`."""
+    standard-SQL spellings of ``m2`` and ``distinct`` for engines without :data:`M2_FUNCTION` and
+    :data:`DISTINCT_FUNCTION`."""
     c = column_sql or f"`{field.column}`"
     if field.kind == "last" and last_key_column is not None:
         return f"MAX({last_key_column})"
@@ -229,8 +239,10 @@ def field_sql(field: IRField, column_sql: str | None = None, inputs: SqlInputs =
         return f"COUNT({c})"
     if field.kind == "sum":
         return f"COALESCE(SUM({d}), CAST(0 AS DOUBLE))"
-    if field.kind == "sumsq":
-        return f"COALESCE(SUM({d} * {d}), CAST(0 AS DOUBLE))"
+    if field.kind == "m2":
+        if engine == "flink":
+            return f"{M2_FUNCTION}({d})"  # ignores NULLs; 0.0 when there is no value
+        return f"COALESCE(VAR_POP({d}) * COUNT({c}), CAST(0 AS DOUBLE))"
     if field.kind in ("min", "max"):
         return f"{field.kind.upper()}({c})"
     if field.kind == "last":
@@ -244,20 +256,10 @@ def field_sql(field: IRField, column_sql: str | None = None, inputs: SqlInputs =
 # ---------------------------------------------------------------- ops
 
 def _stat(ir: IR, column: str) -> tuple[int, float, float]:
-    """(n, sum, M2) of an IR; M2 from the merge state when present, else ``sumsq - sum^2/n`` clamped at 0."""
+    """(n, sum, M2) of an IR's column (M2 0.0 when n is 0)."""
     n = int(ir[f"{column}__cnt"])
     s = float(ir[f"{column}__sum"])
-    if n == 0:
-        return 0, s, 0.0
-    m2 = ir.get(f"{column}__{_M2}")
-    if m2 is None:
-        m2 = _m2_of(n, s, ir[f"{column}__sumsq"])
-    return n, s, float(m2)
-
-
-def _m2_of(n: int, s: float, sumsq: Any) -> float:
-    """A tile's M2 from its sums (n > 0), clamped at 0 where rounding makes it negative."""
-    return max(float(sumsq) - s * s / n, 0.0)
+    return n, s, float(ir[f"{column}__m2"]) if n else 0.0
 
 
 def _fin_mean(ir: IR, c: str, t: str) -> float | None:
@@ -295,8 +297,8 @@ OPS: Mapping[str, Op] = MappingProxyType({op.name: op for op in (
     Op("max", ("max",), ORDERED_TYPES, lambda ir, c, t: ir[f"{c}__max"], "None when empty"),
     Op("last", ("last",), SCALAR_TYPES, _fin_last, "value with greatest (event_time, partition, offset)"),
     Op("latest", ("last",), SCALAR_TYPES, _fin_last, "as last; finalize applies the TTL"),
-    Op("stddev", ("cnt", "sum", "sumsq"), NUMERIC_TYPES, _fin_stddev,
-       "population; per-tile M2 = sumsq - sum^2/n (clamped at 0), tiles combined by Chan et al."),
+    Op("stddev", ("cnt", "sum", "m2"), NUMERIC_TYPES, _fin_stddev,
+       "population; per-tile M2 by Welford (HW_M2), tiles combined by Chan et al."),
     Op("distinct_count", ("distinct",), SCALAR_TYPES, lambda ir, c, t: len(ir[f"{c}__distinct"]) or None,
        "exact: set of CAST(col AS STRING); None when empty (conformance randomized_small)"),
 )})
@@ -396,9 +398,13 @@ def tile_from_events(
         vals = np.asarray(raw)[_valid_mask(raw)]
         if f.kind == "cnt":
             out[f.name] = int(vals.size)
-        elif f.kind in ("sum", "sumsq"):
-            d = vals.astype(np.float64)
-            out[f.name] = float(np.sum(d * d if f.kind == "sumsq" else d)) if d.size else 0.0
+        elif f.kind == "sum":
+            out[f.name] = float(np.sum(vals.astype(np.float64))) if vals.size else 0.0
+        elif f.kind == "m2":  # two passes, shifted by the first value (equal values give exactly 0,
+            d = vals.astype(np.float64)  # as HW_M2's one Welford pass does); the two agree to rounding
+            with np.errstate(invalid="ignore", over="ignore"):  # inf and NaN propagate, as in Java
+                d = d - d[0] if d.size else d
+                out[f.name] = float(np.sum(np.square(d - np.mean(d)))) + 0.0 if d.size else 0.0
         elif f.kind in ("min", "max"):
             out[f.name] = _extreme(_typed(vals, f.column_type), f.kind)
         else:  # distinct
@@ -408,10 +414,9 @@ def tile_from_events(
 
 def update(ir: IR, fields: Sequence[IRField], columns: Mapping[str, Any], event_time_ms: Any,
            partition: Any, offset: Any) -> dict[str, Any]:
-    """``merge(ir, tile_from_events(...))`` without merge state: a new tile IR with exactly the
-    stored fields, as the SQL would produce; upserting a tile means writing this whole dict."""
-    merged = merge(ir, tile_from_events(fields, columns, event_time_ms, partition, offset))
-    return {k: v for k, v in merged.items() if _kind(k)[1] != _M2}
+    """``merge(ir, tile_from_events(...))``: a new tile IR with exactly the stored fields, as the SQL
+    would produce; upserting a tile means writing this whole dict."""
+    return merge(ir, tile_from_events(fields, columns, event_time_ms, partition, offset))
 
 
 @lru_cache(maxsize=4096)  # a handful of field names, parsed on every merge: the scalar fetch's top cost
@@ -422,15 +427,18 @@ def _kind(key: str) -> tuple[str, str]:
 
 @lru_cache(maxsize=1024)
 def _merge_plan(keys: tuple[str, ...]) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
-    """Per key of an IR (m2 excluded): its kind; and the columns whose M2 a merge carries."""
+    """Per key of an IR: its kind, ``m2`` keys last (their merge reads the inputs' cnt and sum,
+    never the output's); and the columns whose M2 a merge carries."""
     kinds = tuple((k, _kind(k)[1]) for k in keys)
-    for k, kind in kinds:
-        if kind not in ("cnt", "sum", "sumsq", "min", "max", "last", "distinct"):
-            raise IRError(f"unknown IR field {k!r}")
     present = set(keys)
-    stats = tuple(c for c, kind in map(_kind, keys)
-                  if kind == "sumsq" and f"{c}__cnt" in present and f"{c}__sum" in present)
-    return kinds, stats
+    for k, kind in kinds:
+        if kind not in FIELD_KINDS:
+            raise IRError(f"unknown IR field {k!r}")
+        c = _kind(k)[0]
+        if kind == "m2" and not {f"{c}__cnt", f"{c}__sum"} <= present:
+            raise IRError(f"IR field {k!r} needs {c}__cnt and {c}__sum to merge")
+    stats = tuple(_kind(k)[0] for k, kind in kinds if kind == "m2")
+    return tuple((k, kind) for k, kind in kinds if kind != "m2"), stats
 
 
 def _min2(x: Any, y: Any) -> Any:
@@ -476,14 +484,14 @@ def _merge2(a: IR, b: IR, kinds: tuple[tuple[str, str], ...], stats: tuple[str, 
     out: dict[str, Any] = {}
     for key, kind in kinds:
         x, y = a[key], b[key]
-        if kind == "cnt" or kind == "sum" or kind == "sumsq":
+        if kind == "cnt" or kind == "sum":
             out[key] = x + y
         elif kind == "distinct":
             out[key] = x | y
         else:
             out[key] = _PICK[kind](x, y)
     for column in stats:
-        out[f"{column}__{_M2}"] = _chan(*_stat(a, column), *_stat(b, column))
+        out[f"{column}__m2"] = _chan(*_stat(a, column), *_stat(b, column))
     return out
 
 
@@ -491,11 +499,10 @@ def merge(a: IR, b: IR) -> dict[str, Any]:
     """Associative, commutative, pure merge of two IRs with the same fields.
 
     Exact for cnt/min/max/last/distinct. Float sums are commutative but their rounding depends on
-    grouping, which is why :func:`merge_many` fixes the order. For columns with cnt+sum+sumsq the
-    result also carries ``<col>__m2`` (:func:`_chan`), stable where ``sumsq - sum^2/n`` cancels.
+    grouping, which is why :func:`merge_many` fixes the order. ``m2`` merges by :func:`_chan`.
     """
-    ka = [k for k in a if _kind(k)[1] != _M2]
-    kb = {k for k in b if _kind(k)[1] != _M2}
+    ka = list(a)
+    kb = set(b)
     if len(ka) != len(kb) or not kb.issuperset(ka):
         raise IRError(f"cannot merge IRs with different fields: {sorted(set(ka) ^ kb)}")
     return _merge2(a, b, *_merge_plan(tuple(ka)))
@@ -522,7 +529,7 @@ def merge_many(
         raise IRError("merge_many got the same (resolution, tile_start) twice")
     ordered = [tile for _, tile in sorted(items, key=_first)]
     try:
-        return merge_columns({f.name: [t[f.name] for t in ordered] for f in fields if f.kind != _M2}, fields)
+        return merge_columns({f.name: [t[f.name] for t in ordered] for f in fields}, fields)
     except KeyError as exc:
         raise IRError(f"tile lacks IR field {exc.args[0]!r}; was it written by another plan?") from exc
 
@@ -531,17 +538,16 @@ def merge_columns(columns: Mapping[str, Sequence[Any]], fields: Sequence[IRField
     """The fold of :func:`merge_many` over tiles given as columns (``columns[name][i]``: field
     ``name`` of the i-th tile in canonical order). Fields are independent except M2, so the fold
     runs one field at a time: C-level ``reduce`` for the sums, one union for distinct sets, the
-    None-aware pickers for min/max/last, and M2 by ``_chan`` over the running count and sum (a
-    tile's own M2 from its sums). The online reader decodes an entity's tiles into columns once
+    None-aware pickers for min/max/last, and M2 by ``_chan`` over the running count and sum. The online reader decodes an entity's tiles into columns once
     and passes each window group its slice. A distinct column may hold any partition of the tiles'
     sets already unioned (the reader passes one set per group): set union is exact in any grouping."""
     acc: dict[str, Any] = empty_ir(fields)
-    kinds, stats = _merge_plan(tuple(f.name for f in fields if f.kind != _M2))
+    kinds, stats = _merge_plan(tuple(f.name for f in fields))
     if not kinds or not len(columns[kinds[0][0]]):
         return acc
     for key, kind in kinds:
         col = columns[key]
-        if kind == "cnt" or kind == "sum" or kind == "sumsq":
+        if kind == "cnt" or kind == "sum":
             acc[key] = reduce(add, col, acc[key])  # a left fold (``sum`` of floats may compensate)
         elif kind == "distinct":
             acc[key] = acc[key].union(*col)  # one pass; a fold of ``|`` copies the growing set per tile
@@ -549,11 +555,11 @@ def merge_columns(columns: Mapping[str, Sequence[Any]], fields: Sequence[IRField
             acc[key] = reduce(_PICK[kind], col, acc[key])
     for column in stats:
         na, sa, m2 = 0, 0.0, 0.0  # _stat of the empty accumulator
-        for nb, sb, qb in zip(columns[f"{column}__cnt"], columns[f"{column}__sum"], columns[f"{column}__sumsq"]):
+        for nb, sb, qb in zip(columns[f"{column}__cnt"], columns[f"{column}__sum"], columns[f"{column}__m2"]):
             nb, sb = int(nb), float(sb)
-            m2 = _chan(na, sa, m2, nb, sb, _m2_of(nb, sb, qb) if nb else 0.0)  # _stat of a tile
+            m2 = _chan(na, sa, m2, nb, sb, float(qb) if nb else 0.0)  # _stat of a tile
             na, sa = na + nb, sa + sb
-        acc[f"{column}__{_M2}"] = m2
+        acc[f"{column}__m2"] = m2
     return acc
 
 
@@ -604,13 +610,10 @@ def finalize_last(f: FeatureLike, keys: Sequence[str | None], t_ms: int | None =
 # ---------------------------------------------------------------- rows (SQL / Parquet / Redis) <-> IR
 
 def to_row(ir: IR) -> dict[str, Any]:
-    """Tile IR to a serialisable row: ``distinct`` as a sorted list. Merged IRs (with m2) are not tiles."""
+    """Tile IR to a serialisable row: ``distinct`` as a sorted list."""
     out: dict[str, Any] = {}
     for key, value in ir.items():
-        kind = _kind(key)[1]
-        if kind == _M2:
-            raise IRError(f"{key!r} is merge state; only tiles are serialised")
-        out[key] = sorted(value) if kind == "distinct" else value
+        out[key] = sorted(value) if _kind(key)[1] == "distinct" else value
     return out
 
 
@@ -621,7 +624,7 @@ def from_row(fields: Sequence[IRField], row: Mapping[str, Any]) -> dict[str, Any
         v = row.get(f.name)
         if f.kind == "cnt":
             out[f.name] = int(v or 0)
-        elif f.kind in ("sum", "sumsq"):
+        elif f.kind in ("sum", "m2"):
             out[f.name] = float(v or 0.0)
         elif f.kind in ("min", "max"):
             if v is not None and f.column_type in _INT_TYPES:
@@ -690,7 +693,7 @@ def _fold_csr(rowptr, pos, member, ints, floats, nulls, prog, out_i, out_f, out_
                     op, c = prog[k, 0], prog[k, 1]
                     if op == 0:  # _ADD_I: cnt
                         out_i[e, g, k] += ints[t, c]
-                    elif op == 1:  # _ADD_F: sum, sumsq
+                    elif op == 1:  # _ADD_F: sum
                         out_f[e, g, k] = out_f[e, g, k] + floats[t, c]
                     elif op == 2 or op == 3:  # _MAX_F, _MIN_F
                         if nulls[t, prog[k, 2]]:
@@ -714,11 +717,10 @@ def _fold_csr(rowptr, pos, member, ints, floats, nulls, prog, out_i, out_f, out_
                             out_null[e, g, k] = False
                         elif (op == 4 and out_i[e, g, k] < v) or (op == 5 and v < out_i[e, g, k]):
                             out_i[e, g, k] = v
-                    else:  # _M2_OP: c = sumsq, prog[k, 3] = cnt (ints), prog[k, 4] = sum (floats)
+                    else:  # _M2_OP: c = m2, prog[k, 3] = cnt (ints), prog[k, 4] = sum (floats)
                         nb, sb = ints[t, prog[k, 3]], floats[t, prog[k, 4]]
                         if nb != 0:
-                            x = floats[t, c] - sb * sb / nb  # _m2_of, clamped as max(x, 0.0) does
-                            m2b = 0.0 if 0.0 > x else x
+                            m2b = floats[t, c]
                             if na[k] == 0:  # _chan with an empty left side
                                 out_f[e, g, k] = m2b
                             else:
@@ -848,23 +850,24 @@ def _jit() -> Any:
 def _fold_program(fields: tuple[IRField, ...]) -> tuple[np.ndarray, tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
     """(ops, int field names, float field names, nullable field names) for ``_fold_csr``."""
     ints = tuple(f.name for f in fields if f.kind == "cnt" or (f.kind in ("min", "max") and f.column_type in _INT_TYPES))
-    floats = tuple(f.name for f in fields if f.kind in ("sum", "sumsq") or (f.kind in ("min", "max") and f.name not in ints))
+    floats = tuple(f.name for f in fields if f.kind in ("sum", "m2") or (f.kind in ("min", "max") and f.name not in ints))
     nulls = tuple(f.name for f in fields if f.kind in ("min", "max"))
     names = {f.name for f in fields}
     prog = []
     for f in fields:
         if f.kind == "cnt":
             prog.append((_ADD_I, ints.index(f.name), 0, 0, 0))
-        elif f.kind in ("sum", "sumsq"):
+        elif f.kind == "sum":
             prog.append((_ADD_F, floats.index(f.name), 0, 0, 0))
+        elif f.kind == "m2":
+            c = f.column
+            if not {f"{c}__cnt", f"{c}__sum"} <= names:
+                raise IRError(f"IR field {f.name!r} needs {c}__cnt and {c}__sum to merge")
+            prog.append((_M2_OP, floats.index(f.name), 0, ints.index(f"{c}__cnt"), floats.index(f"{c}__sum")))
         elif f.kind in ("min", "max"):
             is_int = f.name in ints
             op = (_MAX_I if f.kind == "max" else _MIN_I) if is_int else (_MAX_F if f.kind == "max" else _MIN_F)
             prog.append((op, (ints if is_int else floats).index(f.name), nulls.index(f.name), 0, 0))
-    for f in fields:
-        c = f.column
-        if f.kind == "sumsq" and {f"{c}__cnt", f"{c}__sum"} <= names:
-            prog.append((_M2_OP, floats.index(f.name), 0, ints.index(f"{c}__cnt"), floats.index(f"{c}__sum")))
     return np.array(prog, np.int64).reshape(-1, 5), ints, floats, nulls
 
 
@@ -872,7 +875,7 @@ def cmerge(fields: Sequence[IRField], rowptr: np.ndarray, pos: np.ndarray, membe
            tiles: Mapping[str, np.ndarray]) -> dict[str, Any]:
     """Merged numeric IRs as (rows, groups) arrays from tiles in CSR form (see the section comment):
     ``tiles[name]`` holds one value per tile, ``tiles[name + "__null"]`` the null flags of min/max."""
-    fields = tuple(f for f in fields if f.kind in ("cnt", "sum", "sumsq", "min", "max"))
+    fields = tuple(f for f in fields if f.kind in ("cnt", "sum", "m2", "min", "max"))
     prog, ints, floats, nulls = _fold_program(fields)
     t = len(pos)
     ia = np.stack([tiles[x] for x in ints], 1).astype(np.int64, copy=False) if ints else np.zeros((t, 0), np.int64)
@@ -890,8 +893,6 @@ def cmerge(fields: Sequence[IRField], rowptr: np.ndarray, pos: np.ndarray, membe
         out[f.name] = (out_i if is_int else out_f)[:, :, j]
         if f.kind in ("min", "max"):
             out[f.name + "__null"] = out_null[:, :, j]
-    for j, row in enumerate(prog.tolist()[len(fields):], start=len(fields)):
-        out[floats[row[1]].rpartition("__")[0] + "__" + _M2] = out_f[:, :, j]
     return out
 
 

@@ -112,9 +112,10 @@ def submit(conn: Connection, job, mode="streaming", restore_from: str | None = N
 #: Bumped whenever an accumulator's serialized form or the job's stateful operators change, which
 #: makes older checkpoints unrestorable (Flink refuses them as incompatible state): 2 =
 #: ``HW_DISTINCT``'s own serializer (sorted UTF-8 items) in place of Kryo over a ``HashSet``; 3 =
-#: markers (one-phase aggregation, the source's marker column). A job with markers (parallelism 1)
-#: and one without (more) do not restore each other's checkpoints either.
-STATE_FORMAT = 3
+#: markers (one-phase aggregation, the source's marker column); 4 = stddev's per-tile ``m2``
+#: (``HW_M2``) in place of ``SUM(x*x)``. A job with markers (parallelism 1) and one without (more)
+#: do not restore each other's checkpoints either.
+STATE_FORMAT = 4
 
 
 def checkpoint_dir(project: str, markers: bool = True) -> Path:

@@ -8,6 +8,7 @@ beyond the BMP, a double's string form), and the key against Python's ``ir.encod
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -61,3 +62,49 @@ def test_java_functions_equal_the_sql_they_replace(stack):
             assert java_s == ir.encode_last(et, p, o, v, "string")
             in_range += 1
     assert in_range > 20 and sum(r[0] is None for r in got) > 20  # both kinds of rows were drawn
+
+
+@pytest.mark.parametrize("mode", ["batch", "streaming"])
+def test_hw_m2_is_stable_and_merges_in_flink(stack, mode):
+    """``HW_M2`` per group against ``ir.tile_from_events``' M2, in both modes, forced into two-phase
+    aggregation; streaming's small mini-batches make the global phase ``merge`` (Chan) every batch's
+    partial accumulator into a non-empty one, as the job does when it runs without markers."""
+    import numpy as np
+    from pyflink.table import DataTypes as T
+
+    from streamjobs.job import table_env
+
+    extra = {"table.optimizer.agg-phase-strategy": "TWO_PHASE"}
+    if mode == "streaming":
+        extra |= {"table.exec.mini-batch.enabled": "true", "table.exec.mini-batch.allow-latency": "50 ms",
+                  "table.exec.mini-batch.size": "7"}
+    env = table_env(stack, mode=mode, parallelism=2, extra=extra)
+    for stmt in compiler.function_ddl():
+        env.execute_sql(stmt)
+    rng = random.Random(5)
+    groups = {
+        "equal": [2_500_000.01] * 12,  # sumsq - sum^2/n read a stddev of 0.05 here
+        "offset": [1e9 + rng.uniform(-1, 1) for _ in range(300)],
+        "spread": [rng.uniform(-1e4, 1e4) for _ in range(300)],
+        "one": [-3.5],
+        "nulls": [None, None],
+    }
+    rows = [(g, x) for g, xs in groups.items() for x in xs]
+    rng.shuffle(rows)
+    env.create_temporary_view("src", env.from_elements(rows, T.ROW([T.FIELD("g", T.STRING()), T.FIELD("x", T.DOUBLE())])))
+    field = ir.IRField("x", "m2", "double")
+    sql = f"SELECT g, {ir.field_sql(field)} FROM src GROUP BY g"
+    with env.execute_sql(sql).collect() as results:
+        got: dict[str, float] = {}
+        for r in results:  # a streaming aggregate emits updates; the last per group is its value
+            got[r[0]] = r[1]
+    assert set(got) == set(groups)
+    assert got["equal"] == 0.0 and got["nulls"] == 0.0 and got["one"] == 0.0
+    assert str(got["one"]) == "0.0"  # not -0.0
+    for g in ("offset", "spread"):
+        want = ir.tile_from_events([field], {"x": np.array(groups[g], dtype=object)},
+                                   [0] * len(groups[g]), [0] * len(groups[g]), list(range(len(groups[g]))))["x__m2"]
+        assert math.isclose(got[g], want, rel_tol=1e-9), (g, got[g], want)
+        naive = sum(x * x for x in groups[g]) - sum(groups[g]) ** 2 / len(groups[g])
+        if g == "offset":  # what the old per-tile formula gave: off by orders of magnitude
+            assert not math.isclose(naive, want, rel_tol=1e-3)

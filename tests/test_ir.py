@@ -36,7 +36,7 @@ def _tile(fields, values, ts=None, part=None, off=None, column="amount"):
 
 def test_field_names_order_and_sharing():
     assert [f.name for f in ALL_AMOUNT] == [
-        "amount__cnt", "amount__sum", "amount__sumsq", "amount__min", "amount__max", "amount__last"]
+        "amount__cnt", "amount__sum", "amount__m2", "amount__min", "amount__max", "amount__last"]
     assert [f.name for f in MERCH] == ["merchant_id__distinct"]
     with pytest.raises(IRError, match="two types"):
         ir.ir_fields([("count", "a", "long"), ("sum", "a", "double")])
@@ -51,8 +51,9 @@ def test_field_sql_text_and_types():
     f = {x.kind: x for x in ALL_AMOUNT}
     assert ir.field_sql(f["cnt"]) == "COUNT(`amount`)"
     assert ir.field_sql(f["sum"]) == "COALESCE(SUM(CAST(`amount` AS DOUBLE)), CAST(0 AS DOUBLE))"
-    assert ir.field_sql(f["sumsq"], "t.amount") == (
-        "COALESCE(SUM(CAST(t.amount AS DOUBLE) * CAST(t.amount AS DOUBLE)), CAST(0 AS DOUBLE))")
+    assert ir.field_sql(f["m2"], "t.amount") == "HW_M2(CAST(t.amount AS DOUBLE))"
+    assert ir.field_sql(f["m2"], "t.amount", engine="ansi") == (
+        "COALESCE(VAR_POP(CAST(t.amount AS DOUBLE)) * COUNT(t.amount), CAST(0 AS DOUBLE))")
     assert ir.field_sql(f["min"]) == "MIN(`amount`)" and ir.field_sql(f["max"]) == "MAX(`amount`)"
     assert ir.field_sql(f["last"], inputs=ir.SqlInputs("et_ms", "p", "o")) == (
         "MAX(HW_LAST_KEY(CAST(et_ms AS BIGINT), CAST(p AS INT), CAST(o AS BIGINT), CAST(`amount` AS STRING)))")
@@ -102,7 +103,7 @@ def test_last_key_rejects_out_of_range_and_corrupt():
 
 def test_update_ignores_nulls_and_picks_last_by_ts_partition_offset():
     t = _tile(ALL_AMOUNT, [5.0, None, 6.0, 9.0], ts=[10, 99, 10, 9], part=[0, 0, 0, 0], off=[7, 8, 3, 9])
-    assert t["amount__cnt"] == 3 and t["amount__sum"] == 20.0 and t["amount__sumsq"] == 142.0
+    assert t["amount__cnt"] == 3 and t["amount__sum"] == 20.0 and math.isclose(t["amount__m2"], 26 / 3, rel_tol=1e-12)
     assert (t["amount__min"], t["amount__max"]) == (5.0, 9.0)
     assert ir.decode_last(t["amount__last"], "double") == (10, 0, 7, 5.0)  # the None at ts 99 is ignored
     p = _tile(ALL_AMOUNT, [1.0, 2.0], ts=[10, 10], part=[1, 0], off=[0, 50])
@@ -148,8 +149,18 @@ def test_stddev_chan_combination_survives_a_large_offset():
     merged = ir.merge_many(tiles, AMOUNT)
     got = ir.finalize([_F("s", "stddev", "amount", "double")], merged)["s"]
     assert math.isclose(got, statistics.pstdev(values), rel_tol=1e-9)
-    naive_m2 = merged["amount__sumsq"] - merged["amount__sum"] ** 2 / 10
+    naive_m2 = sum(v * v for v in values) - merged["amount__sum"] ** 2 / 10
     assert not math.isclose(max(naive_m2, 0.0) / 10, statistics.pvariance(values), rel_tol=1e-3)  # what Chan avoids
+
+
+def test_stddev_within_one_tile_does_not_cancel():
+    # The review's case: twelve equal charges in one tile. sumsq - sum^2/n read 0.05; M2 is exactly 0.
+    tile = _tile(AMOUNT, [2_500_000.01] * 12)
+    assert tile["amount__m2"] == 0.0
+    assert ir.finalize([_F("s", "stddev", "amount", "double")], ir.merge_many({(1, 0): tile}, AMOUNT)) == {"s": 0.0}
+    spread = [1e9 + 0.5 * i for i in range(7)]
+    t2 = _tile(AMOUNT, spread)
+    assert math.isclose(math.sqrt(t2["amount__m2"] / 7), statistics.pstdev(spread), rel_tol=1e-9)
 
 
 def test_single_value_stddev_is_exactly_zero():
@@ -208,12 +219,12 @@ def test_rows_round_trip_and_null_normalisation():
     nulls = ir.from_row(fields, {})
     assert nulls == ir.empty_ir(fields)
     assert ir.from_row(fields, {"merchant_id__distinct": ["x", None]})["merchant_id__distinct"] == frozenset({"x"})
-    with pytest.raises(IRError, match="merge state"):
-        ir.to_row(ir.merge(t, t))
+    merged = ir.merge(t, t)
+    assert ir.from_row(fields, ir.to_row(merged)) == merged  # a merged IR is a tile IR: m2 included
 
 
 def test_ops_registry_declares_fields_types_and_docs():
-    assert ir.get_op("mean").kinds == ("cnt", "sum") and ir.get_op("stddev").kinds == ("cnt", "sum", "sumsq")
+    assert ir.get_op("mean").kinds == ("cnt", "sum") and ir.get_op("stddev").kinds == ("cnt", "sum", "m2")
     assert "string" not in ir.get_op("sum").accepts and "timestamp" in ir.get_op("max").accepts
     assert "Chan" in ir.get_op("stddev").doc
     assert set(ir.OPS) == {"count", "sum", "mean", "min", "max", "last", "latest", "stddev", "distinct_count"}

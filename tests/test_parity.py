@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from backfill.parity import Check, EventIndex, LateAppend, classify, compare
+from backfill.parity import Check, EventIndex, LateAppend, classify, compare, fits
 from backfill.parity_report import ParityReport, feature_stats
 from headwater.config import load_repo
 from streamjobs import windows
@@ -54,8 +54,11 @@ def test_classify_relative_tolerance_property(x, eps):
 
 
 def _events(rows):
-    """rows: (card_id, event_time, append_time, partition, offset)."""
+    """rows: (card_id, event_time, append_time, partition, offset[, amount[, country]]); amount 10.0
+    and country "FR" unless given."""
     return pa.table({"card_id": [r[0] for r in rows], "merchant_id": ["m1"] * len(rows),
+                     "amount": pa.array([r[5] if len(r) > 5 else 10.0 for r in rows], pa.float64()),
+                     "country": [r[6] if len(r) > 6 else "FR" for r in rows],
                      "event_time": pa.array([r[1] for r in rows], pa.int64()),
                      "_append_ms": pa.array([r[2] for r in rows], pa.int64()),
                      "_partition": pa.array([r[3] for r in rows], pa.int64()),
@@ -89,6 +92,37 @@ def test_compare_explains_only_appends_after_as_of_inside_the_window(plan):
     assert checks[1].unexplained and checks[2].unexplained and not checks[3].unexplained
     # no event index: nothing is explained
     assert all(not c.explained for c in compare(rows, offline, plan, None))
+
+
+def test_fits_bounds_the_sign_and_size_a_late_append_can_make():
+    # count / distinct count: only higher offline, by at most the late events (distinct values)
+    assert fits("count", 2, 3, [5.0]) and fits("count", 1, 3, [5.0, None, 6.0])
+    assert not fits("count", 4, 3, [5.0]) and not fits("count", 1, 3, [5.0]) and not fits("count", 1, 3, [None])
+    assert fits("distinct_count", None, 1, ["m1"]) and not fits("distinct_count", 1, 3, ["m1", "m1"])
+    # sum: at most the late values' absolute sum apart, either sign
+    assert fits("sum", 10.0, 4.0, [-6.0]) and fits("sum", 0.0, 7.5, [7.5]) and not fits("sum", 0.0, 8.0, [7.5])
+    # min / max / last: the offline value is a late event's, and online's min/max is not beyond it
+    assert fits("max", 5.0, 9.0, [9.0]) and not fits("max", 5.0, 9.0, [8.0]) and not fits("max", 9.5, 9.0, [9.0])
+    assert fits("min", None, 1.0, [1.0]) and not fits("min", 0.5, 1.0, [1.0])
+    assert fits("last", "DE", "FR", ["FR"]) and not fits("last", "DE", "FR", ["IT"])
+    # offline null where online has a value: offline read a superset, never
+    assert not fits("max", 5.0, None, [9.0]) and not fits("last", "DE", None, ["FR"])
+    assert fits("mean", 1.0, 2.0, [3.0]) and not fits("mean", 1.0, 2.0, [None])  # no bound, but a value
+
+
+def test_a_late_append_does_not_explain_a_difference_it_cannot_make(plan):
+    """One late event explains a count one higher offline; not one lower, not five higher."""
+    ref, amax = "card_velocity:txn_count_1h", "card_velocity:amount_max_1h"
+    as_of = T - 2_000
+    idx = EventIndex().add(_events([("c1", T - 5_000, as_of + 10, 0, 7, 42.0)]),
+                           ["card_id", "merchant_id"], "event_time")
+    rows = [_row("c1", T, as_of, {ref: n, amax: 30.0}) for n in (2, 4, 0)]
+    checks = compare(rows, [{ref: 3, amax: 42.0}] * 3, plan, idx)
+    assert [(c.ref, c.explained) for c in checks] == [
+        (ref, True), (amax, True), (ref, False), (amax, True), (ref, False), (amax, True)]
+    assert all(c.late for c in checks)  # the evidence is kept with an unexplained check too
+    worse = compare([_row("c1", T, as_of, {amax: 30.0})], [{amax: 41.0}], plan, idx)
+    assert worse[0].unexplained  # the offline max is no late event's amount
 
 
 def test_compare_ttl_latest_and_merchant_key(plan):

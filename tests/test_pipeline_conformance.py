@@ -34,20 +34,51 @@ def test_flink_tiles_equal_ir_update_tiles(stack, conformance_run):
         assert_tiles_equal(vp, flink, events, entity_prefix=case["name"] + "|")
 
 
+def _late_by_partition(case: dict, cases: list[dict]) -> dict[int, int]:
+    """Brute force, from DESIGN's rule: late = appended more than allowed_lateness after its event
+    time. Every vector's events share one topic, so each view counts all of them by its lateness."""
+    lateness = int(case["view"]["allowed_lateness_ms"])
+    out: dict[int, int] = {}
+    for e in (e for c in cases for e in c["events"]):
+        if e["append_time_ms"] - e["event_time_ms"] > lateness:
+            out[int(e["partition"])] = out.get(int(e["partition"]), 0) + 1
+    return out
+
+
+def test_streaming_job_counts_the_events_it_drops_as_late(stack, conformance_run):
+    """DESIGN: a late event is dropped *and counted*. The job's late-count records (resolution -1,
+    one per view and source partition) equal the brute-force count; no record where none is late."""
+    repo, defs, cases, _ = conformance_run
+    flink = read_tiles(stack, repo)
+    late_cases = 0
+    for case in cases:
+        got = {k[3]: rec["n_events"] for k, rec in flink.items() if k[0] == case["name"] and k[2] == -1}
+        want = _late_by_partition(case, cases)
+        assert got == want, case["name"]
+        late_cases += bool(want)
+    assert late_cases >= 1  # lateness_by_append_time's event at least: the test saw late events
+
+
 def test_fetch_after_quiesce_reproduces_every_vector(stack, conformance_run):
     """Tiles topic -> online writer -> Redis -> fetch(at=t) for every query of every vector."""
     import redis as redis_lib
     from online_store import fetch, run_writer
     repo, defs, cases, _ = conformance_run
     client = redis_lib.Redis.from_url(stack.redis_url, decode_responses=False)
+    from online_store.metrics import WriterMetrics
+    metrics = WriterMetrics()
     stats = run_writer(stack, repo, defs.plan, group_id=f"w-conf-{repo.project}", idle_exit_s=3.0, redis_client=client,
-                       history_ms=400 * 86_400_000)  # the vectors are months old; keep it all
-    assert stats.written > 0 and stats.undecodable == 0 and stats.rejected_plan == 0
+                       history_ms=400 * 86_400_000, metrics=metrics)  # the vectors are months old; keep it all
+    assert stats.written > 0 and stats.undecodable == 0 and stats.rejected_plan == 0 and stats.invalid == 0
     # the events topic uses CreateTime here (the vectors' timestamps): no idleness rule, so as_of
     # is the vectors' own newest append time of the quietest partition, not the writer's clock
     as_of = fetch(client, repo.project, defs.plan, ["nobody"]).as_of_ms
     assert as_of and all(a is not None and a < time.time() * 1000 - 86_400_000 for a in as_of.values()), as_of
     try:
+        for case in cases:  # the writer's late gauge: the job's counts, summed over source partitions
+            want = sum(_late_by_partition(case, cases).values())
+            got = metrics.registry.get_sample_value("headwater_writer_events_late", {"view": case["name"]})
+            assert (got or 0) == want, case["name"]
         for case in cases:
             vp = defs.plan.view(case["name"])
             ops = {f.name: f.op for f in vp.features}

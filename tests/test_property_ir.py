@@ -80,12 +80,17 @@ def _close(op: str, got: Any, want: Any) -> bool:
     if op in ("count", "distinct_count"):
         return type(got) is int and got == want
     if op == "stddev":
-        # Inside one tile M2 = sumsq - sum^2/n is what (COUNT, SUM, SUM of squares) SQL gives; its
-        # rounding is ~1e-16 * sum^2/n, so compare on the scale of the values (|v| <= 1000), not relatively.
-        return math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-6)
+        # M2 (Welford/two-pass in a tile, Chan across tiles) rounds relative to the spread, but an
+        # exact 0 may come out ~1e-14 (|v| <= 1000): a tight absolute floor, not a relative-only test.
+        return math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-9)
     if isinstance(want, float):
         return math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-12)
     return got == want and type(got) is type(want)
+
+
+def _without_m2(tiles: dict[Any, dict[Any, dict[str, Any]]]) -> dict[Any, dict[Any, dict[str, Any]]]:
+    return {e: {k: {n: v for n, v in t.items() if not n.endswith("__m2")} for k, t in ts.items()}
+            for e, ts in tiles.items()}
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -99,8 +104,14 @@ def test_tile_path_equals_oracle(config, data) -> None:  # type: ignore[no-untyp
     shuffled = list(data["events"])
     random.Random(data["seed"]).shuffle(shuffled)  # tiles must not depend on arrival order
     single.ingest(shuffled, one_by_one=True)
-    # Dyadic values make every float sum exact, so both ingestion orders give identical tiles.
-    assert batched.tiles == single.tiles and batched.dropped == single.dropped
+    # Dyadic values make every float sum exact, so both ingestion orders give identical tiles, but
+    # for M2: one tile's two-pass value and a chain of Chan merges round differently.
+    assert batched.dropped == single.dropped
+    assert _without_m2(batched.tiles) == _without_m2(single.tiles)
+    for entity, tiles in batched.tiles.items():
+        for key, t in tiles.items():
+            for name in (k for k in t if k.endswith("__m2")):
+                assert math.isclose(t[name], single.tiles[entity][key][name], rel_tol=1e-9, abs_tol=1e-9)
     for t in data["queries"]:
         for entity in ("a", "b", "c", "zz"):
             want = oracle_values(spec, data["events"], entity, t)
@@ -148,8 +159,8 @@ def test_merge_is_associative(a, b, c) -> None:  # type: ignore[no-untyped-def]
     ta, tb, tc = tile(a), tile(b), tile(c)
     left, right = ir.merge(ir.merge(ta, tb), tc), ir.merge(ta, ir.merge(tb, tc))
     assert {k: left[k] for k in EXACT} == {k: right[k] for k in EXACT}
-    for k in ("x__sum", "x__sumsq", "x__m2"):
-        scale = max(1.0, abs(left["x__sumsq"]))
+    scale = max([1.0] + [x * x for x, *_ in a + b + c if x is not None])
+    for k in ("x__sum", "x__m2"):
         assert math.isclose(left[k], right[k], rel_tol=1e-9, abs_tol=1e-12 * scale)
     whole = tile(a + b + c)
     assert {k: left[k] for k in EXACT} == {k: whole[k] for k in EXACT}  # merge of parts == tile of the union

@@ -153,6 +153,29 @@ def test_a_rewound_batch_counts_its_dead_letters_once():
     assert loop.producer.produced == ["d", "d"]  # produced twice (at least once), counted once
 
 
+def test_a_rewound_batch_records_its_metrics_once():
+    """Predictions, stage latencies and the rest are recorded when the outputs are acknowledged
+    (``BatchOutput.observe``, called by the settle), not when the batch is scored."""
+    from confluent_kafka import Message
+    from scoring.errors import DeliveryError
+    from scoring.scorer import BatchOutput
+    loop = _bare_loop(_Producer(left=(1, 0)))  # the first flush leaves an output undelivered
+    calls = []
+
+    def score_batch(values):
+        out = BatchOutput(predictions=[(b"e1", b"p", None)])
+        out.observe = lambda: (calls.append(1), loop.metrics.predictions.labels("m", "1").inc(1))
+        return out
+
+    loop.scorer = SimpleNamespace(score_batch=score_batch)
+    msgs = [Message(value=b"x", topic="e", partition=0, offset=3)]
+    with pytest.raises(DeliveryError):
+        loop._process(msgs, defer=False)
+    assert calls == [] and _gauge(loop, "headwater_score_predictions_total", model="m", version="1") == 0
+    loop._process(msgs, defer=False)  # scored again after the rewind, acknowledged
+    assert calls == [1] and _gauge(loop, "headwater_score_predictions_total", model="m", version="1") == 1
+
+
 def test_the_lag_gauge_covers_every_assigned_partition_while_no_batch_settles():
     """An outage or an idle loop settles nothing: the gauge must still say how far behind it is."""
     loop = _bare_loop(_Producer())

@@ -445,3 +445,15 @@ def test_outputs_kafka_refuses_for_good_stop_the_loop_instead_of_a_retry_loop() 
                 KafkaException(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED))):
         with pytest.raises(ScoringError, match="refuses this scorer's outputs for good"):
             ScoreLoop._permanent(me, exc)
+
+
+def test_score_batch_records_metrics_only_when_observed() -> None:
+    """The consumer calls ``out.observe()`` once the outputs are acknowledged: scoring alone records nothing."""
+    sc, codec = _scorer(Models(_Model("prod", 1), (_Model("sh", 2),)))
+    out, preds, _ = _score(sc, codec, [(f"e{i}", f"c{i}") for i in range(5)])
+    sample = sc.metrics.registry.get_sample_value
+    assert len(preds) == 5 and sample("headwater_score_predictions_total", {"model": "prod", "version": "1"}) is None
+    out.observe()
+    assert sample("headwater_score_predictions_total", {"model": "prod", "version": "1"}) == 5
+    assert sample("headwater_score_batch_events_count", {}) == 1
+    assert sample("headwater_score_stage_seconds_count", {"stage": "fetch"}) == 1

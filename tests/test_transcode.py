@@ -47,7 +47,7 @@ TEXT = (st.text(st.characters(codec="utf-8", exclude_characters=SEPARATORS), min
 def _ir_value(f: Any) -> st.SearchStrategy:
     if f.kind == "cnt":
         return st.none() | INT64
-    if f.kind in ("sum", "sumsq"):
+    if f.kind in ("sum", "m2"):
         return st.none() | st.floats()
     if f.kind in ("min", "max"):
         return st.none() | {"long": INT64, "int": st.integers(-(2**31), 2**31 - 1),
@@ -60,7 +60,7 @@ def _ir_value(f: Any) -> st.SearchStrategy:
 @st.composite
 def records(draw: Any) -> dict[str, Any]:
     rec = {"view": VIEW.name, "entity": draw(st.text(max_size=5)), "plan_hash": VIEW.plan_hash,
-           "resolution_ms": draw(st.sampled_from([*VIEW.ladder, 0])), "tile_start": draw(INT64),
+           "resolution_ms": draw(st.sampled_from([*VIEW.ladder, 0, -1])), "tile_start": draw(INT64),
            "n_events": draw(INT64), "max_append_ms": draw(INT64)}
     rec.update({f.name: draw(_ir_value(f)) for f in VIEW.fields})
     return rec
@@ -84,7 +84,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[AvroCodec, _Decoder
 
 def _full_path(dec: _Decoder, value: bytes) -> tuple[str, tuple] | None:
     rec = dec.decode(value)
-    if rec["resolution_ms"] == 0:
+    if rec["resolution_ms"] <= 0:  # progress and late counts are not tiles
         return None
     try:
         encoded = TILE_CODEC.encode(tile_version(rec), tile_ir(VIEW, rec))
@@ -98,12 +98,12 @@ def _common_case(rec: dict[str, Any]) -> bool:
     """What the generated path must take: a tile (not progress) whose strings all use the 0x01 form."""
     strings = [rec[f.name] for f in VIEW.fields if f.kind == "last" and rec[f.name] is not None]
     strings += [x for f in VIEW.fields if f.kind == "distinct" for x in (rec[f.name] or ()) if x is not None]
-    return rec["resolution_ms"] != 0 and all(s and not any(c in s for c in SEPARATORS) for s in strings)
+    return rec["resolution_ms"] > 0 and all(s and not any(c in s for c in SEPARATORS) for s in strings)
 
 
 @settings(max_examples=400, deadline=None)
 @given(records())
-@example(_case(amount__sum=-0.0, amount__sumsq=-0.0, amount__min=-0.0))  # from_row: a -0.0 sum is 0.0
+@example(_case(amount__sum=-0.0, amount__m2=-0.0, amount__min=-0.0))  # from_row: a -0.0 sum is 0.0
 @example(_case(merchant__distinct=["m2", None, "m10", "m2", "é"], merchant__last="m3"))  # sorted, deduplicated
 def test_transcode_equals_the_full_path(setup: tuple[AvroCodec, _Decoder], rec: dict[str, Any]) -> None:
     codec, dec = setup
@@ -136,6 +136,7 @@ def test_other_plans_views_and_bad_utf8_go_to_the_full_path(setup: tuple[AvroCod
     assert dec.transcode(codec.encode({**rec, "plan_hash": "0" * 16})) is None
     assert dec.transcode(codec.encode({**rec, "view": "other"})) is None
     assert dec.transcode(codec.encode({**rec, "resolution_ms": 0})) is None  # progress: the settle rule
+    assert dec.transcode(codec.encode({**rec, "resolution_ms": -1})) is None  # a late count: not a tile
     good = codec.encode({**rec, "entity": "ab"})
     assert dec.transcode(good.replace(b"\x04ab", b"\x04\xff\xfe")) is None  # entity not UTF-8
     unknown = b"\x00\x00\x00\x03\xe7" + good[5:]  # a schema id this decoder has not seen
