@@ -64,6 +64,27 @@ def test_ladder_fills_default_rungs_between_tick_and_hops():
     assert w.build_ladder(S, []).resolutions == (S,)
 
 
+def test_ladder_adds_body_rungs_until_a_read_merges_at_most_64_tiles():
+    # the merchant view's 1 h window, 1 min hop: 60 body + 14 head tiles over (1s, 10s, 1m)
+    assert w.read_bound(H, M, (S, 10 * S, M)) == 74
+    assert w.build_ladder(S, [(10 * M, 10 * S), (H, M)]).resolutions == (S, 10 * S, M, 10 * M)
+    assert w.build_ladder(S, [(10 * M, S)]).resolutions == (S, 10 * S, M)  # was 600 one-second tiles
+    assert w.build_ladder(S, [(10 * M, S)], fill=False).resolutions == (S,)
+
+
+@settings(max_examples=40, deadline=None)
+@given(w_and_h=st.sampled_from([(M, S), (10 * M, S), (10 * M, 10 * S), (H, M), (H, 10 * S), (D, H), (D, M),
+                                (2 * H, 10 * M), (3 * M, 90 * S)]),
+       t=st.integers(1_700_000_000_000, 1_700_000_000_000 + 2 * D))
+def test_read_bound_bounds_every_read(w_and_h, t):
+    win, hop = w_and_h
+    ladder = w.build_ladder(S, [(win, hop)])
+    bound = w.read_bound(win, hop, ladder.resolutions)
+    assert len(w.window_tiles(t, win, hop, ladder, S)) <= bound
+    if (win, hop) != (D, M):  # 1 d over 1 min hops: no default rung between 1 h and 1 d is left to add
+        assert bound <= w.TARGET_TILES_PER_WINDOW
+
+
 def test_ladder_chain_error_names_window_hop_and_fix():
     with pytest.raises(DefinitionError) as exc:
         w.build_ladder(S, [(H, 5 * M), (14 * M, 2 * M)])
