@@ -167,9 +167,9 @@ def read_manifest(out: str | Path, view: str) -> ReplayManifest | None:
 
 def tiles_table(view: ViewPlan, records: Iterable[Mapping[str, Any]]) -> pa.Table:
     """Tile rows (``resolution_ms``, the header and IR fields; IR sets as sets or lists) to an Arrow
-    table in the file schema plus ``resolution_ms``; progress rows and markers are dropped."""
+    table in the file schema plus ``resolution_ms``; progress rows, late counts and markers are dropped."""
     schema = tile_schema(view)
-    rows = [r for r in records if int(r["resolution_ms"]) != 0 and not is_marker(r)]
+    rows = [r for r in records if int(r["resolution_ms"]) > 0 and not is_marker(r)]
     cols: dict[str, list[Any]] = {"resolution_ms": [int(r["resolution_ms"]) for r in rows]}
     for f in schema:
         vals = [r.get(f.name) for r in rows]

@@ -94,7 +94,7 @@ def _one_rate(repo_dir: Path, rate: float, seconds: float, warmup_s: float, brea
             for m in c.consume(1000, 0.1):
                 if m.error() is None and m.value() is not None:
                     rec = dec.decode(m.value())
-                    if not is_marker(rec):
+                    if not is_marker(rec) and rec["resolution_ms"] >= 0:  # late counts are no tiles
                         lags["progress" if is_progress(rec) else "tile"].append(m.timestamp()[1] - rec["max_append_ms"])
         c.close()
 

@@ -37,16 +37,20 @@ def _plan():
 def test_a_marker_confirms_the_one_before_it_for_every_resolution() -> None:
     plan = _plan()
     vp = plan.views[0]
-    low, high = vp.ladder[0], vp.ladder[-1]
-    assert low != high
+    low, rest = vp.ladder[0], vp.ladder[1:]
+    assert rest
     t = MarkerTracker(plan)
     t.add("v", low, 0, "a", 33, 1000)
     t.add("v", low, 0, "a", 65, 2000)
-    assert t.confirmed() == []  # the other resolution has no pair yet
-    t.add("v", high, 0, "a", 97, 3000)
+    assert t.confirmed() == []  # the other resolutions have no pair yet
+    for r in rest:
+        t.add("v", r, 0, "a", 97, 3000)
     assert t.confirmed() == []
-    t.add("v", high, 0, "a", 129, 4000)
-    [rec] = t.confirmed()  # low confirms (33, 1000), high (97, 3000): the smaller holds
+    for r in rest[:-1]:
+        t.add("v", r, 0, "a", 129, 4000)
+    assert t.confirmed() == []  # one resolution still without a pair
+    t.add("v", rest[-1], 0, "a", 129, 4000)
+    [rec] = t.confirmed()  # low confirms (33, 1000), the others (97, 3000): the smaller holds
     assert (rec["tile_start"], rec["n_events"], rec["max_append_ms"], rec["resolution_ms"]) == (0, 33, 999, 0)
     assert rec["plan_hash"] == vp.plan_hash and rec["view"] == "v"
     assert t.confirmed() == []  # nothing new

@@ -24,7 +24,7 @@ def topic_tiles_to_layout(out, plan, records) -> int:
     by_view = defaultdict(list)
     from online_store.tiles import is_marker
     for (view, _, res, _), rec in records.items():
-        if res != 0 and not is_marker(rec):
+        if res > 0 and not is_marker(rec):
             by_view[view].append(rec)
     n = 0
     for v in plan.views:

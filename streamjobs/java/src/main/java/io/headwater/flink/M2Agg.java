@@ -80,6 +80,6 @@ public final class M2Agg extends AggregateFunction<Double, M2Agg.Acc> {
 
     @Override
     public Double getValue(Acc acc) {
-        return acc.m2 + 0.0;  // + 0.0: a single negative value leaves -0.0 (x * 0.0); the IR has 0.0
+        return acc.m2 + 0.0;  // + 0.0: never -0.0 in the IR, whatever rounding gives
     }
 }
