@@ -10,6 +10,8 @@ value encoding changes so an upgraded writer never compares versions with bytes 
     hw1:<project>:progress:<view>:<h>       HASH, one per (project, view, plan)
         p:<source partition>                newest append time (ms) the Flink job aggregated from it
         as_of                               min over the p:* fields (published after the settle rule)
+        l:<source partition>                events of it the job has dropped as late (the newest
+                                            late-count record; a restarted writer's gauge starts here)
 
 * **Plan hash in the key**, not in a field (DESIGN, "Five rules" 3; STYLE 11): a changed plan reads
   and writes a fresh keyspace, so old and new jobs can run side by side (blue/green) and a reader
@@ -73,6 +75,7 @@ PREFIX = "hw1"
 NEWEST_FIELD = "_n"
 AS_OF_FIELD = "as_of"
 PARTITION_PREFIX = "p:"
+LATE_PREFIX = "l:"
 #: The version header every tile value starts with; the writer's Lua reads it with struct '<i8i8'.
 VERSION = struct.Struct("<qq")
 _NAME_RE = re.compile(r"^[^{}:\s]+$")

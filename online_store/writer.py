@@ -48,8 +48,9 @@ whose last record is a transaction marker never looks idle. Offsets are stored (
 below the oldest progress record still settling, so a restart reads it again rather than losing it.
 
 **Late counts.** Late-count records (``resolution_ms == -1``) carry, per source partition, how many
-events the job has dropped as late; the writer keeps the newest per partition and exposes their
-sum per view (``headwater_writer_events_late``, ``note_late``), logging when it grows.
+events the job has dropped as late; the writer keeps the newest per partition in the view's
+progress key (``l:<partition>``, read back by the next writer) and exposes their sum per view
+(``headwater_writer_events_late``, ``note_late``), logging when it grows.
 """
 
 from __future__ import annotations
@@ -146,9 +147,27 @@ class TileWriter:
             ttl = keys.key_ttl_ms(v) + (history_ms or 0)
             self._res_args[v.name] = [ttl, len(ret), *(x for r in sorted(ret) for x in (r, ret[r]))]
         self._once = _Once()
-        #: per view and source partition, the newest late count read (``note_late``)
+        #: per view and source partition, the newest late count read (``note_late``), kept in Redis
         self.late: dict[str, dict[int, int]] = {}
         self._load_scripts()
+        self._seed_late()
+
+    def _seed_late(self) -> None:
+        """The late counts a writer before this one stored (progress keys' ``l:`` fields), so the
+        gauge holds them from the start, not only from each partition's next late event."""
+        from redis.exceptions import RedisClusterException, RedisError
+        try:
+            for v in self.plan.views:
+                stored = self.redis.hgetall(keys.progress_key(self.project, v))
+                for k, n in stored.items():
+                    k = k.decode() if isinstance(k, bytes) else k
+                    if k.startswith(keys.LATE_PREFIX):
+                        self.late.setdefault(v.name, {})[int(k[len(keys.LATE_PREFIX):])] = int(n)
+                if self.metrics is not None and v.name in self.late:
+                    self.metrics.late.labels(v.name).set(sum(self.late[v.name].values()))
+        except (RedisError, RedisClusterException) as exc:
+            raise StoreUnavailableError(f"reading the late counts from Redis failed: {exc}; is redis-server up "
+                                        "(`headwater stack up`)?") from exc
 
     def _load_scripts(self) -> None:
         try:
@@ -197,11 +216,17 @@ class TileWriter:
 
     def note_late(self, rec: Mapping[str, Any]) -> None:
         """Take a usable late-count record: its partition's count replaces the last one read (records
-        of one key arrive in order; a ``--fresh`` job starts again from 0), logged when it grows."""
+        of one key arrive in order; a ``--fresh`` job starts again from 0), stored in the view's
+        progress key (``l:<partition>``), logged when it grows."""
+        from redis.exceptions import RedisClusterException, RedisError
         view, part, n = rec["view"], int(rec["tile_start"]), int(rec["n_events"])
         counts = self.late.setdefault(view, {})
         before = sum(counts.values())
         counts[part] = n
+        try:
+            self.redis.hset(keys.progress_key(self.project, self._views[view]), f"{keys.LATE_PREFIX}{part}", n)
+        except (RedisError, RedisClusterException) as exc:
+            raise StoreUnavailableError(f"storing a late count in Redis failed: {exc}") from exc
         total = sum(counts.values())
         if self.metrics is not None:
             self.metrics.late.labels(view).set(total)

@@ -227,6 +227,9 @@ class _Redis:
     def script_load(self, src: str) -> str:
         return "sha"
 
+    def hgetall(self, key: str) -> dict:  # the late counts a writer seeds its gauge from: none
+        return {}
+
     def pipeline(self, transaction: bool = False) -> _Pipe:
         return _Pipe(self.calls)
 
@@ -386,3 +389,23 @@ def test_topic_records_that_do_not_decode_are_skipped_and_counted(stack, temp_re
     table = feature_log.read("topic", connection=stack, repo=repo)
     assert table.column("entity").to_pylist() == ["c2"]
     assert feature_log.skipped(table) == 4
+
+
+# ---------------------------------------------------------------- late counts survive a writer restart
+
+
+def test_late_counts_are_stored_and_a_restarted_writer_starts_from_them(rds: Any, project: str) -> None:
+    from online_store.metrics import WriterMetrics
+    plan = build_plan([small_view("card")])
+    vp = plan.view("card")
+    late = [{**progress_record(vp, p, S + 10 * p, n), "resolution_ms": -1} for p, n in ((0, 3), (1, 4), (0, 5))]
+    m1 = WriterMetrics()
+    stats = TileWriter(rds, project, plan, metrics=m1).write(late)
+    assert stats.late_counts == 3 and stats.written == 0 and stats.progress == 0  # no tile, no progress
+    gauge = lambda m: m.registry.get_sample_value("headwater_writer_events_late", {"view": "card"})  # noqa: E731
+    assert gauge(m1) == 5 + 4  # the newest count per partition, summed
+    raw = rds.hgetall(keys.progress_key(project, vp))
+    assert raw[b"l:0"] == b"5" and raw[b"l:1"] == b"4" and keys.AS_OF_FIELD.encode() not in raw
+    m2 = WriterMetrics()
+    restarted = TileWriter(rds, project, plan, metrics=m2)
+    assert restarted.late == {"card": {0: 5, 1: 4}} and gauge(m2) == 9  # before any new late record
