@@ -186,9 +186,17 @@ def fetch_cli(repo_path, entity_args: list[str], features: str | None, at: str |
     rows = result.rows()
     as_of = result.min_as_of_ms
     freshness = None if as_of is None else result.t_ms - as_of
+    trimmed = result.trimmed_views
+    if trimmed:
+        since = result.exact_since_ms or {}
+        print(f"warning: t={result.t_ms} is older than the online store keeps exact for "
+              + ", ".join(f"{v} (from {since[v]}: now - allowed_lateness - the writer's history_ms)" for v in trimmed)
+              + "; older tiles may be trimmed, so counts and sums may be too small: for the past, replay and "
+              "build a training set (`headwater replay`, `headwater training-set`)", file=sys.stderr)
     if as_json:
         print(json.dumps({"t_ms": result.t_ms, "as_of_ms": dict(result.as_of_ms), "freshness_ms": freshness,
-                          "rows": rows}, default=str, indent=2))
+                          "exact_since_ms": None if result.exact_since_ms is None else dict(result.exact_since_ms),
+                          "complete": not trimmed, "rows": rows}, default=str, indent=2))
         return 0
     ids = set(result.entity_columns or {"entity": ()})
     for row in rows:

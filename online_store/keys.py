@@ -12,6 +12,8 @@ value encoding changes so an upgraded writer never compares versions with bytes 
         as_of                               min over the p:* fields (published after the settle rule)
         l:<source partition>                events of it the job has dropped as late (the newest
                                             late-count record; a restarted writer's gauge starts here)
+        history_ms                          the history the writer keeps beyond what "now" needs
+                                            (``run_writer(history_ms=...)``; ``exact_since`` reads it)
 
 * **Plan hash in the key**, not in a field (DESIGN, "Five rules" 3; STYLE 11): a changed plan reads
   and writes a fresh keyspace, so old and new jobs can run side by side (blue/green) and a reader
@@ -66,7 +68,7 @@ from streamjobs.plan import ViewPlan
 
 __all__ = [
     "PREFIX", "NEWEST_FIELD", "AS_OF_FIELD", "VERSION", "check_project", "entity_key", "entity_key_prefix",
-    "progress_key", "project_pattern", "tile_field", "parse_tile_field", "retention_ms",
+    "progress_key", "exact_since", "project_pattern", "tile_field", "parse_tile_field", "retention_ms",
     "key_ttl_ms", "lookback_ms", "TileCodec", "codec_for", "WRITE_LUA", "PROGRESS_LUA", "IDLE_LUA",
 ]
 
@@ -76,6 +78,7 @@ NEWEST_FIELD = "_n"
 AS_OF_FIELD = "as_of"
 PARTITION_PREFIX = "p:"
 LATE_PREFIX = "l:"
+HISTORY_FIELD = "history_ms"
 #: The version header every tile value starts with; the writer's Lua reads it with struct '<i8i8'.
 VERSION = struct.Struct("<qq")
 _NAME_RE = re.compile(r"^[^{}:\s]+$")
@@ -99,6 +102,18 @@ def entity_key(project: str, view: ViewPlan, entity: str) -> str:
 
 def progress_key(project: str, view: ViewPlan) -> str:
     return f"{PREFIX}:{check_project(project)}:progress:{view.name}:{view.plan_hash}"
+
+
+def exact_since(redis: Any, project: str, views: Sequence[ViewPlan], now_ms: int) -> dict[str, int]:
+    """Per view, the earliest query time a fetch is exact for whatever entity it reads: tiles are
+    trimmed behind each entity's newest tile, which is never past the writer's clock, so
+    ``now - allowed_lateness - history_ms`` (the writer's, from the progress key; 0 when absent).
+    Earlier times may read trimmed tiles: counts and sums too small, with no error."""
+    out: dict[str, int] = {}
+    for v in views:
+        raw = redis.hget(progress_key(project, v), HISTORY_FIELD)
+        out[v.name] = int(now_ms) - v.allowed_lateness_ms - (int(raw) if raw is not None else 0)
+    return out
 
 
 def project_pattern(project: str) -> str:

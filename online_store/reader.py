@@ -108,6 +108,14 @@ class FetchResult:
     t_ms: int
     entity_columns: Mapping[str, tuple[str, ...]] | None = None
     """Row-aligned ids per entity name when ``fetch`` got a mapping (``entities`` is then the first)."""
+    exact_since_ms: Mapping[str, int] | None = None
+    """Per view, the earliest ``t`` the store answers exactly (``keys.exact_since``); set by
+    ``fetch_repo`` for a read of the past, None otherwise."""
+
+    @property
+    def trimmed_views(self) -> tuple[str, ...]:
+        """Views whose values at ``t_ms`` may lack trimmed tiles (``t`` before ``exact_since_ms``)."""
+        return tuple(v for v, b in (self.exact_since_ms or {}).items() if self.t_ms < b)
 
     @cached_property
     def values(self) -> dict[str, pa.Array]:

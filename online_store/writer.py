@@ -151,6 +151,17 @@ class TileWriter:
         self.late: dict[str, dict[int, int]] = {}
         self._load_scripts()
         self._seed_late()
+        self._publish_history(history_ms or 0)
+
+    def _publish_history(self, history_ms: int) -> None:
+        """Tell fetches how far back this writer keeps exact history (``keys.exact_since``)."""
+        from redis.exceptions import RedisClusterException, RedisError
+        try:
+            for v in self.plan.views:
+                self.redis.hset(keys.progress_key(self.project, v), keys.HISTORY_FIELD, int(history_ms))
+        except (RedisError, RedisClusterException) as exc:
+            raise StoreUnavailableError(f"writing to Redis failed: {exc}; is redis-server up "
+                                        "(`headwater stack up`)?") from exc
 
     def _seed_late(self) -> None:
         """The late counts a writer before this one stored (progress keys' ``l:`` fields), so the

@@ -197,3 +197,43 @@ def test_cli_fetch_of_the_past_says_so_instead_of_a_negative_freshness(stack, te
         for vp in plan.views:
             rds.delete(keys.progress_key(repo.project, vp))
         rds.close()
+
+
+@pytest.mark.integration
+def test_cli_fetch_warns_when_t_is_older_than_the_store_keeps_exact(stack, temp_repo: Path, capsys):
+    """Tiles are trimmed behind each entity's newest: a read further back than allowed_lateness plus
+    the writer's history_ms may lack some, and must say so (it used to be silently too small)."""
+    import json
+    import time
+
+    import redis as redis_lib
+    from headwater.cli import main
+    from online_store import TileWriter, keys
+    from streamjobs.repo import load_definitions as defs_of
+    repo = load_repo(temp_repo)
+    plan = defs_of(repo).plan
+    rds = redis_lib.Redis.from_url(stack.redis_url)
+    base = ["fetch", "--repo", str(temp_repo), "--entity", "card_id=c1", "--features", "card_velocity:txn_count_1m",
+            "--json"]
+    hour = 3_600_000
+    try:
+        TileWriter(rds, repo.project, plan)  # history_ms 0: exact from now - 5 min (the view's lateness)
+        now = int(time.time() * 1000)
+        assert main(base + ["--at", str(now - hour)]) == 0
+        out = capsys.readouterr()
+        doc = json.loads(out.out)
+        assert doc["complete"] is False and "older than the online store keeps exact for card_velocity" in out.err
+        assert now - 5 * 60_000 - 1000 <= doc["exact_since_ms"]["card_velocity"] <= now - 5 * 60_000 + 60_000
+        assert main(base + ["--at", str(now - 60_000)]) == 0
+        out = capsys.readouterr()
+        assert json.loads(out.out)["complete"] is True and "warning" not in out.err
+        TileWriter(rds, repo.project, plan, history_ms=2 * hour)  # a writer keeping two hours more
+        assert main(base + ["--at", str(now - hour)]) == 0
+        out = capsys.readouterr()
+        assert json.loads(out.out)["complete"] is True and "warning" not in out.err
+        assert main(base) == 0  # now: never a read of the past
+        assert json.loads(capsys.readouterr().out)["exact_since_ms"] is None
+    finally:
+        for vp in plan.views:
+            rds.delete(keys.progress_key(repo.project, vp))
+        rds.close()

@@ -230,6 +230,9 @@ class _Redis:
     def hgetall(self, key: str) -> dict:  # the late counts a writer seeds its gauge from: none
         return {}
 
+    def hset(self, key: str, field: str, value: Any) -> None:  # the writer's history_ms
+        self.calls.append(("HSET", key, field, value))
+
     def pipeline(self, transaction: bool = False) -> _Pipe:
         return _Pipe(self.calls)
 

@@ -219,7 +219,8 @@ def test_other_plan_hash_is_rejected(rds: Any, project: str, card_plan: FeatureP
     assert (stats.rejected_plan, stats.unknown_view, stats.invalid, stats.written) == (1, 1, 1, 0)
     rejected = {s.labels["reason"]: s.value for s in metrics.rejected.collect()[0].samples if s.name.endswith("_total")}
     assert rejected == {"other_plan": 1, "unknown_view": 1, "invalid": 1}
-    assert not list(rds.scan_iter(match=keys.project_pattern(project)))
+    assert list(rds.scan_iter(match=keys.project_pattern(project))) == [keys.progress_key(project, vp).encode()]
+    assert rds.hgetall(keys.progress_key(project, vp)) == {b"history_ms": b"0"}  # what the writer keeps; no tile
 
 
 # ---------------------------------------------------------------- trimming and TTL
