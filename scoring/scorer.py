@@ -106,9 +106,15 @@ class BatchOutput:
     fetched: FetchResult | None = None
     e2e_ms: np.ndarray | None = None  # per consumed event: record timestamp -> outputs acknowledged
     #: records the batch's metrics (size, stage latencies, freshness, no-feature rows, predictions,
-    #: shadow differences); the consumer calls it once the outputs are acknowledged, so a batch
-    #: scored again after a rewind counts once
+    #: shadow differences, shadow errors, canary fallbacks); the consumer calls it once the outputs
+    #: are acknowledged, so a batch scored again after a rewind counts once
     observe: Callable[[], None] | None = None
+
+
+def _count(failures: Sequence[tuple[Any, tuple[str, ...], int]]) -> None:
+    """Count a batch's shadow errors and canary fallbacks (``BatchOutput.observe``)."""
+    for counter, labels, k in failures:
+        counter.labels(*labels).inc(k)
 
 
 class Scorer:
@@ -162,8 +168,9 @@ class Scorer:
                     {ent: ids[key] for ent, key in self.spec.entities}, self.spec.refs, at_ms=t_ms)
         X, empty = assemble(res, self.spec, self.xp)
         t2 = time.perf_counter()
+        failures: list[tuple[Any, tuple[str, ...], int]] = []  # (counter, labels, amount): counted by observe
         try:
-            served, names, versions, thresholds = self._production(X, ids[self.primary_key])
+            served, names, versions, thresholds = self._production(X, ids[self.primary_key], failures)
         except Exception as exc:  # a model bug must not kill the consumer: the batch is dead-lettered
             log.error("production model failed on a batch of %d events: %s", n, exc)
             out.rejects += [Reject(int(i), "model_error", f"{type(exc).__name__}: {exc}", "score")
@@ -182,6 +189,7 @@ class Scorer:
             names, versions = [names[i] for i in keep], [versions[i] for i in keep]
             if not n:
                 out.latency_ms = {"decode": (t1 - t0) * 1e3, "fetch": (t2 - t1) * 1e3}
+                out.observe = partial(_count, failures)  # canary fallbacks before every row failed
                 return out
         event_ids = _strings(table.column(self.decoder.event_id_field))
         t3 = time.perf_counter()
@@ -193,7 +201,7 @@ class Scorer:
                 if not np.isfinite(s).all():
                     raise ValueError(f"model {sh.meta.spec} returned a non-finite score")
             except Exception as exc:  # a shadow never affects production: count, log, skip
-                m.shadow_errors.labels(sh.meta.name).inc()
+                failures.append((m.shadow_errors, (sh.meta.name,), 1))
                 log.error("shadow model %s failed: %s", sh.meta.spec, exc)
                 continue
             shadow_scores.append((sh, s, (time.perf_counter() - s0) * 1e3))
@@ -228,14 +236,14 @@ class Scorer:
         out.scores, out.fetched = served, res
         out.latency_ms["encode"] = (time.perf_counter() - t4) * 1e3
         out.observe = partial(self._observe, n, empty, res, t_ms, dict(out.latency_ms), names, versions,
-                              [(sh.meta.name, np.abs(s - served)) for sh, s, _ in shadow_scores])
+                              [(sh.meta.name, np.abs(s - served)) for sh, s, _ in shadow_scores], failures)
         return out
 
     # ---------------------------------------------------------------- helpers
 
-    def _production(self, X: Any, entities: list[Any]):
+    def _production(self, X: Any, entities: list[Any], failures: list[tuple[Any, tuple[str, ...], int]]):
         """(served scores, model names, versions, thresholds or None) per row; raises only when the
-        production model does."""
+        production model does. Canary fallbacks go to ``failures``."""
         ms = self.models
         prod = scores(ms.production, X, self.xp)
         n = len(prod)
@@ -251,12 +259,12 @@ class Scorer:
             try:
                 can = scores(ms.canary, X, self.xp)
             except Exception as exc:  # a canary never fails the batch: its rows go to the champion
-                self._fallback(cm, mask, f"{type(exc).__name__}: {exc}")
+                self._fallback(cm, mask, f"{type(exc).__name__}: {exc}", failures)
                 mask = np.zeros(n, bool)
             else:
                 bad = mask & ~np.isfinite(can)
                 if bad.any():
-                    self._fallback(cm, bad, "non-finite score")
+                    self._fallback(cm, bad, "non-finite score", failures)
                     mask &= ~bad
                 served = np.where(mask, can, prod)
         names = np.where(mask, cm.name, pm.name).tolist()
@@ -266,10 +274,11 @@ class Scorer:
         thr = np.where(mask, np.nan if cm.threshold is None else cm.threshold, np.nan if th is None else th)
         return served, names, versions, thr
 
-    def _fallback(self, canary: Any, rows: np.ndarray, why: str) -> None:
-        """Canary-routed ``rows`` scored by the champion instead: logged and counted, not dead-lettered."""
+    def _fallback(self, canary: Any, rows: np.ndarray, why: str, failures: list[tuple[Any, tuple[str, ...], int]]) -> None:
+        """Canary-routed ``rows`` scored by the champion instead: logged now, counted with the batch
+        (``failures``), not dead-lettered."""
         k = int(rows.sum())
-        self.metrics.canary_fallbacks.labels(canary.name, str(canary.version)).inc(k)
+        failures.append((self.metrics.canary_fallbacks, (canary.name, str(canary.version)), k))
         log.error("canary model %s failed on %d events (%s): the champion scored them", canary.spec, k, why)
 
     @staticmethod
@@ -282,8 +291,10 @@ class Scorer:
                 for a, b in zip(names, versions)]
 
     def _observe(self, n: int, empty: np.ndarray, res: FetchResult, t_ms: int, lat: dict[str, float],
-                 names: list[str], versions: list[str], diffs: list[tuple[str, np.ndarray]]) -> None:
+                 names: list[str], versions: list[str], diffs: list[tuple[str, np.ndarray]],
+                 failures: list[tuple[Any, tuple[str, ...], int]]) -> None:
         m = self.metrics
+        _count(failures)
         for name, d in diffs:
             observe_many(m.shadow_diff.labels(name), d)
         m.batch_size.observe(n)

@@ -287,8 +287,11 @@ def test_a_failing_canary_leaves_its_rows_to_the_champion() -> None:
         assert not out.rejects and len(preds) == 8
         assert [p["model_version"] for p in preds].count("1") == fallen
         assert all((p["score"], p["model_version"]) in ((0.5, "1"), (0.75, "2")) for p in preds)
-        assert sc.metrics.registry.get_sample_value("headwater_score_canary_fallbacks_total",
-                                                    {"model": "cand", "version": "2"}) == fallen
+        fallbacks = lambda: sc.metrics.registry.get_sample_value(  # noqa: E731
+            "headwater_score_canary_fallbacks_total", {"model": "cand", "version": "2"})
+        assert fallbacks() is None  # counted when the batch settles, not when scored
+        out.observe()
+        assert fallbacks() == fallen
 
 
 def test_failing_shadows_never_affect_production() -> None:
@@ -300,6 +303,8 @@ def test_failing_shadows_never_affect_production() -> None:
     assert not out.rejects and len(preds) == 5 and {s["model_name"] for s in sh} == {"ok"}
     errors = lambda name: sc.metrics.registry.get_sample_value("headwater_score_shadow_errors_total",  # noqa: E731
                                                                {"shadow": name})
+    assert errors("raises") is None  # counted when the batch settles, not when scored
+    out.observe()
     assert (errors("raises"), errors("nan")) == (1, 1)
 
 
@@ -457,3 +462,14 @@ def test_score_batch_records_metrics_only_when_observed() -> None:
     assert sample("headwater_score_predictions_total", {"model": "prod", "version": "1"}) == 5
     assert sample("headwater_score_batch_events_count", {}) == 1
     assert sample("headwater_score_stage_seconds_count", {"stage": "fetch"}) == 1
+
+
+def test_canary_fallbacks_of_a_batch_whose_every_row_failed_are_still_counted() -> None:
+    def broken(X):
+        raise RuntimeError("kernel failed")
+    sc, codec = _scorer(Models(_Model("prod", 1, lambda X: np.full(len(X), np.nan)), (), _Model("cand", 2, broken), 100.0))
+    out, preds, _ = _score(sc, codec, [(f"e{i}", f"c{i}") for i in range(4)])
+    assert not preds and len(out.rejects) == 4  # the champion's NaNs: every row dead-lettered
+    out.observe()
+    assert sc.metrics.registry.get_sample_value("headwater_score_canary_fallbacks_total",
+                                                {"model": "cand", "version": "2"}) == 4
