@@ -227,18 +227,26 @@ def tile_selects(view: ViewPlan, src: SourceBinding, markers: bool = False,
             f"    MAX({q(APPEND_MS)}) AS {q('max_append_ms')},\n    {aggs}\n"
             f"  FROM {source} AS e\n{filt}"
             f"  GROUP BY {key}, {tile}"))
+    out.append((PROGRESS_RESOLUTION, _per_partition_select(
+        view, src, PROGRESS_RESOLUTION, f"COALESCE(MAX({q(OFFSET)}) + 1, CAST(0 AS BIGINT))")))
+    return out
+
+
+def _per_partition_select(view: ViewPlan, src: SourceBinding, resolution: int, n_events: str,
+                          where: str | None = None) -> str:
+    """A ``GROUP BY`` source partition in the tile row shape (progress, late counts): entity '',
+    the partition as ``tile_start``, ``n_events`` as given, the IR fields null."""
     nulls = ",\n    ".join(f"CAST(NULL AS {f.sql_type}) AS {q(f.name)}" for f in view.fields)
     # COALESCE: Kafka's partition is never null, but NOT NULL like the tiles' start, so that the
     # row types of every query of the view agree (replay unions them)
     part = f"COALESCE(CAST({q(PARTITION)} AS BIGINT), CAST(-1 AS BIGINT))"
-    out.append((PROGRESS_RESOLUTION,
-        f"SELECT {name}, CAST('' AS STRING) AS {q('entity')}, CAST({PROGRESS_RESOLUTION} AS BIGINT) AS "
-        f"{q('resolution_ms')}, {part} AS {q('tile_start')},\n"
-        f"    '{view.plan_hash}' AS {q('plan_hash')}, COALESCE(MAX({q(OFFSET)}) + 1, CAST(0 AS BIGINT)) AS {q('n_events')}, "
-        f"MAX({q(APPEND_MS)}) AS {q('max_append_ms')},\n    {nulls}\n"
-        f"  FROM {q(src.events_view)} AS e\n"
-        f"  GROUP BY {part}"))
-    return out
+    return (f"SELECT CAST('{view.name}' AS STRING) AS {q('view')}, CAST('' AS STRING) AS {q('entity')}, "
+            f"CAST({resolution} AS BIGINT) AS {q('resolution_ms')}, {part} AS {q('tile_start')},\n"
+            f"    '{view.plan_hash}' AS {q('plan_hash')}, {n_events} AS {q('n_events')}, "
+            f"MAX({q(APPEND_MS)}) AS {q('max_append_ms')},\n    {nulls}\n"
+            f"  FROM {q(src.events_view)} AS e\n"
+            + ("" if where is None else f"  WHERE {where}\n")
+            + f"  GROUP BY {part}")
 
 
 def late_select(view: ViewPlan, src: SourceBinding, markers: bool = False) -> tuple[int, str]:
@@ -247,17 +255,8 @@ def late_select(view: ViewPlan, src: SourceBinding, markers: bool = False) -> tu
     time among them; marker copies (``markers``) are not events. Only late rows reach the
     aggregate, so it costs nothing while nothing is late."""
     on_time = windows.on_time_sql(q(view.event_time_field), q(APPEND_MS), view.allowed_lateness_ms)
-    nulls = ",\n    ".join(f"CAST(NULL AS {f.sql_type}) AS {q(f.name)}" for f in view.fields)
-    part = f"COALESCE(CAST({q(PARTITION)} AS BIGINT), CAST(-1 AS BIGINT))"  # NOT NULL, as progress's
     where = f"({on_time}) IS NOT TRUE" + (f" AND {q(MARKED)} = 0" if markers else "")
-    return (LATE_RESOLUTION,
-        f"SELECT CAST('{view.name}' AS STRING) AS {q('view')}, CAST('' AS STRING) AS {q('entity')}, "
-        f"CAST({LATE_RESOLUTION} AS BIGINT) AS {q('resolution_ms')}, {part} AS {q('tile_start')},\n"
-        f"    '{view.plan_hash}' AS {q('plan_hash')}, COUNT(*) AS {q('n_events')}, "
-        f"MAX({q(APPEND_MS)}) AS {q('max_append_ms')},\n    {nulls}\n"
-        f"  FROM {q(src.events_view)} AS e\n"
-        f"  WHERE {where}\n"
-        f"  GROUP BY {part}")
+    return LATE_RESOLUTION, _per_partition_select(view, src, LATE_RESOLUTION, "COUNT(*)", where)
 
 
 def tile_sink_table(view: ViewPlan, resolution_ms: int) -> str:

@@ -19,19 +19,15 @@ from online_store.errors import StoreUnavailableError
 from streamjobs import build_plan
 
 try:
-    from test_online_store import _tile, drop_project, progress_record, small_view, tile_records
+    from test_online_store import _tile, drop_project, progress_record, rds, small_view, tile_records
 except ModuleNotFoundError:  # tests/ imported as a package
-    from tests.test_online_store import _tile, drop_project, progress_record, small_view, tile_records
+    from tests.test_online_store import _tile, drop_project, progress_record, rds, small_view, tile_records
 
 S = 1_704_067_200_000
 COUNT = "card:amount_count_1m"
 
 
-@pytest.fixture
-def rds(stack) -> Any:
-    client = redis_lib.Redis.from_url(stack.redis_url)
-    yield client
-    client.close()
+__all__ = ["rds"]  # the fixture, shared with test_online_store
 
 
 @pytest.fixture
