@@ -202,14 +202,16 @@ def read_events_after(conn: Any, topic: str, after_ms: int, columns: Sequence[st
             parts.append(m.partition())
             offs.append(m.offset())
             apps.append(m.timestamp()[1])
-    table, ok, _ = ColumnarCodec.from_codec(codec).decode_batch(values) if values else (None, np.zeros(0, bool), [])
+    # records under another schema version resolve as the job resolved them into tiles
+    table, ok, _ = (ColumnarCodec.from_codec(codec).decode_batch(values, resolve=codec) if values
+                    else (None, np.zeros(0, bool), []))
     if table is None:
         return pa.table({**{k: pa.array([], pa.string()) for k in columns}, "_partition": pa.array([], pa.int64()),
                          "_offset": pa.array([], pa.int64()), "_append_ms": pa.array([], pa.int64())})
     table = table.select([k for k in columns if k in table.column_names])
     table = table.append_column("_partition", pa.array(parts, pa.int64())).append_column(
         "_offset", pa.array(offs, pa.int64())).append_column("_append_ms", pa.array(apps, pa.int64()))
-    return table.filter(pa.array(ok))  # undecodable records never reached a tile either
+    return table.filter(pa.array(ok))  # records the job skipped never reached a tile either
 
 
 # ---------------------------------------------------------------- offline values and comparison

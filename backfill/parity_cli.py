@@ -31,7 +31,8 @@ def recent_entities(conn: Any, repo: Any, keys: list[str], n: int, *, per_partit
               for m in batch]
     if not values:
         raise ParityError(f"events topic {topic!r} is empty: produce events first (`headwater produce`)")
-    table, ok, _ = ColumnarCodec.from_codec(codec_for(repo, "events")).decode_batch(values)
+    codec = codec_for(repo, "events")
+    table, ok, _ = ColumnarCodec.from_codec(codec).decode_batch(values, resolve=codec)
     rows = table.filter(pa.array(ok)).select(keys).to_pylist()
     picked = random.Random(seed).sample(rows, min(n, len(rows)))
     return {k: [str(r[k]) for r in picked] for k in keys}

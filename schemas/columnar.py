@@ -292,15 +292,48 @@ class ColumnarCodec:
             raise EncodeError(f"field {f.name}: {exc}", field=f.name) from exc
 
     def decode_batch(
-        self, messages: Sequence[bytes | None]
+        self, messages: Sequence[bytes | None], resolve: AvroCodec | None = None
     ) -> tuple[pa.Table, np.ndarray, list[DecodeError | None]]:
         """(table, ok mask, error or None per message); never raises on bad data.
 
         The table has one row per message so positions line up; bad messages are all-null rows
         with a :class:`DecodeError` (``AvroCodec``'s reasons, ``.raw`` kept). This codec does
-        no schema resolution: a foreign schema id is ``unknown_schema_id``, for ``AvroCodec``.
-        Columns are chunked per block of messages (see _BLOCK).
+        no schema resolution: a foreign schema id is ``unknown_schema_id``, unless ``resolve``
+        (an ``AvroCodec`` of this schema with a store) is given: those rows are then decoded by
+        it one by one, resolved from their writer schema (a producer on another version), as
+        the Flink job's format resolves them. Columns are chunked per block of messages (see _BLOCK).
         """
+        table, ok, errors = self._decode_batch(messages)
+        if resolve is not None and resolve.store is not None and not ok.all():
+            table = self._resolve(messages, table, ok, errors, resolve)
+        return table, ok, errors
+
+    def _resolve(self, messages: Sequence[bytes | None], table: pa.Table, ok: np.ndarray,
+                 errors: list[DecodeError | None], codec: AvroCodec) -> pa.Table:
+        """Rows under another schema id decoded by ``codec`` in place (``ok``/``errors`` updated)."""
+        recs, at = [], []
+        for i, err in enumerate(errors):
+            if err is None or err.reason != "unknown_schema_id":
+                continue
+            try:
+                recs.append(codec.decode(messages[i] or b""))
+            except DecodeError as again:
+                errors[i] = again
+                continue
+            at.append(i)
+            errors[i] = None
+        if not at:
+            return table
+        n = table.num_rows
+        extra = pa.Table.from_pylist(recs, schema=self.arrow_schema).cast(table.schema)
+        take = np.arange(n)
+        take[at] = n + np.arange(len(at))
+        ok[at] = True
+        return pa.concat_tables([table, extra]).take(pa.array(take))
+
+    def _decode_batch(
+        self, messages: Sequence[bytes | None]
+    ) -> tuple[pa.Table, np.ndarray, list[DecodeError | None]]:
         msgs = list(messages) if None not in messages else [m or b"" for m in messages]
         blocks = [self._decode_block(msgs[i:i + _BLOCK])
                   for i in range(0, max(len(msgs), 1), _BLOCK)]

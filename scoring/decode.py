@@ -1,9 +1,9 @@
 """Micro-batch decode and validation: consumed messages -> Arrow columns + dead letters.
 
 ``ColumnarCodec.decode_batch`` decodes the whole batch column by column (no per-record dict).
-It does no schema resolution, so rows it reports as ``unknown_schema_id`` get a second chance
-through ``AvroCodec`` with the schema store (an evolved producer's records resolve to the
-reader schema); only rows neither can read are dead letters. Validation is vectorised too: an
+Rows it reports as ``unknown_schema_id`` get a second chance through ``AvroCodec`` with the
+schema store (``decode_batch(resolve=)``: an evolved producer's records resolve to the reader
+schema, as in the Flink job); only rows neither can read are dead letters. Validation is vectorised too: an
 empty or null entity key (``missing_entity_key``), a null event id (``missing_event_id``: outputs
 are keyed by it) or a null / non-positive event time (``bad_event_time``) sends the row to the DLQ
 with stage ``validate``.
@@ -81,21 +81,11 @@ class BatchDecoder:
             rejected: list[Rejected] = []
             table, index = self._validate(table, np.arange(len(values)), rejected)
             return Decoded(table, index, rejected)
-        table, ok, errors = self.columnar.decode_batch(values)
-        rejected = []
+        table, ok, errors = self.columnar.decode_batch(values, resolve=self.codec)
+        rejected = [Rejected(i, err.reason, str(err), "decode") for i, err in enumerate(errors) if err is not None]
         index = np.flatnonzero(ok)
         if not ok.all():
             table = table.filter(pa.array(ok))
-            retry: list[int] = []
-            for i, err in enumerate(errors):
-                if err is None:
-                    continue
-                if err.reason == "unknown_schema_id" and self.codec.store is not None:
-                    retry.append(i)
-                else:
-                    rejected.append(Rejected(i, err.reason, str(err), "decode"))
-            if retry:
-                table, index = self._resolve(values, retry, table, index, rejected)
         table, index = self._validate(table, index, rejected)
         return Decoded(table, index, rejected)
 
@@ -115,22 +105,6 @@ class BatchDecoder:
                 return None
             recs.append(rec)
         return pa.Table.from_pylist(recs, schema=self.columnar.arrow_schema)
-
-    def _resolve(self, values: Sequence[bytes | None], retry: list[int], table: pa.Table, index: np.ndarray,
-                 rejected: list[Rejected]) -> tuple[pa.Table, np.ndarray]:
-        """Rows written with another schema id: fastavro with schema resolution, one by one (rare)."""
-        recs, idx = [], []
-        for i in retry:
-            try:
-                recs.append(self.codec.decode(values[i] or b""))
-                idx.append(i)
-            except DecodeError as err:
-                rejected.append(Rejected(i, err.reason, str(err), "decode"))
-        if not recs:
-            return table, index
-        extra = pa.Table.from_pylist(recs, schema=self.columnar.arrow_schema)
-        return pa.concat_tables([table.cast(self.columnar.arrow_schema), extra]), np.concatenate(
-            [index, np.asarray(idx, np.int64)])
 
     def _validate(self, table: pa.Table, index: np.ndarray,
                   rejected: list[Rejected]) -> tuple[pa.Table, np.ndarray]:

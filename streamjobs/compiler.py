@@ -41,11 +41,16 @@ def q(name: str) -> str:
 
 @dataclass(frozen=True)
 class SourceBinding:
-    """An events topic as Flink reads it: the writer schema and its id from the schema store."""
+    """An events topic as Flink reads it: the writer schema and its id from the schema store.
+
+    ``schema_store``: where the job finds the writer schema of a record framed with another id
+    (an absolute path of the file store, or a Schema Registry URL), to resolve it to ``schema``
+    (``streamjobs/java/.../FramedDeserializer.java``); None skips such records."""
 
     topic: str
     schema: dict
     schema_id: int
+    schema_store: str | None = None
 
     @property
     def table(self) -> str:
@@ -94,7 +99,12 @@ class CompiledJob:
 
 
 def _with(opts: dict[str, str]) -> str:
-    return ",\n  ".join(f"'{k}' = '{v}'" for k, v in opts.items())
+    """A WITH clause; values are SQL string literals (a path may hold a quote)."""
+    return ",\n  ".join(f"'{k}' = '{_lit(v)}'" for k, v in opts.items())
+
+
+def _lit(v: str) -> str:
+    return str(v).replace("'", "''")
 
 
 def source_ddl(src: SourceBinding, bootstrap: str, group_id: str, bounds: KafkaBounds, markers: bool = False) -> str:
@@ -112,6 +122,7 @@ def source_ddl(src: SourceBinding, bootstrap: str, group_id: str, bounds: KafkaB
             "properties.isolation.level": "read_committed",
             **bounds.options(),
             "format": "headwater-avro", "headwater-avro.schema-id": str(src.schema_id),
+            **({"headwater-avro.schema-store": src.schema_store} if src.schema_store else {}),
             **({"headwater-avro.mark-every": str(MARK_EVERY)} if markers else {})}
     return f"CREATE TEMPORARY TABLE {q(src.table)} (\n  " + ",\n  ".join(cols) + f"\n) WITH (\n  {_with(opts)}\n)"
 

@@ -51,11 +51,12 @@ def bindings(repo, defs):
     from streamjobs.compiler import SourceBinding
 
     store = open_store(repo.resolve(repo.schema_store), repo.schema_registry_url)
+    location = repo.schema_registry_url or str(repo.resolve(repo.schema_store).resolve())
     sources = {}
     for v in defs.views:
         src = v.source
         schema = load_schema(src.schema) if not isinstance(src.schema, dict) else dict(src.schema)
-        sources[src.topic] = SourceBinding(src.topic, schema, store.register(subject(src.topic), schema))
+        sources[src.topic] = SourceBinding(src.topic, schema, store.register(subject(src.topic), schema), location)
     tiles_topic = repo.topics.tiles.name
     key_id = store.register(key_subject(tiles_topic), TILE_KEY_SCHEMA)
     values = {}

@@ -343,3 +343,30 @@ def test_throughput_200k_transactions(
     with capsys.disabled():
         print(f"\nColumnarCodec, {n:,} transactions: encode_table {n / (t1 - t0):,.0f} rec/s, "
               f"decode_batch {n / (t2 - t1):,.0f} rec/s")
+
+
+@pytest.mark.parametrize("block", [3, columnar._BLOCK])
+def test_decode_resolves_other_schema_versions_in_place(tmp_path: Path, block: int) -> None:
+    """With ``resolve``, rows under another registered version of the schema are decoded by AvroCodec
+    (fastavro's resolution) at their own positions; unknown ids and garbage keep their errors."""
+    from schemas import FileSchemaStore
+    store = FileSchemaStore(tmp_path / "schema_registry.json")
+    reader = AvroCodec.for_subject(store, "tx-value", TX_SCHEMA)
+    older_schema = {**TX_SCHEMA, "fields": [f for f in TX_SCHEMA["fields"] if f["name"] != "currency"]}
+    reader = AvroCodec({**TX_SCHEMA, "fields": [{**f, "default": "EUR"} if f["name"] == "currency" else f
+                                                for f in TX_SCHEMA["fields"]]}, reader.schema_id, store)
+    older = AvroCodec.for_subject(store, "tx-value", older_schema)
+    codec = ColumnarCodec.from_codec(reader)
+    old_rows = [{k: v for k, v in r.items() if k != "currency"} for r in GOOD]
+    batch = [reader.encode(GOOD[0]), older.encode(old_rows[1]), b"\x00\x00\x00\x03\xe7" + older.encode(old_rows[2])[5:],
+             older.encode(old_rows[3])[:-3], reader.encode(GOOD[2]), older.encode(old_rows[0])]
+    with patch.object(columnar, "_BLOCK", block):
+        plain = codec.decode_batch(batch)
+        table, ok, errors = codec.decode_batch(batch, resolve=reader)
+    assert plain[1].tolist() == [True, False, False, False, True, False]
+    assert ok.tolist() == [True, True, False, False, True, True]
+    rows = table.to_pylist()
+    assert rows[0] == GOOD[0] and rows[4] == GOOD[2]
+    assert rows[1] == {**GOOD[1], "currency": "EUR"} and rows[5] == {**GOOD[0], "currency": "EUR"}
+    assert [e.reason if e else None for e in errors] == [None, None, "unknown_schema_id", "truncated", None, None]
+    assert table.schema == plain[0].schema

@@ -261,3 +261,21 @@ def test_a_restored_job_extends_each_state_ttl_by_its_downtime():
     assert base and all(later[r] == base[r] + min(3_600_000, keep[r]) for r in base)
     assert any(keep[r] < 3_600_000 for r in base) and all(ttls(1_000)[r] == base[r] + min(1_000, keep[r]) for r in base)
     assert all(base[r] == state_ttl_ms(vp, r) == 2 * (r + vp.allowed_lateness_ms) + 60_000 for r in base)
+
+
+def test_the_job_reads_other_schema_versions_through_the_repos_schema_store(tmp_path):
+    """Every source table names the schema store, so records under another version of the events
+    schema resolve instead of being skipped; a path's quote survives the SQL literal."""
+    from headwater.config import clone_repo, load_repo
+    from streamjobs.compiler import KafkaBounds, SourceBinding, source_ddl
+    from streamjobs.job import bindings
+    from streamjobs.repo import load_definitions
+    from tests.conftest import EXAMPLE_REPO
+
+    ddl = source_ddl(SourceBinding("t", SCHEMA, 3, "/srv/it's/schema_registry.json"), "k:9092", "g", KafkaBounds())
+    assert "'headwater-avro.schema-store' = '/srv/it''s/schema_registry.json'" in ddl
+    assert "schema-store" not in source_ddl(SourceBinding("t", SCHEMA, 3), "k:9092", "g", KafkaBounds())
+    repo = load_repo(clone_repo(EXAMPLE_REPO, tmp_path / "repo", "x1"))
+    sources, _, _ = bindings(repo, load_definitions(repo))
+    store = (tmp_path / "repo" / repo.schema_store).resolve()
+    assert sources and all(s.schema_store == str(store) for s in sources.values())

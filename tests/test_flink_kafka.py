@@ -174,3 +174,119 @@ def test_headwater_avro_writes_the_bytes_of_flinks_avro_format(stack, unique):
         assert len(flink) == len(ours) == len(rows)
         assert {m[:5] for m in ours} == {b"\x00\x00\x00\x00\x4d"}
         assert sorted(m[5:] for m in ours) == flink, name
+
+
+# Schema evolution: the reader (the job's schema) and writers a producer may have used.
+_READER = {"type": "record", "name": "Txn", "namespace": "hw.test", "fields": [
+    {"name": "event_id", "type": "string"}, {"name": "card_id", "type": "string"},
+    {"name": "amount", "type": "double"}, {"name": "country", "type": ["null", "string"], "default": None},
+    {"name": "channel", "type": "string", "default": "web"},
+    {"name": "tags", "type": ["null", {"type": "array", "items": "string"}], "default": None},
+    {"name": "event_time", "type": "long"}]}
+_OLDER = {"type": "record", "name": "Txn", "namespace": "hw.test", "fields": [  # float amount, fewer fields
+    {"name": "event_id", "type": "string"}, {"name": "card_id", "type": "string"},
+    {"name": "amount", "type": "float"}, {"name": "event_time", "type": "long"}]}
+_NEWER = {"type": "record", "name": "Txn", "namespace": "hw.test", "fields": [  # reordered, one more field
+    {"name": "event_time", "type": "long"}, {"name": "risk", "type": "int"},
+    {"name": "card_id", "type": "string"}, {"name": "event_id", "type": "string"},
+    {"name": "channel", "type": "string"}, {"name": "country", "type": "string"},
+    {"name": "tags", "type": {"type": "array", "items": "string"}}, {"name": "amount", "type": "double"}]}
+_BROKEN = {"type": "record", "name": "Txn", "namespace": "hw.test", "fields": [  # amount cannot become a double
+    {"name": "event_id", "type": "string"}, {"name": "card_id", "type": "string"},
+    {"name": "amount", "type": "string"}, {"name": "event_time", "type": "long"}]}
+
+
+def _framed(schema: dict, schema_id: int, rec: dict) -> bytes:
+    import io
+    import fastavro
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, fastavro.parse_schema(schema), rec)
+    return b"\x00" + schema_id.to_bytes(4, "big") + buf.getvalue()
+
+
+def _evolved(kind: str, i: int) -> dict:
+    base = {"event_id": f"{kind}-{i}", "card_id": f"c{i % 7}", "amount": 0.25 * i, "event_time": 1_700_000_000_000 + i}
+    if kind == "newer":
+        return {**base, "risk": i, "channel": "pos", "country": "FR", "tags": [f"t{i}", "x"]}
+    if kind == "reader":
+        return {**base, "country": None if i % 2 else "DE", "channel": "app", "tags": None if i % 3 else ["a"]}
+    if kind == "broken":
+        return {**base, "amount": str(i)}
+    return base
+
+
+def test_headwater_avro_resolves_records_under_other_schema_ids(stack, tmp_path, unique):
+    """Records written under older and newer versions of a topic's schema reach the job resolved to its
+    schema exactly as the scoring consumer (fastavro) resolves them, also under an id registered after
+    the job started; ids nobody registered, writers that do not resolve and garbage are skipped.
+    The source uses the marker column, as the streaming features job does."""
+    import time
+    from confluent_kafka import Consumer, Producer
+    from schemas import AvroCodec, FileSchemaStore
+    from streamjobs.avro_ddl import ddl_columns
+    from streamjobs.job import table_env
+
+    store = FileSchemaStore(tmp_path / "schema_registry.json")
+    subject = f"evolve-{unique}-value"
+    ids = {k: store.register(subject, s) for k, s in (("reader", _READER), ("older", _OLDER), ("broken", _BROKEN))}
+    ids["newer"] = max(ids.values()) + 1  # not registered yet
+    src, out = f"evolve-in-{unique}", f"evolve-out-{unique}"  # auto-created by the first write
+    p = Producer({"bootstrap.servers": stack.bootstrap_servers})
+    sent: list[bytes] = []
+
+    def produce(kind: str, n: int, keep: bool) -> None:
+        schema = {"reader": _READER, "older": _OLDER, "newer": _NEWER, "broken": _BROKEN}[kind]
+        for i in range(n):
+            v = _framed(schema, ids[kind], _evolved(kind, i + len(sent) * 1000))
+            p.produce(src, v)
+            if keep:
+                sent.append(v)
+        assert p.flush(30) == 0
+
+    produce("reader", 20, True)
+    produce("older", 20, True)
+    produce("newer", 5, False)  # its id is not registered yet: skipped
+    produce("broken", 5, False)
+    p.produce(src, b"\x00\x00\x00\x00")  # truncated header
+    assert p.flush(30) == 0
+
+    cols = ", ".join(f"`{n}` {t}" for n, t in ddl_columns(_READER))
+    names = ", ".join(f"`{n}`" for n, _ in ddl_columns(_READER))
+    env = table_env(stack, mode="streaming")
+    common = f"'properties.bootstrap.servers' = '{stack.bootstrap_servers}'"
+    env.execute_sql(f"""CREATE TABLE ev ({cols}, hw_marked BIGINT NOT NULL) WITH ('connector' = 'kafka',
+        'topic' = '{src}', {common}, 'properties.group.id' = 'g-{unique}', 'scan.startup.mode' = 'earliest-offset',
+        'format' = 'headwater-avro', 'headwater-avro.schema-id' = '{ids["reader"]}', 'headwater-avro.mark-every' = '3',
+        'headwater-avro.schema-store' = '{store.path}')""")
+    env.execute_sql(f"""CREATE TABLE outt ({cols}) WITH ('connector' = 'kafka', 'topic' = '{out}',
+        {common}, 'format' = 'headwater-avro', 'headwater-avro.schema-id' = '{ids["reader"]}')""")
+    job = env.execute_sql(f"INSERT INTO outt SELECT {names} FROM ev WHERE hw_marked = 0")
+    reader = AvroCodec(_READER, ids["reader"], store)
+    c = Consumer({"bootstrap.servers": stack.bootstrap_servers, "group.id": f"chk-{unique}",
+                  "auto.offset.reset": "earliest"})
+    c.subscribe([out])
+    got: list[dict] = []
+
+    def read_until(n: int) -> None:
+        deadline = time.monotonic() + 120
+        while len(got) < n and time.monotonic() < deadline:
+            got.extend(reader.decode(m.value()) for m in c.consume(1000, timeout=0.5) if not m.error())
+
+    try:
+        read_until(40)
+        assert len(got) == 40
+        time.sleep(1.5)  # past WriterSchemas.RETRY_MS since the job last looked the new id up
+        assert store.register(subject, _NEWER) == ids["newer"]
+        produce("newer", 15, True)
+        produce("reader", 5, True)
+        read_until(60)
+        for _ in range(4):  # nothing more arrives: the skipped records stay skipped
+            got.extend(reader.decode(m.value()) for m in c.consume(1000, timeout=0.5) if not m.error())
+    finally:
+        c.close()
+        job.get_job_client().cancel().result()
+    key = lambda r: r["event_id"]  # noqa: E731
+    assert sorted(got, key=key) == sorted((reader.decode(v) for v in sent), key=key)
+    assert {r["channel"] for r in got} == {"web", "app", "pos"}  # the default, and both writers' values
+    older = [r for r in got if r["event_id"].startswith("older")]
+    assert len(older) == 20 and all(r["country"] is None and r["channel"] == "web" for r in older)

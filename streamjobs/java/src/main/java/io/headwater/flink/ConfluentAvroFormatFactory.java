@@ -11,6 +11,7 @@ import org.apache.flink.configuration.ConfigOption;
 import org.apache.flink.configuration.ConfigOptions;
 import org.apache.flink.configuration.ReadableConfig;
 import org.apache.flink.formats.avro.AvroFormatFactory;
+import org.apache.flink.formats.avro.AvroFormatOptions;
 import org.apache.flink.table.connector.ChangelogMode;
 import org.apache.flink.table.connector.format.DecodingFormat;
 import org.apache.flink.table.connector.format.EncodingFormat;
@@ -22,6 +23,7 @@ import org.apache.flink.table.factories.DynamicTableFactory;
 import org.apache.flink.table.factories.SerializationFormatFactory;
 import org.apache.flink.table.types.DataType;
 import org.apache.flink.table.types.logical.LogicalTypeRoot;
+import org.apache.flink.table.types.logical.RowType;
 import org.apache.flink.table.connector.Projection;
 
 /**
@@ -46,6 +48,16 @@ public final class ConfluentAvroFormatFactory
                     .withDescription(
                             "Schema id written in the header (required to write). On read, when"
                                     + " set, records framed with another id are skipped.");
+
+    public static final ConfigOption<String> SCHEMA_STORE =
+            ConfigOptions.key("schema-store")
+                    .stringType()
+                    .noDefaultValue()
+                    .withDescription(
+                            "Read only. Where records framed with another schema id than"
+                                    + " 'schema-id' find their writer schema, to be resolved to the"
+                                    + " table's: an absolute path of Headwater's schema store file or"
+                                    + " an http(s) Schema Registry URL. Unset: they are skipped.");
 
     public static final ConfigOption<Integer> MARK_EVERY =
             ConfigOptions.key("mark-every")
@@ -72,6 +84,7 @@ public final class ConfluentAvroFormatFactory
         Set<ConfigOption<?>> options = new HashSet<>();
         options.add(SCHEMA_ID);
         options.add(MARK_EVERY);
+        options.add(SCHEMA_STORE);
         return options;
     }
 
@@ -82,13 +95,16 @@ public final class ConfluentAvroFormatFactory
                 new AvroFormatFactory().createDecodingFormat(context, formatOptions);
         final int expectedId = formatOptions.getOptional(SCHEMA_ID).orElse(-1);
         final int markEvery = formatOptions.get(MARK_EVERY);
+        final String store = formatOptions.getOptional(SCHEMA_STORE).orElse(null);
+        final boolean legacy = formatOptions.get(AvroFormatOptions.AVRO_TIMESTAMP_LEGACY_MAPPING);
         return new DecodingFormat<DeserializationSchema<RowData>>() {
             @Override
             public DeserializationSchema<RowData> createRuntimeDecoder(
                     DynamicTableSource.Context ctx, DataType physicalDataType) {
                 if (markEvery <= 0) {
                     return new FramedDeserializer(
-                            avro.createRuntimeDecoder(ctx, physicalDataType), expectedId);
+                            avro.createRuntimeDecoder(ctx, physicalDataType), expectedId, 0, null,
+                            store, (RowType) physicalDataType.getLogicalType(), legacy);
                 }
                 List<DataType> fields = physicalDataType.getChildren();
                 int n = fields.size();
@@ -101,7 +117,8 @@ public final class ConfluentAvroFormatFactory
                 DataType avroType = Projection.of(avroFields).project(physicalDataType);
                 return new FramedDeserializer(
                         avro.createRuntimeDecoder(ctx, avroType), expectedId, markEvery,
-                        ctx.createTypeInformation(physicalDataType));
+                        ctx.createTypeInformation(physicalDataType), store,
+                        (RowType) avroType.getLogicalType(), legacy);
             }
 
             @Override
