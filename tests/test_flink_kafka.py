@@ -215,7 +215,40 @@ def _evolved(kind: str, i: int) -> dict:
     return base
 
 
-def test_headwater_avro_resolves_records_under_other_schema_ids(stack, tmp_path, unique):
+def _registry_endpoint(store):
+    """``GET /schemas/ids/<id>`` of the Schema Registry REST API over ``store``: the one call the
+    format makes (no Confluent registry installs here; the Python client is tested in test_schemas)."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from schemas.errors import UnknownSchemaIdError
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            head, _, sid = self.path.rpartition("/")
+            try:
+                if head != "/schemas/ids":
+                    raise UnknownSchemaIdError(-1, "path")
+                body, status = {"schema": json.dumps(store.get_by_id(int(sid)))}, 200
+            except (UnknownSchemaIdError, ValueError):
+                body, status = {"error_code": 40403, "message": "Schema not found"}, 404
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/vnd.schemaregistry.v1+json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.mark.parametrize("where", ["file", "registry"])
+def test_headwater_avro_resolves_records_under_other_schema_ids(stack, tmp_path, unique, where):
     """Records written under older and newer versions of a topic's schema reach the job resolved to its
     schema exactly as the scoring consumer (fastavro) resolves them, also under an id registered after
     the job started; ids nobody registered, writers that do not resolve and garbage are skipped.
@@ -250,6 +283,8 @@ def test_headwater_avro_resolves_records_under_other_schema_ids(stack, tmp_path,
     p.produce(src, b"\x00\x00\x00\x00")  # truncated header
     assert p.flush(30) == 0
 
+    server = _registry_endpoint(store) if where == "registry" else None
+    location = f"http://127.0.0.1:{server.server_port}" if server else str(store.path)
     cols = ", ".join(f"`{n}` {t}" for n, t in ddl_columns(_READER))
     names = ", ".join(f"`{n}`" for n, _ in ddl_columns(_READER))
     env = table_env(stack, mode="streaming")
@@ -257,7 +292,7 @@ def test_headwater_avro_resolves_records_under_other_schema_ids(stack, tmp_path,
     env.execute_sql(f"""CREATE TABLE ev ({cols}, hw_marked BIGINT NOT NULL) WITH ('connector' = 'kafka',
         'topic' = '{src}', {common}, 'properties.group.id' = 'g-{unique}', 'scan.startup.mode' = 'earliest-offset',
         'format' = 'headwater-avro', 'headwater-avro.schema-id' = '{ids["reader"]}', 'headwater-avro.mark-every' = '3',
-        'headwater-avro.schema-store' = '{store.path}')""")
+        'headwater-avro.schema-store' = '{location}')""")
     env.execute_sql(f"""CREATE TABLE outt ({cols}) WITH ('connector' = 'kafka', 'topic' = '{out}',
         {common}, 'format' = 'headwater-avro', 'headwater-avro.schema-id' = '{ids["reader"]}')""")
     job = env.execute_sql(f"INSERT INTO outt SELECT {names} FROM ev WHERE hw_marked = 0")
@@ -285,6 +320,8 @@ def test_headwater_avro_resolves_records_under_other_schema_ids(stack, tmp_path,
     finally:
         c.close()
         job.get_job_client().cancel().result()
+        if server:
+            server.shutdown()
     key = lambda r: r["event_id"]  # noqa: E731
     assert sorted(got, key=key) == sorted((reader.decode(v) for v in sent), key=key)
     assert {r["channel"] for r in got} == {"web", "app", "pos"}  # the default, and both writers' values
