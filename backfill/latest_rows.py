@@ -70,7 +70,7 @@ def latest_values(con: Any, rel: str, view: ViewPlan, features: Sequence[Feature
         et = f"epoch_ms({et})"
     part = f'"{PARTITION}"' if PARTITION in cols else "0"
     off = f'"{OFFSET}"' if OFFSET in cols else "row_number() OVER ()"
-    on_time = (windows.on_time_sql("et", f'"{APPEND_MS}"', view.allowed_lateness_ms)
+    on_time = (windows.on_time_sql("et", f'"{APPEND_MS}"', view.allowed_lateness_ms, view.allowed_future_ms)
                if APPEND_MS in cols else "TRUE")
     spine = pa.table({"rid": pa.array(np.arange(len(t), dtype=np.int64)), "entity": ids,
                       "t": pa.array(t, pa.int64())})

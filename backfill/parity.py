@@ -9,8 +9,11 @@ covers ``[floor(t - W, h), min(floor(t, tick), as_of))``), *and* the difference 
 events can make (``fits``): offline read every event online did plus some of them, so a count or
 distinct count may only be higher offline, by at most their number; a sum may differ by at most
 the sum of their absolute values; an offline min, max or last must be one of their values (with
-online's min no lower, max no higher); offline null where online has a value never fits. Mean
-and stddev have no bound without the IR: any late event of the column explains them. Those
+online's min no lower, max no higher); an offline mean must lie between online's mean and their
+values (a union's mean is a weighted mean of its parts'); a stddev where online had no data must
+be at most half their range; offline null where online has a value never fits. A stddev over
+online's events plus some late ones has no bound without online's mean and range (the IR): any
+late event of the column explains it. Those
 mismatches are reported apart as "late", with the events' keys; every other difference is
 unexplained and fails the check.
 
@@ -114,7 +117,18 @@ def fits(op: str, online: Any, offline: Any, late_values: Sequence[Any], rel_tol
         if online is not None and op in ("min", "max") and (online < offline if op == "min" else online > offline):
             return False
         return any(classify(v, offline, rel_tol, abs_tol) == "match" for v in vals)
-    return True  # mean, stddev
+    nums = [float(v) for v in vals]
+    if op == "mean":  # the mean of a union lies between the means of its parts: online's and the added events'
+        hull = nums + ([float(online)] if online is not None else [])
+        return _within(float(offline), min(hull), max(hull), rel_tol, abs_tol)
+    if op == "stddev" and online is None:  # offline = the population stddev of some of these events only
+        return _within(float(offline), 0.0, (max(nums) - min(nums)) / 2, rel_tol, abs_tol)
+    return True  # stddev over online's events and some late ones: no bound without online's mean and range
+
+
+def _within(x: float, lo: float, hi: float, rel_tol: float, abs_tol: float) -> bool:
+    slack = max(abs(lo), abs(hi)) * rel_tol + abs_tol
+    return lo - slack <= x <= hi + slack
 
 
 # ---------------------------------------------------------------- events appended after as_of
@@ -157,7 +171,7 @@ class EventIndex:
         return self
 
     def _late(self, key: str, entity: str, lo: int | None, hi: int, as_of_ms: int,
-              allowed_lateness_ms: int) -> tuple[np.ndarray, ...] | None:
+              allowed_lateness_ms: int, allowed_future_ms: int) -> tuple[np.ndarray, ...] | None:
         got = self._by.get((key, entity))
         if got is None:
             return None
@@ -165,22 +179,22 @@ class EventIndex:
         a = 0 if lo is None else int(np.searchsorted(et, lo, "left"))
         b = int(np.searchsorted(et, hi, "left"))
         et, app, part, off, row = (x[a:b] for x in got)
-        hit = (app > as_of_ms) & ~windows.is_late(et, app, allowed_lateness_ms)
+        hit = (app > as_of_ms) & windows.on_time(et, app, allowed_lateness_ms, allowed_future_ms)
         return et[hit], app[hit], part[hit], off[hit], row[hit]
 
     def late_for(self, key: str, entity: str, lo: int | None, hi: int, as_of_ms: int,
-                 allowed_lateness_ms: int) -> tuple[LateAppend, ...]:
+                 allowed_lateness_ms: int, allowed_future_ms: int) -> tuple[LateAppend, ...]:
         """On-time events with ``lo <= event_time < hi`` (no lower bound when ``lo`` is None)
         appended after ``as_of_ms``."""
-        got = self._late(key, entity, lo, hi, as_of_ms, allowed_lateness_ms)
+        got = self._late(key, entity, lo, hi, as_of_ms, allowed_lateness_ms, allowed_future_ms)
         if got is None:
             return ()
         return tuple(LateAppend(entity, int(p), int(o), int(t), int(x)) for t, x, p, o, _ in zip(*got))
 
     def late_values(self, column: str, key: str, entity: str, lo: int | None, hi: int, as_of_ms: int,
-                    allowed_lateness_ms: int) -> list[Any]:
+                    allowed_lateness_ms: int, allowed_future_ms: int) -> list[Any]:
         """``column``'s values of the events ``late_for`` finds (empty when it was not read)."""
-        got = self._late(key, entity, lo, hi, as_of_ms, allowed_lateness_ms)
+        got = self._late(key, entity, lo, hi, as_of_ms, allowed_lateness_ms, allowed_future_ms)
         col = self._values.get(column)
         return [] if got is None or col is None else [col[i] for i in got[4].tolist()]
 
@@ -278,7 +292,8 @@ def compare(rows: Sequence[Mapping[str, Any]], offline: Sequence[Mapping[str, An
                 t = int(row["t_ms"])
                 hi = windows.tile_start(t, vp.tick_ms)
                 lo = None if f.window_ms is None else windows.window_bounds(t, f.window_ms, f.hop_ms, vp.tick_ms)[0]
-                where = (vp.entity_key, str(row["entity"]), lo, hi, int(row["as_of_ms"]), vp.allowed_lateness_ms)
+                where = (vp.entity_key, str(row["entity"]), lo, hi, int(row["as_of_ms"]), vp.allowed_lateness_ms,
+                         vp.allowed_future_ms)
                 late = events.late_for(*where)
                 ok = bool(late) and fits(f.op, on, of, events.late_values(f.column, *where), rel_tol, abs_tol)
             checks.append(Check(ref, str(row["entity"]), int(row["t_ms"]), int(row["as_of_ms"]), on, of, kind, late, ok))

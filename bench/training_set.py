@@ -86,7 +86,7 @@ def build_tiles(events: Path, out: Path) -> Path:
     con = duckdb.connect()
     inputs = ir.SqlInputs('"event_time"', '"hw_partition"', '"hw_offset"')
     aggs = ", ".join(f'{ir.field_sql(f, f"{chr(34)}{f.column}{chr(34)}", inputs, engine="ansi")} AS "{f.name}"' for f in vp.fields)
-    on_time = windows.on_time_sql('"event_time"', '"hw_append_ms"', vp.allowed_lateness_ms)
+    on_time = windows.on_time_sql('"event_time"', '"hw_append_ms"', vp.allowed_lateness_ms, vp.allowed_future_ms)
     for r in vp.ladder:
         print(f"tiles: resolution {r} ms", file=sys.stderr)
         start = windows.tile_start_sql('"event_time"', r)

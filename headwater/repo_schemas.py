@@ -37,7 +37,8 @@ def codec_for(repo: RepoConfig, role: str) -> AvroCodec:
 
 
 def check_or_register(repo_path, register: bool = False) -> dict[str, list[str]]:
-    """Backward-compatibility problems per subject; registers every compatible schema if asked."""
+    """Backward-compatibility problems per subject; registers every compatible schema if asked,
+    and then the tile schemas derived from the feature definitions."""
     repo = load_repo(repo_path)
     store = _store(repo)
     problems: dict[str, list[str]] = {}
@@ -54,4 +55,18 @@ def check_or_register(repo_path, register: bool = False) -> dict[str, list[str]]
             sid = store.register(subj, new)
             state += f", registered id {sid}"
         print(f"{subj:36} {state}")
+    if register:
+        _register_tiles(repo)
     return problems
+
+
+def _register_tiles(repo: RepoConfig) -> None:
+    """The tiles topic's key schema and one value schema per view, derived from the plan (not from
+    a file), so the committed store holds every id the features job will write."""
+    from streamjobs.job import bindings
+    from streamjobs.repo import load_definitions
+    _, key_id, values = bindings(repo, load_definitions(repo))
+    tiles = repo.topics.tiles.name
+    print(f"{tiles + ' key':36} derived, registered id {key_id}")
+    for view, (_, sid) in sorted(values.items()):
+        print(f"{tiles + ' ' + view:36} derived from the plan, registered id {sid}")

@@ -100,7 +100,8 @@ def _stats_sink(view: ViewPlan, work: Path) -> str:
 
 
 def _stats_insert(view: ViewPlan, src: SourceBinding) -> str:
-    on_time = windows.on_time_sql(q(view.event_time_field), q(APPEND_MS), view.allowed_lateness_ms)
+    on_time = windows.on_time_sql(q(view.event_time_field), q(APPEND_MS), view.allowed_lateness_ms,
+                                 view.allowed_future_ms)
     return (f"INSERT OVERWRITE {q(f'replay_stats__{view.name}')}\n"
             f"SELECT CAST({q(PARTITION)} AS BIGINT), COUNT(*),\n"
             f"  SUM(CASE WHEN {on_time} THEN CAST(0 AS BIGINT) ELSE CAST(1 AS BIGINT) END),\n"

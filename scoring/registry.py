@@ -57,7 +57,8 @@ def feature_hashes(plan, refs: Iterable[str]) -> dict[str, str]:
         out[ref] = _digest({
             "view": v.name, "entity_key": v.entity_key, "op": f.op, "column": f.column,
             "type": f.column_type, "window_ms": f.window_ms, "hop_ms": f.hop_ms, "ttl_ms": f.ttl_ms,
-            "tick_ms": v.tick_ms, "lateness_ms": v.allowed_lateness_ms, "topic": v.topic,
+            "tick_ms": v.tick_ms, "lateness_ms": v.allowed_lateness_ms,
+            "future_ms": v.allowed_future_ms, "topic": v.topic,
             "event_time_field": v.event_time_field,
         })
     return out

@@ -169,8 +169,9 @@ def events_view_sql(src: SourceBinding, views: list[ViewPlan]) -> str:
 
 
 def state_ttl_ms(view: ViewPlan, resolution_ms: int, downtime_ms: int = 0) -> int:
-    """Per-aggregation state TTL: a tile can still change for one resolution plus the lateness
-    after its first event; twice that is safe even while the job catches up. Flink counts it in
+    """Per-aggregation state TTL: a tile's events are appended within ``allowed_future + r +
+    lateness`` of each other (``windows.on_time``), so no two writes of it are further apart; the
+    TTL is that plus another ``r + lateness`` and a minute, safe even while the job catches up. Flink counts it in
     processing time from an entry's last write, so a job restored after ``downtime_ms`` would find
     the tiles it had open expired and start them again from nothing (the writer would then keep
     the older, fuller version and drop the rest): the restored run adds the downtime, at most the
@@ -178,7 +179,7 @@ def state_ttl_ms(view: ViewPlan, resolution_ms: int, downtime_ms: int = 0) -> in
     long outage does not keep days of fine tiles in state. Flink keeps the TTL out of checkpoints,
     so each run may set its own."""
     from online_store.keys import retention_ms  # past it the writer drops a tile anyway: no longer state
-    return 2 * (resolution_ms + view.allowed_lateness_ms) + 60_000 + min(max(0, int(downtime_ms)),
+    return 2 * (resolution_ms + view.allowed_lateness_ms) + view.allowed_future_ms + 60_000 + min(max(0, int(downtime_ms)),
                                                                        retention_ms(view).get(resolution_ms, 0))
 
 
@@ -218,7 +219,8 @@ def tile_selects(view: ViewPlan, src: SourceBinding, markers: bool = False,
     and a batch sort compares the entity first."""
     inputs = ir.SqlInputs(event_time_ms=q(view.event_time_field), partition=q(PARTITION), offset=q(OFFSET))
     entity = f"CAST({q(view.entity_key)} AS STRING)"
-    on_time = windows.on_time_sql(q(view.event_time_field), q(APPEND_MS), view.allowed_lateness_ms)
+    on_time = windows.on_time_sql(q(view.event_time_field), q(APPEND_MS), view.allowed_lateness_ms,
+                                 view.allowed_future_ms)
     where = f"{on_time} AND {q(view.entity_key)} IS NOT NULL"
     out = []
     aggs = ",\n    ".join(
@@ -265,7 +267,8 @@ def late_select(view: ViewPlan, src: SourceBinding, markers: bool = False) -> tu
     (their lateness predicate not true, as the replay's stats count them), and the newest append
     time among them; marker copies (``markers``) are not events. Only late rows reach the
     aggregate, so it costs nothing while nothing is late."""
-    on_time = windows.on_time_sql(q(view.event_time_field), q(APPEND_MS), view.allowed_lateness_ms)
+    on_time = windows.on_time_sql(q(view.event_time_field), q(APPEND_MS), view.allowed_lateness_ms,
+                                 view.allowed_future_ms)
     where = f"({on_time}) IS NOT TRUE" + (f" AND {q(MARKED)} = 0" if markers else "")
     return LATE_RESOLUTION, _per_partition_select(view, src, LATE_RESOLUTION, "COUNT(*)", where)
 

@@ -17,7 +17,7 @@ def describe_plan(plan: FeaturePlan) -> str:
             f"view {v.name}  (entity {v.entity} by `{v.entity_key}`, source topic {v.topic}, "
             f"event time `{v.event_time_field}`)",
             f"  tick {format_duration(v.tick_ms)}, allowed lateness {format_duration(v.allowed_lateness_ms)}, "
-            f"plan hash {v.plan_hash}",
+            f"allowed future {format_duration(v.allowed_future_ms)}, plan hash {v.plan_hash}",
             f"  resolutions (one GROUP BY each): {ladder}",
             f"  IR fields per tile: {', '.join(f.name for f in v.fields)}",
             f"  {'feature':34} {'op':15} {'column':12} {'window':>9} {'hop':>6}",

@@ -174,6 +174,7 @@ class FeatureView:
     source: Source
     aggregations: tuple[Aggregation | LatestValue, ...]
     allowed_lateness: Duration = "5m"
+    allowed_future: Duration = "1m"
     ttl: Duration | None = None
     owner: str = ""
     description: str = ""
@@ -186,7 +187,8 @@ class FeatureView:
         for a in self.aggregations:
             if not isinstance(a, (Aggregation, LatestValue)):
                 raise DefinitionError(f"view {self.name!r}: {a!r} is neither an Aggregation nor a LatestValue")
-        _ = (self.tick_ms, self.allowed_lateness_ms, self.ttl_ms, self.freshness_objective_ms)  # fail fast
+        _ = (self.tick_ms, self.allowed_lateness_ms, self.allowed_future_ms, self.ttl_ms,
+             self.freshness_objective_ms)  # fail fast
 
     @property
     def tick_ms(self) -> int:
@@ -195,6 +197,11 @@ class FeatureView:
     @property
     def allowed_lateness_ms(self) -> int:
         return windows.parse_duration(self.allowed_lateness, what=f"view {self.name!r}: allowed_lateness", allow_zero=True)
+
+    @property
+    def allowed_future_ms(self) -> int:
+        """How far an event's time may run ahead of its append time (``windows.on_time``)."""
+        return windows.parse_duration(self.allowed_future, what=f"view {self.name!r}: allowed_future", allow_zero=True)
 
     @property
     def ttl_ms(self) -> int | None:

@@ -57,6 +57,7 @@ class ViewPlan:
     event_time_field: str
     tick_ms: int
     allowed_lateness_ms: int
+    allowed_future_ms: int
     ttl_ms: int | None
     ladder: tuple[int, ...]
     fields: tuple[ir.IRField, ...]
@@ -141,6 +142,7 @@ def build_view_plan(view: FeatureView) -> ViewPlan:
         "event_time_field": view.source.event_time_field,
         "tick_ms": view.tick_ms,
         "allowed_lateness_ms": view.allowed_lateness_ms,
+        "allowed_future_ms": view.allowed_future_ms,
         "ladder": list(ladder),
         "fields": [[f.name, f.kind, f.column_type] for f in fields],
         "features": [[f.name, f.op, f.column, f.column_type, f.window_ms, f.hop_ms, f.ttl_ms] for f in features],
@@ -155,6 +157,7 @@ def build_view_plan(view: FeatureView) -> ViewPlan:
         event_time_field=view.source.event_time_field,
         tick_ms=view.tick_ms,
         allowed_lateness_ms=view.allowed_lateness_ms,
+        allowed_future_ms=view.allowed_future_ms,
         ttl_ms=view.ttl_ms,
         ladder=ladder,
         fields=fields,

@@ -53,7 +53,7 @@ __all__ = [
     "window_tiles",
     "window_tile_ranges",
     "check_cover",
-    "is_late",
+    "on_time",
     "on_time_sql",
     "tile_start_sql",
     "LatestSql",
@@ -431,14 +431,23 @@ def check_cover(tiles: Sequence[tuple[int, int]], start_ms: int, end_ms: int) ->
     assert cursor == max(start_ms, end_ms), f"tiles end at {cursor}, not {end_ms}"
 
 
-def is_late(event_time_ms: Any, append_time_ms: Any, allowed_lateness_ms: int) -> Any:
-    """The lateness rule: dropped iff ``append_time - event_time > allowed_lateness`` (equal is kept)."""
-    return (append_time_ms - event_time_ms) > allowed_lateness_ms
+def on_time(event_time_ms: Any, append_time_ms: Any, allowed_lateness_ms: int, allowed_future_ms: int) -> Any:
+    """Which events a view aggregates (scalars or arrays); the others are dropped and counted.
+
+    Late: ``append_time - event_time > allowed_lateness`` (equal is kept), DESIGN.md's rule. Ahead:
+    ``event_time - append_time > allowed_future`` (equal is kept), Headwater's addition: the
+    streaming job must keep a tile's state until no more events can reach it, which for an event
+    time unboundedly ahead of the clock would be unbounded; with the bound the state TTL covers
+    it (``compiler.state_ttl_ms``) and streaming and replay keep the same events."""
+    return ((append_time_ms - event_time_ms) <= allowed_lateness_ms) & (
+        (event_time_ms - append_time_ms) <= allowed_future_ms)
 
 
-def on_time_sql(event_time_ms_sql: str, append_time_ms_sql: str, allowed_lateness_ms: int) -> str:
-    """SQL predicate keeping on-time rows; the negation of :func:`is_late`, for streaming and replay alike."""
-    return f"(({append_time_ms_sql}) - ({event_time_ms_sql}) <= {int(allowed_lateness_ms)})"
+def on_time_sql(event_time_ms_sql: str, append_time_ms_sql: str, allowed_lateness_ms: int,
+                allowed_future_ms: int) -> str:
+    """:func:`on_time` as a SQL predicate, for streaming, replay and the raw-row backfill alike."""
+    et, app = f"({event_time_ms_sql})", f"({append_time_ms_sql})"
+    return f"({app} - {et} <= {int(allowed_lateness_ms)} AND {et} - {app} <= {int(allowed_future_ms)})"
 
 
 def tile_start_sql(ts_ms_sql: str, resolution_ms: int) -> str:

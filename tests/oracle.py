@@ -45,6 +45,10 @@ class OracleFeature:
     ttl_ms: int | None = None
 
 
+#: the DSL's default ``allowed_future`` (a case's view may set ``allowed_future_ms``)
+DEFAULT_FUTURE_MS = 60_000
+
+
 @dataclass(frozen=True)
 class ViewSpec:
     entity_field: str
@@ -52,6 +56,7 @@ class ViewSpec:
     tick_ms: int
     features: tuple[OracleFeature, ...]
     column_types: Mapping[str, str]  # "double" values compare as floats, "long" as ints, else as is
+    allowed_future_ms: int = DEFAULT_FUTURE_MS
 
 
 def infer_column_types(events: Iterable[Mapping[str, Any]], columns: Iterable[str]) -> dict[str, str]:
@@ -75,14 +80,16 @@ def view_spec_from_case(case: Mapping[str, Any]) -> ViewSpec:
         for a in view["aggregations"]
     )
     types = infer_column_types(case["events"], {f.column for f in feats})
-    return ViewSpec(view["entity"], int(view["allowed_lateness_ms"]), int(case["tick_ms"]), feats, types)
+    return ViewSpec(view["entity"], int(view["allowed_lateness_ms"]), int(case["tick_ms"]), feats, types,
+                    int(view.get("allowed_future_ms", DEFAULT_FUTURE_MS)))
 
 
 def view_spec_from_plan(view_plan: Any) -> ViewSpec:
     """From a ``streamjobs.plan.ViewPlan`` (hops come from the plan; semantics do not)."""
     feats = tuple(OracleFeature(f.name, f.op, f.column, f.window_ms, f.hop_ms, f.ttl_ms) for f in view_plan.features)
     types = {f.column: f.column_type for f in view_plan.features}
-    return ViewSpec(view_plan.entity_key, view_plan.allowed_lateness_ms, view_plan.tick_ms, feats, types)
+    return ViewSpec(view_plan.entity_key, view_plan.allowed_lateness_ms, view_plan.tick_ms, feats, types,
+                    view_plan.allowed_future_ms)
 
 
 def view_spec_from_view(view: Any) -> ViewSpec:
@@ -92,9 +99,12 @@ def view_spec_from_view(view: Any) -> ViewSpec:
     return view_spec_from_plan(build_view_plan(view))
 
 
-def on_time_events(events: Iterable[Mapping[str, Any]], allowed_lateness_ms: int) -> list[Mapping[str, Any]]:
-    """Drop iff ``append_time - event_time > allowed_lateness`` (exactly equal is kept)."""
-    return [e for e in events if e["append_time_ms"] - e["event_time_ms"] <= allowed_lateness_ms]
+def on_time_events(events: Iterable[Mapping[str, Any]], allowed_lateness_ms: int,
+                   allowed_future_ms: int = DEFAULT_FUTURE_MS) -> list[Mapping[str, Any]]:
+    """Drop iff ``append_time - event_time > allowed_lateness`` (DESIGN) or ``event_time -
+    append_time > allowed_future`` (Headwater's bound on events ahead of the clock); equal is kept."""
+    return [e for e in events if e["append_time_ms"] - e["event_time_ms"] <= allowed_lateness_ms
+            and e["event_time_ms"] - e["append_time_ms"] <= allowed_future_ms]
 
 
 def _typed(v: Any, column_type: str) -> Any:
@@ -113,7 +123,7 @@ def oracle_values(view_spec: ViewSpec, events: Iterable[Mapping[str, Any]], enti
     """Every feature of ``view_spec`` for ``entity`` at ``t_ms``, computed from raw events."""
     tick = view_spec.tick_ms
     end = (t_ms // tick) * tick
-    mine = [e for e in on_time_events(events, view_spec.allowed_lateness_ms) if e[view_spec.entity_field] == entity]
+    mine = [e for e in on_time_events(events, view_spec.allowed_lateness_ms, view_spec.allowed_future_ms) if e[view_spec.entity_field] == entity]
     out: dict[str, Any] = {}
     for f in view_spec.features:
         ctype = view_spec.column_types.get(f.column, "string")
@@ -168,6 +178,7 @@ def feature_view_from_case(case: Mapping[str, Any], *, event_time_field: str = "
         source=Source("events", "events", event_time_field=event_time_field, columns=columns),
         aggregations=tuple(aggs),
         allowed_lateness=spec.allowed_lateness_ms,
+        allowed_future=spec.allowed_future_ms,
         tick=spec.tick_ms,
     )
 
@@ -186,7 +197,8 @@ class MemoryTiler:
         from streamjobs import windows
 
         p = self.plan
-        kept = [e for e in events if not windows.is_late(e["event_time_ms"], e["append_time_ms"], p.allowed_lateness_ms)]
+        kept = [e for e in events if windows.on_time(e["event_time_ms"], e["append_time_ms"], p.allowed_lateness_ms,
+                                                     p.allowed_future_ms)]
         self.dropped += len(events) - len(kept)
         groups: dict[tuple[Any, int, int], list[Mapping[str, Any]]] = defaultdict(list)
         for e in kept:

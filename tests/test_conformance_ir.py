@@ -18,7 +18,9 @@ except ModuleNotFoundError:  # tests/ imported as a package
 from streamjobs.plan import build_view_plan
 
 CONFORMANCE = Path(__file__).resolve().parents[1].parent / "shared" / "conformance"
-CASES = sorted(CONFORMANCE.glob("*.json")) if CONFORMANCE.is_dir() else []
+#: Headwater's own vectors, same format, for rules DESIGN.md does not state (tests/vectors/)
+OWN_VECTORS = sorted((Path(__file__).resolve().parent / "vectors").glob("*.json"))
+CASES = sorted(CONFORMANCE.glob("*.json")) + OWN_VECTORS if CONFORMANCE.is_dir() else []
 INT_OPS = {"count", "distinct_count"}
 
 

@@ -260,7 +260,8 @@ def test_a_restored_job_extends_each_state_ttl_by_its_downtime():
     keep = retention_ms(vp)  # at most the tile's retention in Redis: a longer outage keeps no more state
     assert base and all(later[r] == base[r] + min(3_600_000, keep[r]) for r in base)
     assert any(keep[r] < 3_600_000 for r in base) and all(ttls(1_000)[r] == base[r] + min(1_000, keep[r]) for r in base)
-    assert all(base[r] == state_ttl_ms(vp, r) == 2 * (r + vp.allowed_lateness_ms) + 60_000 for r in base)
+    assert all(base[r] == state_ttl_ms(vp, r) == 2 * (r + vp.allowed_lateness_ms) + vp.allowed_future_ms + 60_000
+               for r in base)
 
 
 def test_the_job_reads_other_schema_versions_through_the_repos_schema_store(tmp_path):

@@ -3,6 +3,8 @@ trimming and TTL, no-data defaults, one round trip per fetch, and compiled == sc
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import math
 import random
@@ -27,13 +29,12 @@ from streamjobs.plan import FeaturePlan, ViewPlan, build_view_plan
 try:
     from conftest import CONFORMANCE_DIR
     from oracle import feature_view_from_case, oracle_values, view_spec_from_case
-    from test_conformance_ir import assert_value
+    from test_conformance_ir import CASES, assert_value
 except ModuleNotFoundError:  # tests/ imported as a package
     from tests.conftest import CONFORMANCE_DIR
     from tests.oracle import feature_view_from_case, oracle_values, view_spec_from_case
-    from tests.test_conformance_ir import assert_value
+    from tests.test_conformance_ir import CASES, assert_value
 
-CASES = sorted(CONFORMANCE_DIR.glob("*.json")) if CONFORMANCE_DIR.is_dir() else []
 pytestmark = pytest.mark.integration
 
 
@@ -41,7 +42,8 @@ pytestmark = pytest.mark.integration
 
 def tile_records(vp: ViewPlan, events: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Final tile records (tile topic value fields) of every ladder resolution, built with ``ir``."""
-    kept = [e for e in events if not windows.is_late(e["event_time_ms"], e["append_time_ms"], vp.allowed_lateness_ms)]
+    kept = [e for e in events if windows.on_time(e["event_time_ms"], e["append_time_ms"], vp.allowed_lateness_ms,
+                                                 vp.allowed_future_ms)]
     groups: dict[tuple[str, int, int], list[Mapping[str, Any]]] = defaultdict(list)
     for e in kept:
         for r in vp.ladder:
@@ -260,7 +262,9 @@ def test_future_tile_does_not_trim_the_present(rds: Any, project: str, card_plan
     now = windows.tile_start(int(time.time() * 1000), 1000)
     w = TileWriter(rds, project, card_plan)
     w.write([_tile(vp, "c1", 1000, now - 5000, 1, now - 5000, 1.0)])
-    w.write([_tile(vp, "c1", 1000, now + 86_400_000, 1, now, 1.0)])  # a skewed producer clock
+    # a producer clock a day fast, in a view allowing that (allowed_future); the default drops it in the job
+    ahead = dataclasses.replace(vp, allowed_future_ms=2 * 86_400_000)
+    w.write([_tile(ahead, "c1", 1000, now + 86_400_000, 1, now, 1.0)])
     assert rds.hexists(keys.entity_key(project, vp, "c1"), keys.tile_field(1000, now - 5000))
 
 

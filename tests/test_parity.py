@@ -107,7 +107,14 @@ def test_fits_bounds_the_sign_and_size_a_late_append_can_make():
     assert fits("last", "DE", "FR", ["FR"]) and not fits("last", "DE", "FR", ["IT"])
     # offline null where online has a value: offline read a superset, never
     assert not fits("max", 5.0, None, [9.0]) and not fits("last", "DE", None, ["FR"])
-    assert fits("mean", 1.0, 2.0, [3.0]) and not fits("mean", 1.0, 2.0, [None])  # no bound, but a value
+    # mean: between online's mean and the added values; from no data, within the added values
+    assert fits("mean", 1.0, 2.0, [3.0]) and not fits("mean", 1.0, 2.0, [None]) and not fits("mean", 1.0, 3.5, [3.0])
+    assert fits("mean", 4.0, 2.0, [1.0, 9.0]) and not fits("mean", 4.0, 0.5, [1.0, 9.0])
+    assert fits("mean", None, 2.0, [1.0, 3.0]) and not fits("mean", None, 4.0, [1.0, 3.0])
+    assert fits("mean", 1.0, 1.0 + 1e-10, [1.0])  # rounding
+    # stddev: from no data, at most half the added values' range; over online's events, no bound
+    assert fits("stddev", None, 1.0, [1.0, 3.0]) and not fits("stddev", None, 1.5, [1.0, 3.0])
+    assert fits("stddev", 0.5, 7.0, [3.0]) and not fits("stddev", 0.5, 7.0, [None])
 
 
 def test_a_late_append_does_not_explain_a_difference_it_cannot_make(plan):

@@ -79,7 +79,8 @@ def _oracle_late(events, vp, f, entity, t, as_of):
     lo, hi = windows.window_bounds(t, f.window_ms, f.hop_ms, vp.tick_ms)
     return {(e["partition"], e["offset"]) for e in events
             if e[vp.entity_key] == entity and lo <= e["event_time"] < hi and e["append_ms"] > as_of
-            and e["append_ms"] - e["event_time"] <= vp.allowed_lateness_ms}
+            and e["append_ms"] - e["event_time"] <= vp.allowed_lateness_ms
+            and e["event_time"] - e["append_ms"] <= vp.allowed_future_ms}
 
 
 

@@ -89,8 +89,8 @@ def test_replay_tiles_equal_ir_update_tiles_and_late_count(stack, produced):
         tiles = _parquet_tiles(out, vp)
         assert_tiles_equal(vp, tiles, _case_events(events, case["name"]), entity_prefix=case["name"] + "|")
         # every view reads the whole topic: lateness is the view's own rule over all records
-        late = sum(bool(windows.is_late(e["event_time_ms"], e["append_time_ms"], vp.allowed_lateness_ms))
-                   for e in events)
+        late = sum(not windows.on_time(e["event_time_ms"], e["append_time_ms"], vp.allowed_lateness_ms,
+                                       vp.allowed_future_ms) for e in events)
         m = layout.read_manifest(out, vp.name)
         assert (m.events_read, m.events_late, m.plan_hash) == (len(events), late, vp.plan_hash)
         assert m.tiles_written == len(tiles) == next(v.tiles_written for v in stats.views if v.view == vp.name)

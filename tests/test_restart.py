@@ -112,7 +112,7 @@ transactions = Source("transactions", topic="events", schema=HERE / "schemas" / 
 card_5m = FeatureView(name="card_5m", entity=Entity("card", key="card_id"), source=transactions,
                       aggregations=(Aggregation("count", "amount", windows=("5m",)),
                                     Aggregation("sum", "amount", windows=("5m",))),
-                      allowed_lateness="2s", ttl="10m")
+                      allowed_lateness="2s", allowed_future="0s", ttl="10m")
 VIEWS = [card_5m]
 """
 
@@ -128,7 +128,7 @@ def _wait(proc, stack, repo, view, n, what, until=lambda: True, timeout_s=240):
 def test_a_restore_after_an_outage_longer_than_the_state_ttl_keeps_open_tiles(stack, temp_repo):
     """Flink counts STATE_TTL in processing time, so an outage longer than a tile's TTL would let
     the restored job restart the tiles it had open from nothing; the restored run extends the TTL
-    by the downtime (``compiler.state_ttl_ms``). A 5 m window with 2 s lateness gives its 10 s
+    by the downtime (``compiler.state_ttl_ms``). A 5 m window with 2 s lateness (none ahead) gives its 10 s
     tiles an 84 s TTL and 312 s of retention: the job stops after the first half of the events
     (all in one 10 s tile, the halves in different 1 s tiles, so no 1 s tile spans the outage),
     stays down well past 84 s, and the second half lands in that open 10 s tile."""

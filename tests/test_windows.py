@@ -199,8 +199,11 @@ def test_window_bounds_vectorised_matches_scalar():
 
 
 def test_lateness_rule_and_its_sql():
-    assert not w.is_late(1000, 1000 + 5 * M, 5 * M)  # exactly equal is kept
-    assert w.is_late(1000, 1001 + 5 * M, 5 * M)
-    np.testing.assert_array_equal(w.is_late(np.array([0, 0]), np.array([10, 11]), 10), [False, True])
-    assert w.on_time_sql("et", "`append`", 300000) == "((`append`) - (et) <= 300000)"
+    assert w.on_time(1000, 1000 + 5 * M, 5 * M, M)  # exactly equal is kept
+    assert not w.on_time(1000, 1001 + 5 * M, 5 * M, M)
+    assert w.on_time(1000 + M, 1000, 5 * M, M) and not w.on_time(1001 + M, 1000, 5 * M, M)  # ahead, the same
+    assert w.on_time(1000, 1000, 0, 0) and not w.on_time(1001, 1000, 5 * M, 0)
+    np.testing.assert_array_equal(w.on_time(np.array([0, 0, 16, 15]), np.array([10, 11, 10, 10]), 10, 5),
+                                  [True, False, False, True])
+    assert w.on_time_sql("et", "`append`", 300000, 60000) == "((`append`) - (et) <= 300000 AND (et) - (`append`) <= 60000)"
     assert w.tile_start_sql("et", 60000) == "((et) - MOD((et), CAST(60000 AS BIGINT)))"
