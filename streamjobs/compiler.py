@@ -264,7 +264,8 @@ def _per_partition_select(view: ViewPlan, src: SourceBinding, resolution: int, n
 
 def late_select(view: ViewPlan, src: SourceBinding, markers: bool = False) -> tuple[int, str]:
     """``(LATE_RESOLUTION, SELECT)``: per source partition, the events the tile queries drop as late
-    (their lateness predicate not true, as the replay's stats count them), and the newest append
+    or too far ahead (their ``windows.on_time_sql`` predicate not true, as the replay's stats count
+    them), and the newest append
     time among them; marker copies (``markers``) are not events. Only late rows reach the
     aggregate, so it costs nothing while nothing is late."""
     on_time = windows.on_time_sql(q(view.event_time_field), q(APPEND_MS), view.allowed_lateness_ms,

@@ -47,7 +47,8 @@ public final class ConfluentAvroFormatFactory
                     .noDefaultValue()
                     .withDescription(
                             "Schema id written in the header (required to write). On read, when"
-                                    + " set, records framed with another id are skipped.");
+                                    + " set, records framed with another id are resolved through"
+                                    + " 'schema-store', or skipped without one.");
 
     public static final ConfigOption<String> SCHEMA_STORE =
             ConfigOptions.key("schema-store")
