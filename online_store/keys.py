@@ -104,16 +104,13 @@ def progress_key(project: str, view: ViewPlan) -> str:
     return f"{PREFIX}:{check_project(project)}:progress:{view.name}:{view.plan_hash}"
 
 
-def exact_since(redis: Any, project: str, views: Sequence[ViewPlan], now_ms: int) -> dict[str, int]:
-    """Per view, the earliest query time a fetch is exact for whatever entity it reads: tiles are
+def exact_since(view: ViewPlan, history_ms: int | None, now_ms: int) -> int:
+    """The earliest query time a fetch of ``view`` is exact for whatever entity it reads: tiles are
     trimmed behind each entity's newest tile, which is never past the writer's clock, so
-    ``now - allowed_lateness - history_ms`` (the writer's, from the progress key; 0 when absent).
-    Earlier times may read trimmed tiles: counts and sums too small, with no error."""
-    out: dict[str, int] = {}
-    for v in views:
-        raw = redis.hget(progress_key(project, v), HISTORY_FIELD)
-        out[v.name] = int(now_ms) - v.allowed_lateness_ms - (int(raw) if raw is not None else 0)
-    return out
+    ``now - allowed_lateness - history_ms`` (``history_ms``: the writer's, from the progress key's
+    ``HISTORY_FIELD``; None when absent). Earlier times may read trimmed tiles: counts and sums
+    too small, with no error."""
+    return int(now_ms) - view.allowed_lateness_ms - int(history_ms or 0)
 
 
 def project_pattern(project: str) -> str:

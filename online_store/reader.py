@@ -109,8 +109,8 @@ class FetchResult:
     entity_columns: Mapping[str, tuple[str, ...]] | None = None
     """Row-aligned ids per entity name when ``fetch`` got a mapping (``entities`` is then the first)."""
     exact_since_ms: Mapping[str, int] | None = None
-    """Per view, the earliest ``t`` the store answers exactly (``keys.exact_since``); set by
-    ``fetch_repo`` for a read of the past, None otherwise."""
+    """Per view, the earliest ``t`` the store answers exactly (``keys.exact_since``), read in the
+    same round trip by a fetch with ``at_ms``; None for a fetch of now."""
 
     @property
     def trimmed_views(self) -> tuple[str, ...]:
@@ -176,6 +176,7 @@ class _Layout:
     types: Mapping[str, pa.DataType]  # "view:feature" -> output type, for every requested feature
     by_dtype: tuple[tuple[Any, tuple[str, ...]], ...]  # requested feature names per column dtype (None: objects)
     as_of_cmd: bytes  # RESP of ``HGET <progress key> as_of``
+    history_cmd: bytes  # RESP of ``HGET <progress key> history_ms`` (a read of the past: ``exact_since``)
     key_res: np.ndarray  # (resolution, tile_start) of each field, int64, sorted as ``fields`` are
     key_start: np.ndarray
 
@@ -220,10 +221,11 @@ def _layout(project: str, view: ViewPlan, names: tuple[str, ...], t: int) -> _La
     for g in groups:
         for f in g.features:
             by_dtype.setdefault(_column_dtype(f), []).append(f.name)
-    as_of_cmd = b"*3\r\n$4\r\nHGET\r\n" + _bulk(keys.progress_key(project, view).encode()) + _bulk(keys.AS_OF_FIELD.encode())
+    hget = b"*3\r\n$4\r\nHGET\r\n" + _bulk(keys.progress_key(project, view).encode())
     lay = _Layout(view, keys.codec_for(view), keys.entity_key_prefix(project, view).encode(), fields,
                   dict(zip(fields, range(len(fields)))), b"".join(_bulk(f) for f in fields), groups, member, types,
-                  tuple((dt, tuple(names)) for dt, names in by_dtype.items()), as_of_cmd,
+                  tuple((dt, tuple(names)) for dt, names in by_dtype.items()),
+                  hget + _bulk(keys.AS_OF_FIELD.encode()), hget + _bulk(keys.HISTORY_FIELD.encode()),
                   np.array([r for r, _ in union], np.int64), np.array([s for _, s in union], np.int64))
     _LAYOUTS[ck] = lay
     if len(_LAYOUTS) > 256:
@@ -266,12 +268,14 @@ def _connection(pool: Any) -> tuple[Any, bool]:
 @dataclass(frozen=True)
 class _ViewReply:
     """What one view's replies say: its merged columns, the mean fields per entity an HGETALL
-    (``seen``) or an HLEN probe (``probed``) showed (for ``_ReadPolicy``), and the published as_of."""
+    (``seen``) or an HLEN probe (``probed``) showed (for ``_ReadPolicy``), the published as_of,
+    and the writer's history (``keys.HISTORY_FIELD``; read only by a fetch of the past)."""
 
     columns: dict[str, Column]
     seen: float | None
     probed: float | None
     as_of: int | None
+    history: int | None = None
 
 
 #: ``merge(view index, tiles, entities)``: the columns of those entities (``fetch`` picks the engine).
@@ -289,8 +293,10 @@ def _chunk(n: int) -> int:
     return min(_CHUNK_MAX, max(_CHUNK_MIN, -(-n // 4)))
 
 
-def _commands(layouts: Sequence[_Layout], ents: Sequence[Sequence[bytes]], reads: Sequence[str]) -> tuple[bytes, int]:
-    """HGET as_of, then HMGET (or HGETALL) per (view, entity) and HLEN probes, per view: (RESP, replies).
+def _commands(layouts: Sequence[_Layout], ents: Sequence[Sequence[bytes]], reads: Sequence[str],
+              history: bool = False) -> tuple[bytes, int]:
+    """HGET as_of (and, with ``history``, HGET history_ms), then HMGET (or HGETALL) per (view,
+    entity) and HLEN probes, per view: (RESP, replies).
 
     as_of first: Redis runs a pipeline's commands in order, and as_of only rises while tiles only
     get newer, so an as_of read before the tiles is true of them; read after, the writer's tile
@@ -300,6 +306,9 @@ def _commands(layouts: Sequence[_Layout], ents: Sequence[Sequence[bytes]], reads
     for lay, view_ents, read in zip(layouts, ents, reads):
         parts.append(lay.as_of_cmd)
         n += 1
+        if history:
+            parts.append(lay.history_cmd)
+            n += 1
         if lay.fields:
             hmget = read != "hgetall"
             head = b"*%d\r\n$5\r\nHMGET\r\n" % (2 + len(lay.fields)) if hmget else b"*2\r\n$7\r\nHGETALL\r\n"
@@ -314,7 +323,7 @@ def _commands(layouts: Sequence[_Layout], ents: Sequence[Sequence[bytes]], reads
 
 
 def _round_trip(redis: Any, layouts: Sequence[_Layout], ents: Sequence[Sequence[bytes]], project: str,
-                reads: Sequence[str], merge: Merge) -> list[_ViewReply]:
+                reads: Sequence[str], merge: Merge, history: bool = False) -> list[_ViewReply]:
     """All commands in one send; the replies read raw and merged chunk by chunk as they arrive
     (``_Incoming``, ``online_store.resp``), or parsed by the client where that cannot be done
     (Redis Cluster, RESP3, a client without a pool) and merged once all are in."""
@@ -322,8 +331,8 @@ def _round_trip(redis: Any, layouts: Sequence[_Layout], ents: Sequence[Sequence[
     from redis.exceptions import ConnectionError, RedisError, TimeoutError
 
     if isinstance(redis, RedisCluster) or not hasattr(redis, "connection_pool"):
-        return _round_trip_pipeline(redis, layouts, ents, project, reads, merge)
-    payload, n = _commands(layouts, ents, reads)
+        return _round_trip_pipeline(redis, layouts, ents, project, reads, merge, history)
+    payload, n = _commands(layouts, ents, reads, history)
     pool = redis.connection_pool
     for attempt in (0, 1):
         try:  # a checkout connects (redis-py 5.3): Redis down fails here, and must read as it does below
@@ -339,8 +348,8 @@ def _round_trip(redis: Any, layouts: Sequence[_Layout], ents: Sequence[Sequence[
             sock = getattr(conn, "_sock", None)
             if sock is None or str(getattr(conn, "protocol", 2) or 2) != "2":
                 return _from_replies(layouts, ents, reads, [conn.read_response(disable_decoding=True) for _ in range(n)],
-                                     merge)
-            return _from_incoming(_Incoming(sock, n), layouts, ents, reads, merge)
+                                     merge, history)
+            return _from_incoming(_Incoming(sock, n), layouts, ents, reads, merge, history)
         except (ConnectionError, TimeoutError, OSError) as exc:  # OSError: the raw read's socket errors
             conn.disconnect()  # a held connection reconnects on its next send
             if attempt:
@@ -420,12 +429,13 @@ def _failed(what: Any) -> StoreUnavailableError:
 
 
 def _from_incoming(inc: _Incoming, layouts: Sequence[_Layout], ents: Sequence[Sequence[bytes]],
-                   reads: Sequence[str], merge: Merge) -> list[_ViewReply]:
+                   reads: Sequence[str], merge: Merge, history: bool = False) -> list[_ViewReply]:
     out = []
     for k, (lay, view_ents, read) in enumerate(zip(layouts, ents, reads)):
         n = len(view_ents)
         seen = probed = None
         raw = inc.scalar()  # as_of comes first (``_commands``)
+        hist = inc.scalar() if history else None
         if lay.fields:
             pairs = read == "hgetall"
             parts, elements = [], 0
@@ -450,8 +460,12 @@ def _from_incoming(inc: _Incoming, layouts: Sequence[_Layout], ents: Sequence[Se
                 probed = sum(inc.scalar() for _ in range(probes)) / probes
         else:
             columns = merge(k, _Sparse.of(np.zeros(0, np.intp), np.zeros(0, np.intp), []), n)
-        out.append(_ViewReply(columns, seen, probed, None if raw is None else int(raw)))
+        out.append(_ViewReply(columns, seen, probed, _int(raw), _int(hist)))
     return out
+
+
+def _int(raw: Any) -> int | None:
+    return None if raw is None else int(raw)
 
 
 def _concat(parts: list[dict[str, Column]]) -> dict[str, Column]:
@@ -462,7 +476,7 @@ def _concat(parts: list[dict[str, Column]]) -> dict[str, Column]:
 
 
 def _from_replies(layouts: Sequence[_Layout], ents: Sequence[Sequence[bytes]], reads: Sequence[str],
-                  replies: list[Any], merge: Merge) -> list[_ViewReply]:
+                  replies: list[Any], merge: Merge, history: bool = False) -> list[_ViewReply]:
     """The same from replies a client parsed (``_round_trip_pipeline``, RESP3)."""
     out = []
     i = 0
@@ -472,6 +486,9 @@ def _from_replies(layouts: Sequence[_Layout], ents: Sequence[Sequence[bytes]], r
         seen = probed = None
         raw = replies[i]  # as_of comes first (``_commands``)
         i += 1
+        hist = None
+        if history:
+            hist, i = replies[i], i + 1
         if lay.fields:
             rows, i = replies[i:i + n], i + n
             if read == "hgetall" and n:
@@ -480,12 +497,12 @@ def _from_replies(layouts: Sequence[_Layout], ents: Sequence[Sequence[bytes]], r
             if probes:
                 probed = sum(replies[i:i + probes]) / probes
                 i += probes
-        out.append(_ViewReply(merge(k, _sparse(lay, rows, read), n), seen, probed, None if raw is None else int(raw)))
+        out.append(_ViewReply(merge(k, _sparse(lay, rows, read), n), seen, probed, _int(raw), _int(hist)))
     return out
 
 
 def _round_trip_pipeline(redis: Any, layouts: Sequence[_Layout], ents: Sequence[Sequence[bytes]],
-                         project: str, reads: Sequence[str], merge: Merge) -> list[_ViewReply]:
+                         project: str, reads: Sequence[str], merge: Merge, history: bool = False) -> list[_ViewReply]:
     """Same commands through a client pipeline (Redis Cluster: one round trip per node, in parallel).
     Redis errors become ``StoreUnavailableError``, as on the single-node path (the scorer retries those)."""
     from redis.cluster import RedisCluster
@@ -495,22 +512,30 @@ def _round_trip_pipeline(redis: Any, layouts: Sequence[_Layout], ents: Sequence[
         if isinstance(redis, RedisCluster):  # nodes answer in parallel: as_of in a round trip of its own, first
             as_of = redis.pipeline(transaction=False)
             for lay in layouts:
-                as_of.execute_command("HGET", keys.progress_key(project, lay.view), keys.AS_OF_FIELD)
-            replies = _pipeline_tiles(redis, layouts, ents, project, reads, as_of.execute())
+                for field in _meta_fields(history):
+                    as_of.execute_command("HGET", keys.progress_key(project, lay.view), field)
+            replies = _pipeline_tiles(redis, layouts, ents, project, reads, as_of.execute(), history)
         else:
-            replies = _pipeline_tiles(redis, layouts, ents, project, reads, None)
+            replies = _pipeline_tiles(redis, layouts, ents, project, reads, None, history)
     except (RedisError, RedisClusterException) as exc:
         raise _failed(exc) from exc
-    return _from_replies(layouts, ents, reads, replies, merge)
+    return _from_replies(layouts, ents, reads, replies, merge, history)
+
+
+def _meta_fields(history: bool) -> tuple[str, ...]:
+    return (keys.AS_OF_FIELD, keys.HISTORY_FIELD) if history else (keys.AS_OF_FIELD,)
 
 
 def _pipeline_tiles(redis: Any, layouts: Sequence[_Layout], ents: Sequence[Sequence[bytes]], project: str,
-                    reads: Sequence[str], as_of: list[Any] | None) -> list[Any]:
-    """The replies in ``_commands`` order; ``as_of``: per view, already read (else HGET first in the pipeline)."""
+                    reads: Sequence[str], meta: list[Any] | None, history: bool = False) -> list[Any]:
+    """The replies in ``_commands`` order; ``meta``: as_of (and history) per view, already read
+    (else HGETs first in the pipeline)."""
     pipe = redis.pipeline(transaction=False)
+    fields = _meta_fields(history)
     for lay, view_ents, read in zip(layouts, ents, reads):
-        if as_of is None:
-            pipe.execute_command("HGET", keys.progress_key(project, lay.view), keys.AS_OF_FIELD)
+        if meta is None:
+            for field in fields:
+                pipe.execute_command("HGET", keys.progress_key(project, lay.view), field)
         if lay.fields:
             for e in view_ents:
                 if read != "hgetall":
@@ -520,12 +545,12 @@ def _pipeline_tiles(redis: Any, layouts: Sequence[_Layout], ents: Sequence[Seque
             for e in view_ents[:_probes(read, len(view_ents))]:
                 pipe.execute_command("HLEN", lay.prefix + e + b"}")
     replies = pipe.execute()
-    if as_of is None:
+    if meta is None:
         return replies
     out, i = [], 0
-    for a, lay, view_ents, read in zip(as_of, layouts, ents, reads):
+    for k, (lay, view_ents, read) in enumerate(zip(layouts, ents, reads)):
         n = (len(view_ents) + _probes(read, len(view_ents))) if lay.fields else 0
-        out += [a, *replies[i:i + n]]
+        out += [*meta[k * len(fields):(k + 1) * len(fields)], *replies[i:i + n]]
         i += n
     return out
 
@@ -598,6 +623,8 @@ def fetch(redis: Any, project: str, plan: FeaturePlan, entities: Sequence[str] |
           engine: Literal["auto", "compiled", "scalar"] = "auto", read: Literal["auto", "hgetall", "hmget"] = "auto",
           metrics: ReaderMetrics | None = None) -> FetchResult:
     """Feature values at ``at_ms`` (None = now) for ``entities``; unknown entities get the no-data values.
+    With ``at_ms``, ``exact_since_ms``/``trimmed_views`` on the result say whether the store still
+    holds every tile that far back (read in the same round trip).
 
     ``entities``: ids used for every view, or a mapping entity name -> row-aligned ids (a scoring
     batch's cards *and* merchants in the same round trip; each view reads its entity's ids).
@@ -646,7 +673,8 @@ def fetch(redis: Any, project: str, plan: FeaturePlan, entities: Sequence[str] |
         compiled = engine == "compiled" or (engine == "auto" and len(tiles.ent) > _SCALAR_TILES)
         return (_merge_compiled if compiled else _merge_scalar)(layouts[k], tiles, n, t)
 
-    replies = _round_trip(redis, layouts, wire, project, reads, merge) if layouts else []
+    past = at_ms is not None  # a read of the past also asks how far back the store is exact
+    replies = _round_trip(redis, layouts, wire, project, reads, merge, past) if layouts else []
     values: dict[str, Column] = {}
     types: dict[str, pa.DataType] = {}
     as_of: dict[str, int | None] = {}
@@ -663,7 +691,11 @@ def fetch(redis: Any, project: str, plan: FeaturePlan, entities: Sequence[str] |
     if metrics is not None:
         metrics.latency.observe(time.perf_counter() - t0)
         metrics.entities.inc(len(ents))
-    return FetchResult(tuple(fr.ref for fr in frefs), ents, values, types, as_of, t, columns)
+    since = None
+    if past:
+        now = int(time.time() * 1000)
+        since = {lay.view.name: keys.exact_since(lay.view, rep.history, now) for lay, rep in zip(layouts, replies)}
+    return FetchResult(tuple(fr.ref for fr in frefs), ents, values, types, as_of, t, columns, since)
 
 
 @dataclass(frozen=True)

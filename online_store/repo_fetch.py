@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from typing import Any
 
 from headwater.config import RepoConfig, load_connection, load_repo
 from online_store.errors import FetchArgumentError
-from online_store.keys import exact_since
 from online_store.reader import FetchResult, fetch
 
 __all__ = ["fetch_repo", "redis_client"]
@@ -37,7 +34,8 @@ def fetch_repo(repo: RepoConfig | str, keys: Mapping[str, Sequence[str]] | Seque
 
     Without ``refs``, every feature of every view keyed by one of the given fields. With ``at``,
     the result's ``exact_since_ms`` and ``trimmed_views`` say whether ``at`` is older than what
-    the store keeps exact (values would lack trimmed tiles: too small, not an error)."""
+    the store keeps exact (values would lack trimmed tiles: too small, not an error; ``fetch``
+    reads that in the same round trip)."""
     from streamjobs.repo import load_definitions
     repo = load_repo(repo) if not isinstance(repo, RepoConfig) else repo
     plan = plan or load_definitions(repo).plan
@@ -57,9 +55,4 @@ def fetch_repo(repo: RepoConfig | str, keys: Mapping[str, Sequence[str]] | Seque
         raise FetchArgumentError("give the same number of ids for every key field (one row each)")
     if refs is None:
         refs = [f"{v.name}:*" for v in plan.views if v.entity in by_entity]
-    client = redis or redis_client()
-    result = fetch(client, repo.project, plan, by_entity, refs, at)
-    if at is None:
-        return result
-    views = [plan.view(v) for v in result.as_of_ms]  # a read of the past: how far back is it exact?
-    return replace(result, exact_since_ms=exact_since(client, repo.project, views, int(time.time() * 1000)))
+    return fetch(redis or redis_client(), repo.project, plan, by_entity, refs, at)

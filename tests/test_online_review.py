@@ -153,6 +153,30 @@ def test_raw_path_values_and_as_of_unchanged(rds: Any, project: str) -> None:
         assert res.values[COUNT].to_pylist() == [1, 0] and res.as_of_ms == {"card": S + 100}
 
 
+@pytest.mark.integration
+@pytest.mark.parametrize("client", ["raw", "pipeline", "cluster"])
+def test_a_fetch_of_the_past_says_how_far_back_it_is_exact(rds: Any, project: str, client: str) -> None:
+    """The library's ``fetch(at_ms=...)`` itself reports ``exact_since_ms`` (the writer's history,
+    read in the same round trip), not only ``fetch_repo`` and the CLI: a read further back than
+    the store keeps lists the view in ``trimmed_views`` instead of being silently too small."""
+    import time
+    plan, _ = _race(rds, project)
+    vp = plan.view("card")
+    hook = _Hook(lambda: None)
+    other = {"raw": rds, "pipeline": _Pipelined(rds, hook), "cluster": _Cluster(rds, hook)}[client]
+    hour = 3_600_000
+    for history, trimmed in ((None, ("card",)), (10 * 365 * 24 * hour, ())):  # history: none, then ten years
+        if history is not None:
+            rds.hset(keys.progress_key(project, vp), keys.HISTORY_FIELD, history)
+        before = int(time.time() * 1000)
+        res = fetch(other, project, plan, ["c1"], [COUNT], at_ms=S + 1500)
+        after = int(time.time() * 1000)
+        since = res.exact_since_ms["card"] + vp.allowed_lateness_ms + (history or 0)
+        assert before <= since <= after and res.trimmed_views == trimmed
+        assert res.values[COUNT].to_pylist() == [1] and res.as_of_ms == {"card": S + 100}
+    assert fetch(other, project, plan, ["c1"], [COUNT]).exact_since_ms is None  # now: not a read of the past
+
+
 # ---------------------------------------------------------------- F3: Redis errors, wrapped
 
 
