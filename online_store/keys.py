@@ -135,8 +135,10 @@ def parse_tile_field(field: str | bytes) -> tuple[int, int] | None:
 
 
 def key_ttl_ms(view: ViewPlan) -> int:
-    """Idle expiry of an entity key: longest window + lateness + coarsest hop, or the view's ``ttl`` if longer."""
-    derived = view.longest_window_ms + view.allowed_lateness_ms + max(view.ladder)
+    """Idle expiry of an entity key: longest window + lateness + allowed_future + coarsest hop, or the
+    view's ``ttl`` if longer. ``allowed_future``: an entity's last event may be timed that far past
+    its append (the writer's clock), and stays in windows until its own time + the window."""
+    derived = view.longest_window_ms + view.allowed_lateness_ms + view.allowed_future_ms + max(view.ladder)
     return max(derived, view.ttl_ms or 0)
 
 

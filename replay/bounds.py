@@ -86,7 +86,9 @@ class TopicRange:
             st = read.get(str(p.partition)) or {}
             first, last = st.get("min_append_ms"), st.get("max_append_ms")
             if p.start > 0:  # records before it existed (or were deleted by retention)
-                if p.start_by_time and self.start_ms is not None:
+                # --from names the start only where records before it still exist: a lookup that
+                # landed on the first kept record may have skipped deleted ones appended after --from
+                if p.start_by_time and self.start_ms is not None and p.start > p.low >= 0:
                     los.append(self.start_ms)
                 elif first is not None:
                     los.append(int(first))

@@ -59,7 +59,8 @@ log = logging.getLogger(__name__)
 #: Kafka errors no retry can fix: the scorer stops with a message instead of rewinding for ever.
 _PERMANENT = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.TOPIC_AUTHORIZATION_FAILED,
                         KafkaError.CLUSTER_AUTHORIZATION_FAILED, KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
-                        KafkaError.GROUP_AUTHORIZATION_FAILED, KafkaError.INVALID_RECORD})
+                        KafkaError.GROUP_AUTHORIZATION_FAILED, KafkaError.INVALID_RECORD,
+                        KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC})
 
 
 #: Seconds between two measurements of the consumer-lag gauge.

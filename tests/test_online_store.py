@@ -238,7 +238,7 @@ def test_trim_on_advance_and_ttl(rds: Any, project: str, card_plan: FeaturePlan)
     key = keys.entity_key(project, vp, "c1")
     w.write([_tile(vp, "c1", 1000, s0, 1, s0, 1.0), _tile(vp, "c1", 60_000, s0, 1, s0, 1.0)])
     assert 0 < rds.pttl(key) <= keys.key_ttl_ms(vp)
-    assert keys.key_ttl_ms(vp) >= vp.longest_window_ms + vp.allowed_lateness_ms + max(vp.ladder)
+    assert keys.key_ttl_ms(vp) >= vp.longest_window_ms + vp.allowed_lateness_ms + vp.allowed_future_ms + max(vp.ladder)
     # small advance (stepping path): still within retention of both
     w.write([_tile(vp, "c1", 1000, s0 + ret[1000], 1, s0 + ret[1000], 1.0)])
     assert rds.hexists(key, keys.tile_field(1000, s0))

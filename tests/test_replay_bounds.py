@@ -122,3 +122,20 @@ def test_cli_bad_range_is_one_line_exit_2(capsys):
     assert main(["replay", "--repo", str(EXAMPLE_REPO), "--out", "/nonexistent", "--offsets", "0:9-2"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("headwater: error: --offsets 0:9-2 ends before it starts") and "\n" not in err
+
+
+def test_covered_from_time_after_retention_starts_at_the_first_kept_record(topic, consumer, stack):
+    """``--from`` before the first record retention kept: the deleted records may have been
+    appended after ``--from``, so coverage starts at the first append read, not at ``--from``
+    (it used to claim ``--from`` and let training rows miss the deleted events silently)."""
+    from confluent_kafka import TopicPartition
+    from confluent_kafka.admin import AdminClient
+    admin = AdminClient({"bootstrap.servers": stack.bootstrap_servers})
+    for f in admin.delete_records([TopicPartition(topic, p, 4) for p in (0, 1)]).values():
+        f.result(30)  # offsets 0-3 gone: appended at 1000-4001
+    r = resolve_range(consumer, topic, start_ms=2_000)
+    assert _offsets(r) == {0: (4, 10), 1: (4, 10)}
+    read = {"0": {"min_append_ms": 5_000, "max_append_ms": 10_000}, "1": {"min_append_ms": 5_001, "max_append_ms": 10_001}}
+    assert r.covered_ms(read)[0] == 5_001
+    kept = resolve_range(consumer, topic, start_ms=7_000)  # records before --from still exist: --from holds
+    assert kept.covered_ms(read)[0] == 7_000
