@@ -71,8 +71,9 @@ def load_tiles(con: Any, relation: str, view: ViewPlan, features: Sequence[Featu
     fields = sorted(_needed(features))
     # a window's cover reads its head on the rungs up to its hop and its body on any coarser rung
     # with a whole aligned tile inside it (``windows.window_tile_ranges``): every rung up to the
-    # longest window asked for, not only those up to the hops
-    longest = max((g.window_ms for g, _ in groups if g.window_ms is not None), default=0)
+    # longest range asked for, not only those up to the hops; a range [floor(t - W, h), floor(t, tick))
+    # is up to W + h - tick long (a latest value's TTL need not be a multiple of its hop)
+    longest = max((g.window_ms + g.hop_ms - view.tick_ms for g, _ in groups if g.window_ms is not None), default=0)
     unbounded = any(g.window_ms is None for g, _ in groups)
     res = sorted(r for r in view.ladder if r >= view.tick_ms and (unbounded or r <= longest))
     hi = int(windows.tile_start(int(t.max()), view.tick_ms)) if len(t) else 0

@@ -254,3 +254,16 @@ def test_cli_exit_status_json_and_html(stack, temp_repo: Path, tmp_path: Path, c
     assert data["unexplained_mismatches"][0]["online"] == data["unexplained_mismatches"][0]["offline"] + 1
     assert "FAIL: 1 unexplained" in out_html.read_text()
     assert main(args + ["--feature-log", str(tmp_path / "none.jsonl")]) == 2  # one-line error
+
+
+def test_late_events_are_looked_up_in_the_view_s_own_topic(plan):
+    """Two topics keyed by the same field: one index per topic, so another topic's events (here
+    login-like rows without an amount) neither replace nor stand in for the view's own."""
+    ref = "card_velocity:txn_count_1h"
+    as_of = T - 2_000
+    tx = EventIndex().add(_events([("c1", T - 5_000, as_of + 10, 0, 7, 42.0)]), ["card_id", "merchant_id"], "event_time")
+    other = EventIndex().add(_events([("c1", T - 4_000, as_of + 20, 0, 3, None)]), ["card_id", "merchant_id"], "event_time")
+    topic = plan.view("card_velocity").topic
+    rows = [_row("c1", T, as_of, {ref: 2})]
+    assert compare(rows, [{ref: 3}], plan, {topic: tx, "logins": other})[0].explained
+    assert compare(rows, [{ref: 3}], plan, {topic: EventIndex(), "logins": tx})[0].unexplained

@@ -373,3 +373,20 @@ def test_cli_writes_the_training_set(tmp_path, capsys):
     stored = json.loads(pq.read_schema(tmp_path / "out" / "train.parquet").metadata[FEATURE_HASHES_KEY])
     refs = [c for c in pq.read_schema(tmp_path / "out" / "train.parquet").names if ":" in c]
     assert stored == feature_hashes(load_definitions(load_repo(EXAMPLE_REPO)).plan, refs) and len(refs) == 3
+
+
+def test_latest_value_whose_ttl_is_not_whole_hops_reads_the_coarse_rung_it_needs(tmp_path):
+    """A latest value with a 23.5 h TTL (hop 1 h) reads ``[floor(t - 23.5h, 1h), t)``, 24 h long at
+    00:10: its cover takes the 1 d tile. Asked alone, that rung used to be skipped (only rungs up
+    to the TTL were loaded) and the value came back None; asked with a 7 d count, right."""
+    v = FeatureView(name="lv", entity=Entity("card", "card_id"),
+                    source=Source("tx", "events", event_time_field="ts", columns=COLUMNS),
+                    aggregations=(Aggregation("count", "amount", ("7d",)),
+                                  LatestValue("country", ttl="1410m", name="last_country")),
+                    allowed_lateness="5m")
+    plan = build_plan([v])
+    events = [ev("c1", T0 + 2 * H, 1.0, "FR", offset=0)]  # T0 is a UTC midnight
+    write_memory_tiles(tmp_path, plan.views[0], events)
+    spine = pa.table({"card_id": ["c1"], "ts": [T0 + 24 * H + 600_000]})
+    assert rows(plan, tmp_path, spine, ["lv:last_country"])[0]["lv:last_country"] == "FR"
+    assert rows(plan, tmp_path, spine, ["lv:*"])[0]["lv:last_country"] == "FR"
