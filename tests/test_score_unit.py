@@ -154,6 +154,17 @@ def _garble(codec: AvroCodec, rec: dict, how: int, at: int) -> bytes:
     return bytes(body)
 
 
+def _nan_equal(a: Any, b: Any) -> bool:
+    """Equal, NaN equal to NaN (a garbled float may decode to NaN on both paths; Arrow's ``equals`` says no)."""
+    if isinstance(a, float) and isinstance(b, float) and a != a and b != b:
+        return True
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_nan_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(map(_nan_equal, a, b))
+    return type(a) is type(b) and a == b
+
+
 @settings(max_examples=150, deadline=None)
 @given(rows=st.lists(wide_rows, min_size=1, max_size=decode_mod.ROWWISE_MAX),
        bad=st.lists(st.tuples(st.integers(0, 40), st.integers(0, 5), st.integers(0, 10**6)), max_size=3))
@@ -169,7 +180,7 @@ def test_rowwise_decode_equals_the_columnar_path(rows, bad) -> None:
     got = dec.decode(msgs)
     with patch.object(decode_mod, "ROWWISE_MAX", 0):
         want = dec.decode(msgs)
-    assert got.table.equals(want.table) and got.table.schema == want.table.schema
+    assert got.table.schema == want.table.schema and _nan_equal(got.table.to_pylist(), want.table.to_pylist())
     assert got.index.tolist() == want.index.tolist()
     key = lambda r: (r.index, r.reason, r.error, r.stage)  # noqa: E731
     assert sorted(map(key, got.rejected)) == sorted(map(key, want.rejected))
